@@ -1,0 +1,35 @@
+# Third-party dependencies, all from Debian packages (scripts/setup.sh installs them).
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+find_package(MPI REQUIRED COMPONENTS C CXX)
+find_package(OpenBLAS CONFIG REQUIRED)
+set(HDF5_PREFER_PARALLEL TRUE)
+find_package(HDF5 REQUIRED COMPONENTS C)
+if(NOT HDF5_IS_PARALLEL)
+  message(WARNING "meshtrain: HDF5 found is not the parallel (MPI) flavour; install libhdf5-openmpi-dev")
+endif()
+find_package(fmt REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(tomlplusplus REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(Threads REQUIRED)
+if(MESHTRAIN_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(MESHTRAIN_BENCH)
+  find_package(benchmark REQUIRED)
+endif()
+
+# OpenBLAS ships a config file without an imported target; make one.
+if(NOT TARGET meshtrain::openblas)
+  add_library(meshtrain::openblas INTERFACE IMPORTED)
+  set_target_properties(meshtrain::openblas PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${OpenBLAS_INCLUDE_DIRS}"
+    INTERFACE_LINK_LIBRARIES "${OpenBLAS_LIBRARIES}")
+endif()
+if(NOT TARGET meshtrain::hdf5)
+  add_library(meshtrain::hdf5 INTERFACE IMPORTED)
+  set_target_properties(meshtrain::hdf5 PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${HDF5_C_INCLUDE_DIRS}"
+    INTERFACE_LINK_LIBRARIES "${HDF5_C_LIBRARIES}"
+    INTERFACE_COMPILE_DEFINITIONS "${HDF5_C_DEFINITIONS}")
+endif()

@@ -1,0 +1,29 @@
+// Thread-count plumbing for OpenMP and OpenBLAS.
+#include "core/threads.h"
+
+#include <omp.h>
+#include <sched.h>
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace meshtrain {
+
+int available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  return 1;
+}
+
+void set_num_threads(int n) {
+  if (n < 1) n = 1;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() { return omp_get_max_threads(); }
+
+}  // namespace meshtrain

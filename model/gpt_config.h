@@ -1,0 +1,28 @@
+// GPT-2 model shape. The vocabulary is padded to a multiple of 128 so the classifier GEMMs and a
+// later vocab-parallel split stay aligned; padded ids are never produced or counted.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace meshtrain {
+
+struct GptConfig {
+  int n_layer = 4;
+  int n_head = 4;
+  int n_embd = 256;
+  int seq_len = 256;      // maximum context (rows of wpe)
+  int vocab_size = 50257; // real tokens
+
+  /// vocab_size rounded up to a multiple of 128.
+  int padded_vocab() const { return (vocab_size + 127) / 128 * 128; }
+  int head_size() const { return n_embd / n_head; }
+  /// Throws naming the field when the shape is not usable.
+  void validate() const;
+  /// Number of parameters (the padded embedding rows included).
+  int64_t num_params() const;
+  /// Training FLOPs per token (forward + backward), counting matmuls and attention: 6N + 12 L T C.
+  double flops_per_token(int T) const;
+};
+
+}  // namespace meshtrain

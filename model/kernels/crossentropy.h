@@ -1,0 +1,15 @@
+// Fused softmax + cross-entropy over a padded vocabulary, one pass per row of logits.
+// logits is (N, Vp); only the first V columns are real tokens, the padded columns never count.
+// losses[i] = -log softmax(logits[i, :V])[targets[i]]; rows whose target is negative are ignored
+// (loss 0, gradient 0). When dlogits is non-null it receives (softmax - onehot) * dloss for real
+// columns and 0 for padded ones; dlogits may alias logits (written in place, no probabilities kept).
+#pragma once
+
+#include <cstdint>
+
+namespace meshtrain {
+
+void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N,
+                              int V, int Vp, float dloss);
+
+}  // namespace meshtrain

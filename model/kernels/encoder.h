@@ -1,0 +1,14 @@
+// Token + position embedding. out[b,t,:] = wte[tok[b,t],:] + wpe[t,:].
+// Backward scatters dout into the rows of wte that were used and into wpe; it runs in a fixed order
+// so gradients are bit-identical run to run.
+#pragma once
+
+#include <cstdint>
+
+namespace meshtrain {
+
+void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C);
+/// dwte and dwpe are accumulated into (+=).
+void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C);
+
+}  // namespace meshtrain

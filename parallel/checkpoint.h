@@ -1,0 +1,69 @@
+// HDF5 checkpoints. One file = one step. Every tensor is stored whole under its global name as a
+// float32 dataset (model weights under /model, AdamW moments under /optim/m and /optim/v), with
+// metadata as attributes of the root group. Files are written under a temporary name and renamed
+// into place only when complete, so a failed save never damages an existing checkpoint.
+// The schema is in docs/checkpoint-format.md.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace meshtrain {
+
+inline constexpr const char* kCheckpointFormat = "meshtrain-checkpoint";
+inline constexpr int64_t kCheckpointVersion = 1;
+
+/// Scalars and strings stored beside the tensors (step, RNG counters, loader position, config).
+struct CheckpointMeta {
+  std::map<std::string, int64_t> ints;
+  std::map<std::string, std::string> strings;
+};
+
+/// A tensor to save: its dataset path inside the file ("model/wte") and the data (f32, on the CPU).
+struct CheckpointEntry {
+  std::string path;
+  Tensor tensor;
+};
+
+/// Writes entries and meta to path atomically (path + ".tmp" then rename). Creates parent folders.
+void save_checkpoint(const std::string& path, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta);
+
+/// Reads a checkpoint; every failure is a meshtrain::Error naming the file and the tensor or
+/// attribute at fault (not HDF5, truncated, not a meshtrain checkpoint, missing tensor, wrong shape).
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& path);
+  ~CheckpointReader();
+  CheckpointReader(const CheckpointReader&) = delete;
+  CheckpointReader& operator=(const CheckpointReader&) = delete;
+
+  const CheckpointMeta& meta() const { return meta_; }
+  /// Integer attribute; throws naming it when absent.
+  int64_t get_int(const std::string& key) const;
+  /// String attribute; throws naming it when absent.
+  const std::string& get_string(const std::string& key) const;
+  bool has(const std::string& dataset_path) const;
+  Shape shape(const std::string& dataset_path) const;
+  /// Reads the dataset into dst, whose shape must equal the stored one.
+  void read(const std::string& dataset_path, Tensor& dst) const;
+  /// Every dataset path in the file, sorted.
+  std::vector<std::string> list() const;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int64_t file_ = -1;  // hid_t
+  CheckpointMeta meta_;
+};
+
+/// Checkpoint file name for a step inside out_dir: out_dir/ckpt_000010.h5.
+std::string checkpoint_path(const std::string& out_dir, int64_t step);
+/// The newest complete checkpoint in out_dir (highest step), or "" when there is none.
+std::string find_latest_checkpoint(const std::string& out_dir);
+
+}  // namespace meshtrain
