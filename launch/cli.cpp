@@ -1,6 +1,145 @@
-// Placeholder CLI; replaced by the full command set.
+// The meshtrain command line (CLI11). Each subcommand fills an argument struct and calls into the
+// launch library; this file is the one place that catches errors and turns them into a message on
+// stderr and exit code 1.
 #include "launch/cli.h"
 
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "launch/config.h"
+#include "launch/generate.h"
+#include "launch/train.h"
+#include "model/data.h"
+#include "model/tokenizer.h"
+
 namespace meshtrain {
-int run_cli(int, char**) { return 0; }
+
+namespace {
+
+std::string host_name() {
+  char buf[256] = {0};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "?";
+  return buf;
+}
+
+void run_tokenize(const std::string& tok_dir, const std::vector<std::string>& inputs, const std::string& out_dir,
+                  double val_fraction) {
+  MT_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "[tokenize] --val-fraction must be in [0, 1) (got {})",
+           val_fraction);
+  double t0 = now_seconds();
+  Tokenizer tok = Tokenizer::load(tok_dir);
+  auto r = tokenize_files(tok, inputs, out_dir, val_fraction);
+  fmt::print("wrote {} train and {} val tokens to {} in {:.1f} s\n", r.train_tokens, r.val_tokens, out_dir,
+             now_seconds() - t0);
+}
+
+void run_tokenizer_train(const std::vector<std::string>& inputs, int vocab_size, const std::string& out_dir) {
+  double t0 = now_seconds();
+  bool tty = ::isatty(STDOUT_FILENO);
+  train_bpe(inputs, vocab_size, out_dir, [&](int done, int wanted) {
+    if (tty) {
+      double el = now_seconds() - t0;
+      double eta = done > 0 ? el / done * (wanted - done) : 0.0;
+      fmt::print("\r\033[2Kmerges {}/{} | {:.1f} s | ETA {:.1f} s", done, wanted, el, eta);
+      std::fflush(stdout);
+    }
+  });
+  if (tty) fmt::print("\r\033[2K");
+  fmt::print("wrote {}/encoder.json and {}/vocab.bpe ({} tokens) in {:.1f} s\n", out_dir, out_dir, vocab_size,
+             now_seconds() - t0);
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"meshtrain: train GPT-style language models from scratch (CPU now; CUDA and a device mesh to come)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "meshtrain 0.1.0");
+
+  TrainArgs targs;
+  auto* train = app.add_subcommand("train", "train a GPT model (no arguments: the built-in default run)");
+  train->add_option("--config", targs.config_file, "TOML file with [model], [data] and [train] sections")
+      ->check(CLI::ExistingFile);
+  train->add_option("--set", targs.overrides, "override one key: section.key=value (repeatable)");
+  train->add_option("--resume", targs.resume, "continue from a checkpoint file, or 'latest' in train.out_dir");
+  train->add_option("--metrics", targs.metrics, "append one JSON object per step to this file (JSON Lines)");
+  bool print_config = false, print_reference = false;
+  train->add_flag("--print-config", print_config, "print the resolved configuration as TOML and exit");
+  train->add_flag("--help-config", print_reference, "list every configuration key with its default and exit");
+  train->footer("Configuration keys: run `meshtrain train --help-config`.");
+
+  GenerateArgs gargs;
+  auto* gen = app.add_subcommand("generate", "generate text from a checkpoint, streaming it as it is produced");
+  gen->add_option("--checkpoint", gargs.checkpoint, "checkpoint file (or a folder: its latest checkpoint)")
+      ->required();
+  gen->add_option("--prompt", gargs.prompt, "text to continue (default: start of a document)");
+  gen->add_option("--max-new-tokens", gargs.sample.max_new_tokens, "tokens to generate")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  gen->add_option("--temperature", gargs.sample.temperature, "sampling temperature; 0 = greedy")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+  gen->add_option("--top-k", gargs.sample.top_k, "sample among the k likeliest tokens; 0 = all")
+      ->check(CLI::Range(0, 1 << 24))->capture_default_str();
+  gen->add_option("--seed", gargs.seed, "sampling seed")->capture_default_str();
+  gen->add_option("--tokenizer", gargs.tokenizer, "tokenizer folder (default: the one the run used)");
+  gen->add_option("--threads", gargs.threads, "CPU threads (0 = all available)")->capture_default_str();
+
+  std::string tok_dir, out_dir;
+  std::vector<std::string> inputs;
+  double val_fraction = 0.1;
+  auto* tokenize = app.add_subcommand("tokenize", "encode text files into llm.c-format token shards");
+  tokenize->add_option("--tokenizer", tok_dir, "folder with encoder.json and vocab.bpe")->required();
+  tokenize->add_option("--input", inputs, "text files (repeatable, or several after one --input)")->required();
+  tokenize->add_option("--output", out_dir, "folder for train_NNNNNN.bin and val_NNNNNN.bin")->required();
+  tokenize->add_option("--val-fraction", val_fraction, "share of the text, from its end, kept for validation")
+      ->capture_default_str();
+
+  auto* tokenizer = app.add_subcommand("tokenizer", "tokenizer tools");
+  tokenizer->require_subcommand(1);
+  int vocab_size = 0;
+  std::vector<std::string> bpe_inputs;
+  std::string bpe_out;
+  auto* bpe = tokenizer->add_subcommand("train", "learn a byte-level BPE vocabulary (GPT-2 format files)");
+  bpe->add_option("--vocab-size", vocab_size, "ids in the vocabulary, 256 bytes and <|endoftext|> included")
+      ->required();
+  bpe->add_option("--input", bpe_inputs, "text files")->required();
+  bpe->add_option("--output", bpe_out, "folder for encoder.json and vocab.bpe")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (*train) {
+      if (print_reference) {
+        fmt::print("Configuration keys (TOML sections [model], [data], [train]; or --set section.key=value):\n{}",
+                   config_reference());
+        return 0;
+      }
+      if (print_config) {
+        fmt::print("{}", config_to_toml(load_config(targs.config_file, targs.overrides)));
+        return 0;
+      }
+      run_train(targs);
+    } else if (*gen) {
+      run_generate(gargs);
+    } else if (*tokenize) {
+      run_tokenize(tok_dir, inputs, out_dir, val_fraction);
+    } else if (*bpe) {
+      run_tokenizer_train(bpe_inputs, vocab_size, bpe_out);
+    }
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "\nmeshtrain: error (rank 0 on {}): {}\n", host_name(), e.what());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace meshtrain

@@ -62,14 +62,13 @@ class DataLoader {
   void set_state(const LoaderState& s) { state_ = s; }
 
  private:
-  struct Window {
-    uint32_t shard;
-    int64_t start;
-  };
-  int64_t window_at(uint64_t epoch, uint64_t index) const;  // index into windows_ for that epoch
+  int64_t window_at(uint64_t epoch, uint64_t index) const;  // global window id at that epoch position
+  void copy_window(int64_t window, int32_t* out) const;
 
   std::vector<TokenShard> shards_;
-  std::vector<Window> windows_;
+  // Shard s holds global windows [shard_window_begin_[s], shard_window_begin_[s + 1]); a prefix sum
+  // instead of a per-window table keeps memory at one entry per shard.
+  std::vector<int64_t> shard_window_begin_;
   int seq_len_;
   bool shuffle_;
   uint64_t seed_;

@@ -1,0 +1,62 @@
+// Run configuration: [model], [data] and [train] sections read from TOML, overridden by
+// --set section.key=value, checked against one schema (unknown keys and bad values are errors
+// naming the key and the expected form). The defaults are the built-in default run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/gpt_config.h"
+
+namespace meshtrain {
+
+struct DataConfig {
+  std::string train;      // shard paths or globs, comma-separated; "" = the built-in corpus
+  std::string val;        // "" = the built-in corpus (or no validation when train is set)
+  std::string tokenizer;  // directory with encoder.json + vocab.bpe; "" = the built-in corpus's
+};
+
+struct TrainConfig {
+  int batch_size = 16;   // sequences per micro-batch
+  int grad_accum = 1;    // micro-batches per step
+  int steps = 600;
+  double lr = 2e-3;
+  double min_lr = 2e-4;
+  int warmup_steps = 40;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  int64_t seed = 1337;
+  int eval_every = 100;     // 0 = never (a final evaluation still runs when there is val data)
+  int eval_batches = 8;
+  int sample_every = 200;   // 0 = only at the end
+  int sample_tokens = 96;
+  int checkpoint_every = 200;  // 0 = only at the end
+  std::string out_dir = "runs/default";
+  int threads = 0;          // 0 = the cores available to the process
+  int log_every = 10;       // plain log lines every N steps (and the first and last)
+  bool shuffle = true;
+};
+
+struct Config {
+  GptConfig model;
+  DataConfig data;
+  TrainConfig train;
+};
+
+/// The built-in defaults: the default run's model and schedule; model.vocab_size 0 = from the tokenizer.
+Config default_config();
+/// Reads an optional TOML file over the defaults, then applies "section.key=value" overrides.
+Config load_config(const std::string& file, const std::vector<std::string>& overrides);
+/// Parses TOML text (as stored in a checkpoint) over the defaults.
+Config config_from_toml(const std::string& text, const std::string& origin);
+/// Applies one "section.key=value" override.
+void apply_override(Config& cfg, const std::string& assignment);
+/// Checks values that are independent of the data; throws naming the key.
+void validate_config(const Config& cfg);
+/// The whole configuration as TOML (every key, so a run can be repeated from it).
+std::string config_to_toml(const Config& cfg);
+/// One line per key: name, type, default and meaning (for --help-config).
+std::string config_reference();
+
+}  // namespace meshtrain

@@ -1,0 +1,71 @@
+// Streaming generation from a checkpoint.
+#include "launch/generate.h"
+
+#include <filesystem>
+
+#include "core/threads.h"
+#include "launch/config.h"
+#include "launch/train_state.h"
+#include "model/gpt.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "parallel/checkpoint.h"
+#include "parallel/communicator.h"
+
+namespace meshtrain {
+
+std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const std::string& prompt) {
+  if (!prompt.empty()) return tok.encode(prompt, true);
+  if (tok.eot_id() >= 0) return {tok.eot_id()};
+  return tok.encode("\n", false);
+}
+
+std::vector<int32_t> stream_sample(Gpt& model, const Tokenizer& tok, std::vector<int32_t> context,
+                                   const SampleOptions& opt, CounterRng& rng, std::FILE* out) {
+  MT_CHECK(!context.empty(), "[generate] empty context");
+  const int T = model.config().seq_len, V = model.config().vocab_size;
+  for (int32_t id : context)
+    MT_CHECK(id >= 0 && id < V, "[generate] prompt token {} outside the model's vocabulary of {}", id, V);
+  std::vector<int32_t> produced;
+  for (int i = 0; i < opt.max_new_tokens; ++i) {
+    int n = static_cast<int>(std::min<size_t>(context.size(), static_cast<size_t>(T)));
+    const float* logits = model.forward_last_logits(context.data() + context.size() - n, n);
+    int32_t next = sample_token(logits, V, opt.temperature, opt.top_k, rng);
+    context.push_back(next);
+    produced.push_back(next);
+    if (out) {
+      const std::string& text = next == tok.eot_id() ? std::string("\n\n") : tok.token_bytes(next);
+      std::fwrite(text.data(), 1, text.size(), out);
+      std::fflush(out);
+    }
+  }
+  return produced;
+}
+
+void run_generate(const GenerateArgs& args) {
+  std::string path = args.checkpoint;
+  if (std::filesystem::is_directory(path)) {
+    std::string latest = find_latest_checkpoint(path);
+    MT_CHECK(!latest.empty(), "[generate] no checkpoint (ckpt_NNNNNN.h5) in folder '{}'", path);
+    path = latest;
+  }
+  MT_CHECK(std::filesystem::exists(path), "[generate] checkpoint '{}' does not exist", path);
+  set_num_threads(args.threads > 0 ? args.threads : available_cores());
+  Config cfg = read_run_config(path);
+  std::string tok_dir = args.tokenizer.empty() ? cfg.data.tokenizer : args.tokenizer;
+  MT_CHECK(!tok_dir.empty(), "[generate] the checkpoint names no tokenizer; pass --tokenizer DIR");
+  Tokenizer tok = Tokenizer::load(tok_dir);
+  MT_CHECK(tok.vocab_size() == cfg.model.vocab_size,
+           "[generate] tokenizer '{}' has {} tokens but the model was trained with {}", tok_dir, tok.vocab_size(),
+           cfg.model.vocab_size);
+  LocalCommunicator comm;
+  Gpt model(cfg.model, comm);
+  load_run(path, model, nullptr);
+  CounterRng rng(static_cast<uint64_t>(args.seed), 2);
+  auto context = prompt_tokens(tok, args.prompt);
+  std::fwrite(args.prompt.data(), 1, args.prompt.size(), stdout);
+  stream_sample(model, tok, context, args.sample, rng, stdout);
+  std::fputc('\n', stdout);
+}
+
+}  // namespace meshtrain

@@ -1,0 +1,43 @@
+// Step logging: plain lines when output is a file or pipe; on a terminal the same lines plus a
+// progress bar with ETA redrawn in place. Also the --metrics JSON Lines writer.
+#pragma once
+
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace meshtrain {
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based, the step just completed
+  double loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double ms = 0.0;
+  double tokens_per_s = 0.0;
+  std::optional<double> val_loss;
+};
+
+class StepLog {
+ public:
+  /// total_steps for the ETA; metrics_path "" = no metrics file (appended to otherwise).
+  StepLog(int64_t first_step, int64_t total_steps, int log_every, const std::string& metrics_path);
+  ~StepLog();
+  void record(const StepRecord& r);
+  /// Prints a message on its own lines (clearing and redrawing the bar on a terminal).
+  void message(const std::string& text);
+  /// Clears the bar (before output that streams, such as a sample).
+  void clear_bar();
+
+ private:
+  void draw_bar();
+  int64_t first_, total_;
+  int log_every_;
+  bool tty_;
+  bool bar_shown_ = false;
+  double start_;
+  StepRecord last_;
+  std::FILE* metrics_ = nullptr;
+};
+
+}  // namespace meshtrain

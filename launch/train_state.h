@@ -1,0 +1,30 @@
+// Saving and restoring a training run through the HDF5 checkpoint: model weights under
+// model/<name>, AdamW moments under optim/m/<name> and optim/v/<name>, and the counters that make a
+// resumed run continue bit-identically.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "launch/config.h"
+#include "model/data.h"
+
+namespace meshtrain {
+
+class Gpt;
+class AdamW;
+
+struct RunCounters {
+  int64_t step = 0;          // optimizer steps completed
+  int64_t rng_counter = 0;   // sampling RNG position
+  LoaderState loader;        // training data position
+};
+
+/// Writes out_dir/ckpt_<step>.h5 atomically; returns its path.
+std::string save_run(const Config& cfg, const Gpt& model, const AdamW& opt, const RunCounters& counters);
+/// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
+Config read_run_config(const std::string& path);
+/// Loads weights (and, when opt is non-null, moments) and counters; checks every tensor's shape.
+RunCounters load_run(const std::string& path, Gpt& model, AdamW* opt);
+
+}  // namespace meshtrain

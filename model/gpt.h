@@ -1,0 +1,73 @@
+// GPT-2 with explicit forward and backward passes (no autograd). Parameters, gradients and
+// activations each live in one allocation; the forward pass keeps what backward needs, and the
+// fused softmax + cross-entropy writes dlogits over the logits so no probabilities are stored.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+#include "core/timer.h"
+#include "model/gpt_config.h"
+#include "model/params.h"
+
+namespace meshtrain {
+
+class Communicator;
+
+class Gpt {
+ public:
+  /// A model on the CPU (the CUDA backend adds a device); comm is the data-parallel group the
+  /// model's gradients will be reduced over (size 1 in a single process).
+  Gpt(const GptConfig& cfg, Communicator& comm);
+  ~Gpt();
+
+  const GptConfig& config() const { return cfg_; }
+  const ParameterTable& table() const { return table_; }
+  Tensor& params() { return params_; }
+  Tensor& grads() { return grads_; }
+  /// View of one parameter (or its gradient) by global name.
+  Tensor param(const std::string& name) const;
+  Tensor grad(const std::string& name) const;
+
+  /// Fills the parameters as GPT-2 does from (seed, name, element index).
+  void initialize(uint64_t seed);
+  void zero_grad();
+
+  /// Runs the model on tokens (B*T ids). With targets (B*T ids, negative = ignored) returns the mean
+  /// loss over counted targets; with compute_grad the loss gradient scaled by dloss_scale is left in
+  /// place of the logits for backward(). Without targets returns 0 and keeps logits.
+  float forward(const int32_t* tokens, const int32_t* targets, int B, int T, bool compute_grad = false,
+                float dloss_scale = 1.0f);
+  /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
+  void backward();
+  /// Logits (padded vocabulary wide) of row r of the last forward; valid without targets only.
+  const float* logits_row(int64_t r) const;
+  /// Logits of the last position only: runs the blocks on B=1, T tokens and the head on one row.
+  const float* forward_last_logits(const int32_t* tokens, int T);
+
+  /// Per-region timings (encoder, layernorm, matmul, attention, gelu, residual, classifier,
+  /// crossentropy, ...); set to null to disable.
+  void set_profiler(Profiler* p) { prof_ = p; }
+  /// Bytes held by the activation buffers.
+  size_t activation_bytes() const;
+
+ private:
+  struct Acts;
+  void ensure_acts(int B, int T);
+  void forward_blocks(const int32_t* tokens, int B, int T);
+
+  GptConfig cfg_;
+  Communicator& comm_;
+  ParameterTable table_;
+  Tensor params_, grads_;
+  ParamPointers p_, g_;
+  std::unique_ptr<Acts> acts_;
+  const int32_t* last_tokens_ = nullptr;
+  int last_B_ = 0, last_T_ = 0;
+  bool have_dlogits_ = false;
+  Profiler* prof_ = nullptr;
+};
+
+}  // namespace meshtrain

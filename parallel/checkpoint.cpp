@@ -1,0 +1,312 @@
+// Single-process HDF5 checkpoints (schema: docs/checkpoint-format.md). Each dataset is created with
+// its global shape and written or read as one whole-tensor hyperslab, so the sharded version only
+// changes the hyperslab window and the property lists (MPI-IO, collective transfers).
+#include "parallel/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <string_view>
+
+#include "core/h5.h"
+
+namespace fs = std::filesystem;
+
+namespace meshtrain {
+namespace {
+
+// Dataset paths are relative to the root; a leading slash is tolerated so "/model/wte" also works.
+std::string normalize(const std::string& dataset_path) {
+  size_t start = dataset_path.find_first_not_of('/');
+  return start == std::string::npos ? std::string() : dataset_path.substr(start);
+}
+
+void check_dataset_path(const std::string& path) {
+  MT_CHECK(!path.empty(), "[checkpoint] empty dataset path; use names like 'model/wte'");
+  size_t begin = 0;
+  while (begin <= path.size()) {
+    size_t end = path.find('/', begin);
+    if (end == std::string::npos) end = path.size();
+    std::string_view part(path.data() + begin, end - begin);
+    MT_CHECK(!part.empty() && part != "." && part != "..",
+             "[checkpoint] dataset path '{}' has an empty, '.' or '..' component; use names like 'model/wte'", path);
+    begin = end + 1;
+  }
+}
+
+// Runs fn; HDF5 failures inside it (a damaged file shows up on first touch, not at open) are
+// reported as checkpoint errors naming the file and what was being done.
+template <class F>
+auto with_context(const std::string& file, const std::string& doing, F fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Error& err) {
+    if (std::string_view(err.what()).starts_with("[checkpoint]")) throw;
+    MT_FAIL("[checkpoint] {} in '{}' failed (truncated or corrupt?): {}", doing, file, err.what());
+  }
+}
+
+Shape to_shape(const std::vector<hsize_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+// Whole-tensor window today; with sharding, offset and count become this rank's slice.
+struct Hyperslab {
+  std::vector<hsize_t> offset;
+  std::vector<hsize_t> count;
+};
+
+Hyperslab whole(const std::vector<hsize_t>& dims) { return {std::vector<hsize_t>(dims.size(), 0), dims}; }
+
+// Selects the window in the file space and returns a matching memory space. A scalar dataset has
+// no hyperslab: both sides select everything.
+h5::Dataspace select_window(hid_t file_space, const Hyperslab& window) {
+  if (window.count.empty()) return h5::Dataspace(H5_CHECK(H5Screate(H5S_SCALAR)));
+  H5_CHECK(
+      H5Sselect_hyperslab(file_space, H5S_SELECT_SET, window.offset.data(), nullptr, window.count.data(), nullptr));
+  return h5::Dataspace(H5_CHECK(H5Screate_simple(static_cast<int>(window.count.size()), window.count.data(), nullptr)));
+}
+
+void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, const Tensor& tensor) {
+  std::vector<hsize_t> dims(tensor.shape().begin(), tensor.shape().end());
+  h5::Dataspace file_space(dims.empty()
+                               ? H5_CHECK(H5Screate(H5S_SCALAR))
+                               : H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)));
+  h5::Dataset dset(
+      H5_CHECK(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, file_space.get(), lcpl, H5P_DEFAULT, H5P_DEFAULT)));
+  if (tensor.numel() == 0) return;  // nothing to transfer; an empty hyperslab is not selectable
+  Tensor host = tensor;
+  if (tensor.device() != Device::cpu) {
+    host = Tensor::empty(tensor.shape(), DType::f32, Device::cpu);
+    host.copy_from(tensor);
+  }
+  h5::Dataspace mem_space = select_window(file_space.get(), whole(dims));
+  H5_CHECK(H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), dxpl, host.f32()));
+}
+
+void write_file(const std::string& tmp, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta) {
+  h5::PropList fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+  // Closing the file then closes anything still open in it, so an exception cannot leave it half-open.
+  H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG));
+  h5::File file(H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get())));
+  h5::PropList lcpl(H5_CHECK(H5Pcreate(H5P_LINK_CREATE)));
+  H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1));
+  h5::PropList dxpl(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
+
+  h5::write_attribute(file.get(), "format", std::string(kCheckpointFormat));
+  h5::write_attribute(file.get(), "format_version", kCheckpointVersion);
+  for (const auto& [key, value] : meta.ints) h5::write_attribute(file.get(), key, value);
+  for (const auto& [key, value] : meta.strings) h5::write_attribute(file.get(), key, value);
+
+  for (const CheckpointEntry& e : entries) {
+    try {
+      write_entry(file.get(), lcpl.get(), dxpl.get(), normalize(e.path), e.tensor);
+    } catch (const Error& err) {
+      MT_FAIL("[checkpoint] cannot write dataset '{}' {} to '{}': {}", e.path, shape_str(e.tensor.shape()), tmp,
+              err.what());
+    }
+  }
+  file.close();
+}
+
+// The data must be on disk before the rename makes them the checkpoint.
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  MT_CHECK(fd >= 0, "[checkpoint] cannot open '{}' to sync it: {}", path, std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  MT_CHECK(rc == 0, "[checkpoint] fsync of '{}' failed: {}", path, std::strerror(err));
+}
+
+void validate(const std::string& path, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta) {
+  MT_CHECK(!path.empty(), "[checkpoint] empty checkpoint path");
+  std::set<std::string> seen;
+  for (const CheckpointEntry& e : entries) {
+    check_dataset_path(normalize(e.path));
+    MT_CHECK(seen.insert(normalize(e.path)).second, "[checkpoint] dataset '{}' is listed twice", e.path);
+    MT_CHECK(e.tensor.defined(), "[checkpoint] dataset '{}' has an undefined tensor", e.path);
+    MT_CHECK(e.tensor.dtype() == DType::f32, "[checkpoint] dataset '{}' is {}; checkpoints store f32 tensors", e.path,
+             dtype_name(e.tensor.dtype()));
+  }
+  auto reserved = [](const std::string& key) { return key == "format" || key == "format_version"; };
+  for (const auto& [key, value] : meta.ints) {
+    MT_CHECK(!key.empty() && !reserved(key), "[checkpoint] meta key '{}' is empty or reserved", key);
+    MT_CHECK(!meta.strings.count(key), "[checkpoint] meta key '{}' is both an int and a string", key);
+  }
+  for (const auto& [key, value] : meta.strings) {
+    MT_CHECK(!key.empty() && !reserved(key), "[checkpoint] meta key '{}' is empty or reserved", key);
+    MT_CHECK(value.find('\0') == std::string::npos, "[checkpoint] meta string '{}' contains a NUL byte", key);
+  }
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta) {
+  validate(path, entries, meta);
+  h5::silence_errors();
+  fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    MT_CHECK(!ec, "[checkpoint] cannot create folder '{}' for '{}': {}", parent.string(), path, ec.message());
+  }
+  const std::string tmp = path + ".tmp";
+  try {
+    write_file(tmp, entries, meta);
+    fsync_path(tmp, false);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      MT_FAIL("[checkpoint] cannot rename '{}' to '{}': {}", tmp, path, std::strerror(errno));
+    }
+  } catch (const Error& err) {
+    std::error_code ec;
+    fs::remove(tmp, ec);  // the partial file is ours; whatever was at path is untouched
+    if (std::string_view(err.what()).starts_with("[checkpoint]")) throw;
+    MT_FAIL("[checkpoint] cannot save '{}': {}", path, err.what());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  // Make the rename itself durable. The checkpoint is complete either way, so a folder that
+  // cannot be synced (some network filesystems) is not worth failing the save for.
+  try {
+    fsync_path(parent.empty() ? "." : parent.string(), true);
+  } catch (const Error&) {
+  }
+}
+
+CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
+  h5::silence_errors();
+  std::error_code ec;
+  MT_CHECK(fs::exists(path, ec), "[checkpoint] '{}' does not exist", path);
+  MT_CHECK(fs::is_regular_file(path, ec), "[checkpoint] '{}' is not a regular file", path);
+  const auto unreadable = [&](const std::string& reason) {
+    MT_FAIL("[checkpoint] '{}' is not a readable HDF5 file (truncated or corrupt?){}{}", path,
+            reason.empty() ? "" : "; HDF5 says: ", reason);
+  };
+  if (H5Fis_hdf5(path.c_str()) <= 0) unreadable("");
+  h5::PropList fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+  H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG));
+  h5::File file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()));
+  if (!file.valid()) unreadable(h5::last_error());
+
+  with_context(path, "reading the root attributes",
+               [&] { h5::read_scalar_attributes(file.get(), meta_.ints, meta_.strings); });
+  auto format = meta_.strings.find("format");
+  MT_CHECK(format != meta_.strings.end(), "[checkpoint] '{}' is not a meshtrain checkpoint (no 'format' attribute)",
+           path);
+  MT_CHECK(format->second == kCheckpointFormat, "[checkpoint] '{}' is not a meshtrain checkpoint (format is '{}')",
+           path, format->second);
+  auto version = meta_.ints.find("format_version");
+  MT_CHECK(version != meta_.ints.end(), "[checkpoint] '{}' has no 'format_version' attribute", path);
+  MT_CHECK(version->second >= 1 && version->second <= kCheckpointVersion,
+           "[checkpoint] '{}' has format_version {}, but this build reads versions 1 to {}; use a newer meshtrain",
+           path, version->second, kCheckpointVersion);
+  file_ = file.release();
+}
+
+CheckpointReader::~CheckpointReader() {
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+int64_t CheckpointReader::get_int(const std::string& key) const {
+  auto it = meta_.ints.find(key);
+  MT_CHECK(it != meta_.ints.end(), "[checkpoint] '{}' has no integer attribute '{}'", path_, key);
+  return it->second;
+}
+
+const std::string& CheckpointReader::get_string(const std::string& key) const {
+  auto it = meta_.strings.find(key);
+  MT_CHECK(it != meta_.strings.end(), "[checkpoint] '{}' has no string attribute '{}'", path_, key);
+  return it->second;
+}
+
+bool CheckpointReader::has(const std::string& dataset_path) const {
+  std::string name = normalize(dataset_path);
+  return !name.empty() &&
+         with_context(path_, fmt::format("looking up '{}'", dataset_path), [&] { return h5::is_dataset(file_, name); });
+}
+
+Shape CheckpointReader::shape(const std::string& dataset_path) const {
+  MT_CHECK(has(dataset_path), "[checkpoint] '{}' has no dataset '{}'", path_, dataset_path);
+  return with_context(path_, fmt::format("reading the shape of '{}'", dataset_path), [&] {
+    h5::Dataset dset(H5_CHECK(H5Dopen2(file_, normalize(dataset_path).c_str(), H5P_DEFAULT)));
+    h5::Dataspace space(H5_CHECK(H5Dget_space(dset.get())));
+    return to_shape(h5::dataspace_dims(space.get()));
+  });
+}
+
+void CheckpointReader::read(const std::string& dataset_path, Tensor& dst) const {
+  MT_CHECK(has(dataset_path), "[checkpoint] '{}' has no dataset '{}'", path_, dataset_path);
+  MT_CHECK(dst.defined() && dst.dtype() == DType::f32,
+           "[checkpoint] reading '{}' needs a defined f32 destination tensor", dataset_path);
+  with_context(path_, fmt::format("reading dataset '{}'", dataset_path), [&] {
+    h5::Dataset dset(H5_CHECK(H5Dopen2(file_, normalize(dataset_path).c_str(), H5P_DEFAULT)));
+    h5::Datatype type(H5_CHECK(H5Dget_type(dset.get())));
+    H5T_class_t cls = H5Tget_class(type.get());
+    size_t bits = 8 * H5Tget_size(type.get());
+    MT_CHECK(cls == H5T_FLOAT && bits == 32, "[checkpoint] dataset '{}' in '{}' is not float32 but {}{}", dataset_path,
+             path_,
+             cls == H5T_FLOAT     ? "float"
+             : cls == H5T_INTEGER ? "int"
+                                  : "a non-numeric type of ",
+             bits);
+    h5::Dataspace file_space(H5_CHECK(H5Dget_space(dset.get())));
+    std::vector<hsize_t> dims = h5::dataspace_dims(file_space.get());
+    MT_CHECK(to_shape(dims) == dst.shape(), "[checkpoint] dataset '{}' in '{}' has shape {}, destination has shape {}",
+             dataset_path, path_, shape_str(to_shape(dims)), shape_str(dst.shape()));
+    if (dst.numel() == 0) return;
+    Tensor host = dst;
+    if (dst.device() != Device::cpu) host = Tensor::empty(dst.shape(), DType::f32, Device::cpu);
+    h5::Dataspace mem_space = select_window(file_space.get(), whole(dims));
+    H5_CHECK(H5Dread(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, host.f32()));
+    if (dst.device() != Device::cpu) dst.copy_from(host);
+  });
+}
+
+std::vector<std::string> CheckpointReader::list() const {
+  return with_context(path_, "listing datasets", [&] { return h5::dataset_paths(file_); });
+}
+
+std::string checkpoint_path(const std::string& out_dir, int64_t step) {
+  MT_CHECK(!out_dir.empty(), "[checkpoint] empty output folder");
+  MT_CHECK(step >= 0, "[checkpoint] negative step {}", step);
+  return fmt::format("{}/ckpt_{:06d}.h5", out_dir, step);
+}
+
+std::string find_latest_checkpoint(const std::string& out_dir) {
+  std::error_code ec;
+  fs::directory_iterator it(out_dir, ec);
+  if (ec) return "";
+  std::string best;
+  int64_t best_step = -1;
+  // Explicit increments with an error code: a folder that changes or fails mid-listing ends the
+  // search instead of throwing from the range-for's operator++.
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const fs::directory_entry& entry = *it;
+    std::string name = entry.path().filename().string();
+    constexpr std::string_view prefix = "ckpt_", suffix = ".h5";
+    if (name.size() < prefix.size() + 6 + suffix.size() || !name.starts_with(prefix) || !name.ends_with(suffix)) {
+      continue;
+    }
+    std::string_view digits(name.data() + prefix.size(), name.size() - prefix.size() - suffix.size());
+    if (digits.find_first_not_of("0123456789") != std::string_view::npos) continue;
+    int64_t step = 0;
+    auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+    if (err != std::errc() || end != digits.data() + digits.size()) continue;
+    std::error_code type_ec;
+    if (!entry.is_regular_file(type_ec)) continue;
+    if (step > best_step) {
+      best_step = step;
+      best = entry.path().string();
+    }
+  }
+  return best;
+}
+
+}  // namespace meshtrain

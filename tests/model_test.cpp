@@ -1,0 +1,264 @@
+// The GPT model as a whole: parameter table and layout-invariant initialisation, a finite-difference
+// check of the full backward pass, overfitting one batch, determinism, gradient accumulation, the
+// learning-rate schedule and sampling.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/threads.h"
+#include "model/gpt.h"
+#include "model/optimizer.h"
+#include "model/sampler.h"
+#include "parallel/communicator.h"
+#include "test_util.h"
+
+using namespace meshtrain;
+
+namespace {
+
+GptConfig tiny_config() {
+  GptConfig c;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.seq_len = 8;
+  c.vocab_size = 37;  // padded to 128
+  return c;
+}
+
+std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
+  CounterRng rng(seed, 3);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng.below(vocab));
+  return t;
+}
+
+}  // namespace
+
+TEST(Params, TableMatchesConfigCount) {
+  GptConfig c = tiny_config();
+  ParameterTable table(c);
+  EXPECT_EQ(table.total(), c.num_params());
+  EXPECT_EQ(table.get("wte").shape, (Shape{128, 16}));
+  EXPECT_EQ(table.get("h.1.attn.c_attn.weight").shape, (Shape{48, 16}));
+  EXPECT_EQ(table.get("h.0.mlp.c_proj.weight").shape, (Shape{16, 64}));
+  EXPECT_TRUE(table.get("h.0.mlp.c_fc.weight").decay);
+  EXPECT_FALSE(table.get("h.0.mlp.c_fc.bias").decay);
+  EXPECT_THROW(table.get("h.9.nothing"), Error);
+}
+
+TEST(Params, InitialisationIsGpt2Like) {
+  GptConfig c = tiny_config();
+  c.n_embd = 64;
+  c.n_head = 4;
+  ParameterTable table(c);
+  std::vector<float> p(table.total());
+  table.initialize(p.data(), 5);
+  auto stats = [&](const std::string& name, int64_t rows = -1) {
+    const auto& s = table.get(name);
+    int64_t n = rows < 0 ? s.numel : rows * s.shape[1];
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      sum += p[s.offset + i];
+      sq += p[s.offset + i] * p[s.offset + i];
+    }
+    return std::pair{sum / n, std::sqrt(sq / n - (sum / n) * (sum / n))};
+  };
+  EXPECT_NEAR(stats("h.0.mlp.c_fc.weight").second, 0.02, 0.002);
+  EXPECT_NEAR(stats("h.0.mlp.c_proj.weight").second, 0.02 / std::sqrt(4.0), 0.002);
+  EXPECT_NEAR(stats("wte", 37).second, 0.02, 0.003);
+  const auto& wte = table.get("wte");
+  for (int64_t i = 37 * 64; i < wte.numel; ++i) ASSERT_EQ(p[wte.offset + i], 0.0f) << "padded row not zero";
+  EXPECT_EQ(p[table.get("h.1.ln_2.weight").offset], 1.0f);
+  EXPECT_EQ(p[table.get("h.1.ln_2.bias").offset], 0.0f);
+}
+
+TEST(Params, ShardOfATensorGetsTheSameValuesAsTheWhole) {
+  std::vector<float> whole(1000), part(300);
+  fill_normal(whole.data(), 1000, 99, "h.0.attn.c_attn.weight", 0, 0.02f);
+  fill_normal(part.data(), 300, 99, "h.0.attn.c_attn.weight", 450, 0.02f);
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(part[i], whole[450 + i]);
+  std::vector<float> other(300);
+  fill_normal(other.data(), 300, 99, "h.0.attn.c_proj.weight", 450, 0.02f);
+  EXPECT_NE(other[0], part[0]) << "different names must give different values";
+}
+
+TEST(Gpt, FullBackwardMatchesFiniteDifferences) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(11);
+  // Larger weights than GPT-2's 0.02 make every path carry a measurable gradient.
+  CounterRng r(1, 1);
+  float* p = model.params().f32();
+  for (const auto& s : model.table().specs()) {
+    int64_t rows = s.name == "wte" ? c.vocab_size * s.shape[1] : s.numel;
+    for (int64_t i = 0; i < rows; ++i) p[s.offset + i] += 0.3f * (r.uniform() - 0.5f);
+  }
+  const int B = 2, T = 6;
+  auto inp = random_tokens(B * T, c.vocab_size, 1), tgt = random_tokens(B * T, c.vocab_size, 2);
+  tgt[3] = -1;  // one ignored position
+  model.zero_grad();
+  model.forward(inp.data(), tgt.data(), B, T, true, 1.0f);
+  model.backward();
+  std::vector<float> analytic(model.grads().f32(), model.grads().f32() + model.grads().numel());
+
+  int checked = 0;
+  double worst = 0.0;
+  for (const auto& s : model.table().specs()) {
+    for (int k = 0; k < 3; ++k) {
+      int64_t i = s.offset + static_cast<int64_t>(r.below(s.name == "wte" ? c.vocab_size * s.shape[1] : s.numel));
+      float saved = p[i];
+      const float eps = 1e-2f;
+      p[i] = saved + eps;
+      double lp = model.forward(inp.data(), tgt.data(), B, T);
+      p[i] = saved - eps;
+      double lm = model.forward(inp.data(), tgt.data(), B, T);
+      p[i] = saved;
+      double numeric = (lp - lm) / (2.0 * eps);
+      double err = std::fabs(numeric - analytic[i]) / std::max(1e-2, std::fabs(numeric) + std::fabs(analytic[i]));
+      worst = std::max(worst, err);
+      EXPECT_LT(err, 3e-2) << s.name << " element " << i - s.offset << ": analytic " << analytic[i] << " numeric "
+                           << numeric;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 50);
+  RecordProperty("worst_relative_error", std::to_string(worst));
+}
+
+TEST(Gpt, PaddedVocabularyGetsNoGradient) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(3);
+  auto inp = random_tokens(16, c.vocab_size, 5), tgt = random_tokens(16, c.vocab_size, 6);
+  model.zero_grad();
+  model.forward(inp.data(), tgt.data(), 2, 8, true, 1.0f);
+  model.backward();
+  Tensor g = model.grad("wte");
+  for (int64_t i = c.vocab_size * c.n_embd; i < g.numel(); ++i) ASSERT_EQ(g.f32()[i], 0.0f);
+}
+
+TEST(Gpt, TinyModelOverfitsOneBatch) {
+  GptConfig c = tiny_config();
+  c.n_embd = 32;
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(7);
+  AdamWConfig oc;
+  oc.weight_decay = 0.0f;
+  AdamW opt(model.table(), oc);
+  auto inp = random_tokens(32, c.vocab_size, 8), tgt = random_tokens(32, c.vocab_size, 9);
+  float first = 0, loss = 0;
+  for (int step = 0; step < 150; ++step) {
+    model.zero_grad();
+    loss = model.forward(inp.data(), tgt.data(), 4, 8, true, 1.0f);
+    if (step == 0) first = loss;
+    model.backward();
+    opt.step(model.params(), model.grads(), 1e-2f);
+  }
+  EXPECT_NEAR(first, std::log(37.0f), 0.3f);
+  EXPECT_LT(loss, 0.1f) << "a tiny model should memorise one batch";
+}
+
+TEST(Gpt, SameSeedGivesBitIdenticalLosses) {
+  auto run = [] {
+    GptConfig c = tiny_config();
+    LocalCommunicator comm;
+    Gpt model(c, comm);
+    model.initialize(21);
+    AdamW opt(model.table(), AdamWConfig{});
+    std::vector<float> losses;
+    for (int step = 0; step < 5; ++step) {
+      auto inp = random_tokens(16, c.vocab_size, 100 + step), tgt = random_tokens(16, c.vocab_size, 200 + step);
+      model.zero_grad();
+      losses.push_back(model.forward(inp.data(), tgt.data(), 2, 8, true, 1.0f));
+      model.backward();
+      opt.step(model.params(), model.grads(), 3e-3f);
+    }
+    return losses;
+  };
+  auto a = run(), b = run();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i;
+  EXPECT_NE(a.front(), a.back());
+}
+
+TEST(Gpt, GradientAccumulationMatchesOneBigBatch) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt big(c, comm), acc(c, comm);
+  big.initialize(4);
+  acc.initialize(4);
+  auto inp = random_tokens(32, c.vocab_size, 30), tgt = random_tokens(32, c.vocab_size, 31);
+  big.zero_grad();
+  float lbig = big.forward(inp.data(), tgt.data(), 4, 8, true, 1.0f);
+  big.backward();
+  acc.zero_grad();
+  float l1 = acc.forward(inp.data(), tgt.data(), 2, 8, true, 0.5f);
+  acc.backward();
+  float l2 = acc.forward(inp.data() + 16, tgt.data() + 16, 2, 8, true, 0.5f);
+  acc.backward();
+  EXPECT_NEAR(lbig, 0.5f * (l1 + l2), 1e-5f);
+  const float* gb = big.grads().f32();
+  const float* ga = acc.grads().f32();
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < big.grads().numel(); ++i) {
+    num += (gb[i] - ga[i]) * (gb[i] - ga[i]);
+    den += gb[i] * gb[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+}
+
+TEST(Gpt, RejectsOutOfRangeTokensAndContexts) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(1);
+  std::vector<int32_t> bad(8, 0), tgt(8, 1);
+  bad[5] = 37;
+  EXPECT_THROW(model.forward(bad.data(), tgt.data(), 1, 8), Error);
+  std::vector<int32_t> longer(9, 1);
+  EXPECT_THROW(model.forward(longer.data(), longer.data(), 1, 9), Error);
+}
+
+TEST(Schedule, WarmupThenCosineToMinLr) {
+  EXPECT_FLOAT_EQ(lr_at(0, 10, 100, 1.0f, 0.1f), 0.1f);
+  EXPECT_FLOAT_EQ(lr_at(9, 10, 100, 1.0f, 0.1f), 1.0f);
+  EXPECT_FLOAT_EQ(lr_at(10, 10, 100, 1.0f, 0.1f), 1.0f);
+  EXPECT_NEAR(lr_at(99, 10, 100, 1.0f, 0.1f), 0.1f, 1e-6f);
+  float mid = lr_at(55, 10, 100, 1.0f, 0.1f);
+  EXPECT_GT(mid, 0.5f);
+  EXPECT_LT(mid, 0.6f);
+  for (int s = 11; s < 100; ++s) EXPECT_LE(lr_at(s, 10, 100, 1.0f, 0.1f), lr_at(s - 1, 10, 100, 1.0f, 0.1f));
+}
+
+TEST(Optimizer, ClipsByGlobalNorm) {
+  GptConfig c = tiny_config();
+  ParameterTable table(c);
+  AdamWConfig oc;
+  oc.grad_clip = 1.0f;
+  AdamW opt(table, oc);
+  Tensor p = Tensor::zeros({table.total()}), g = Tensor::empty({table.total()});
+  for (int64_t i = 0; i < g.numel(); ++i) g.f32()[i] = 0.5f;
+  float norm = opt.step(p, g, 0.1f);
+  EXPECT_NEAR(norm, 0.5 * std::sqrt(static_cast<double>(table.total())), 1e-2);
+  // First Adam step moves every parameter by about lr whatever the scale.
+  EXPECT_NEAR(p.f32()[table.get("ln_f.bias").offset], -0.1f, 1e-4f);
+}
+
+TEST(Sampler, GreedyTopKAndNoPaddedIds) {
+  std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.5f, 9.0f /* a padded column */};
+  CounterRng rng(1, 0);
+  EXPECT_EQ(sample_token(logits.data(), 4, 0.0f, 0, rng), 1);
+  EXPECT_EQ(sample_token(logits.data(), 4, 1.0f, 1, rng), 1);
+  std::vector<int> counts(5, 0);
+  for (int i = 0; i < 2000; ++i) counts[sample_token(logits.data(), 4, 1.0f, 2, rng)]++;
+  EXPECT_EQ(counts[4], 0);
+  EXPECT_EQ(counts[0] + counts[2], 0) << "top-2 sampling drew outside the top 2";
+  EXPECT_GT(counts[1], counts[3]);
+  EXPECT_GT(counts[3], 300);
+}

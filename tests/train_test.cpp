@@ -1,0 +1,240 @@
+// End to end through the meshtrain binary: training, bit-identical resume and determinism, the
+// metrics file, generation, the tokenizer commands, and clear errors with a non-zero exit for bad
+// input — with existing checkpoints left untouched.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "core/rng.h"
+#include "model/data.h"
+#include "model/tokenizer.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace meshtrain;
+
+namespace {
+
+const std::string kBinary = std::string(MESHTRAIN_BINARY_DIR) + "/meshtrain";
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  std::string log = (fs::temp_directory_path() / ("meshtrain_cli_" + std::to_string(::getpid()) + ".log")).string();
+  int status = std::system((kBinary + " " + args + " > " + log + " 2>&1 < /dev/null").c_str());
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  fs::remove(log);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+// A small corpus, a BPE vocabulary trained on it and its shards, shared by every test here.
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("meshtrain_train_test_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "see", "big",
+                           "red", "ball", "in", "park", "with", "its", "friend", "every", "day"};
+    CounterRng rng(5, 0);
+    std::ofstream corpus(root_ / "corpus.txt");
+    for (int line = 0; line < 1500; ++line) {
+      int n = 4 + static_cast<int>(rng.below(8));
+      for (int w = 0; w < n; ++w) corpus << (w ? " " : "") << words[rng.below(21)];
+      corpus << ".\n";
+    }
+    corpus.close();
+    train_bpe({(root_ / "corpus.txt").string()}, 300, (root_ / "tok").string());
+    Tokenizer tok = Tokenizer::load((root_ / "tok").string());
+    tokenize_files(tok, {(root_ / "corpus.txt").string()}, (root_ / "shards").string(), 0.1);
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  static std::string base_args(const std::string& out_dir) {
+    return fmt::format(
+        "train --set data.train={0}/shards/train_*.bin --set data.val={0}/shards/val_*.bin --set data.tokenizer={0}/tok "
+        "--set model.n_layer=2 --set model.n_head=2 --set model.n_embd=32 --set model.seq_len=16 "
+        "--set train.batch_size=4 --set train.steps=20 --set train.checkpoint_every=10 --set train.eval_every=5 "
+        "--set train.eval_batches=2 --set train.sample_every=0 --set train.sample_tokens=8 --set train.threads=2 "
+        "--set train.warmup_steps=3 --set train.out_dir={1}",
+        root_.string(), out_dir);
+  }
+  static std::string dir(const std::string& name) { return (root_ / name).string(); }
+  static fs::path root_;
+};
+fs::path TrainCli::root_;
+
+}  // namespace
+
+TEST_F(TrainCli, ResumeFromStep10IsBitIdenticalToTheUninterruptedRun) {
+  auto a = run(base_args(dir("A")) + " --metrics " + dir("a.jsonl"));
+  ASSERT_EQ(a.code, 0) << a.output;
+  ASSERT_TRUE(fs::exists(dir("A/ckpt_000010.h5")));
+  ASSERT_TRUE(fs::exists(dir("A/ckpt_000020.h5")));
+  auto b = run("train --resume " + dir("A/ckpt_000010.h5") + " --set train.out_dir=" + dir("B") + " --metrics " +
+               dir("b.jsonl"));
+  ASSERT_EQ(b.code, 0) << b.output;
+  auto ma = read_metrics(dir("a.jsonl")), mb = read_metrics(dir("b.jsonl"));
+  ASSERT_EQ(ma.size(), 20u);
+  ASSERT_EQ(mb.size(), 10u);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(mb[i]["step"].get<int>(), 11 + i);
+    EXPECT_EQ(mb[i]["loss"].get<double>(), ma[10 + i]["loss"].get<double>()) << "step " << 11 + i;
+    EXPECT_EQ(mb[i]["grad_norm"].get<double>(), ma[10 + i]["grad_norm"].get<double>()) << "step " << 11 + i;
+  }
+  EXPECT_EQ(mb[9]["val_loss"].get<double>(), ma[19]["val_loss"].get<double>());
+  // The log shows falling losses and the metrics carry every field.
+  EXPECT_LT(ma[19]["loss"].get<double>(), ma[0]["loss"].get<double>() - 1.0);
+  for (const char* k : {"step", "loss", "lr", "grad_norm", "ms", "tokens_per_s"}) EXPECT_TRUE(ma[3].contains(k)) << k;
+  EXPECT_TRUE(ma[4].contains("val_loss"));
+  EXPECT_FALSE(ma[3].contains("val_loss"));
+  EXPECT_NE(a.output.find("val"), std::string::npos);
+}
+
+TEST_F(TrainCli, SameSeedGivesIdenticalLossesAndAnotherSeedDoesNot) {
+  auto r1 = run(base_args(dir("S1")) + " --set train.steps=6 --metrics " + dir("s1.jsonl"));
+  auto r2 = run(base_args(dir("S2")) + " --set train.steps=6 --metrics " + dir("s2.jsonl"));
+  auto r3 = run(base_args(dir("S3")) + " --set train.steps=6 --set train.seed=9 --metrics " + dir("s3.jsonl"));
+  ASSERT_EQ(r1.code, 0) << r1.output;
+  ASSERT_EQ(r2.code, 0) << r2.output;
+  ASSERT_EQ(r3.code, 0) << r3.output;
+  auto m1 = read_metrics(dir("s1.jsonl")), m2 = read_metrics(dir("s2.jsonl")), m3 = read_metrics(dir("s3.jsonl"));
+  ASSERT_EQ(m1.size(), 6u);
+  for (size_t i = 0; i < m1.size(); ++i) EXPECT_EQ(m1[i]["loss"].get<double>(), m2[i]["loss"].get<double>());
+  EXPECT_NE(m1[0]["loss"].get<double>(), m3[0]["loss"].get<double>());
+}
+
+TEST_F(TrainCli, GenerateStreamsTextFromACheckpoint) {
+  auto t = run(base_args(dir("G")) + " --set train.steps=4");
+  ASSERT_EQ(t.code, 0) << t.output;
+  auto g1 = run("generate --checkpoint " + dir("G/ckpt_000004.h5") + " --prompt 'the cat' --max-new-tokens 12 --seed 3");
+  ASSERT_EQ(g1.code, 0) << g1.output;
+  EXPECT_EQ(g1.output.rfind("the cat", 0), 0u) << g1.output;
+  EXPECT_GT(g1.output.size(), 10u);
+  auto g2 = run("generate --checkpoint " + dir("G") + " --prompt 'the cat' --max-new-tokens 12 --seed 3");
+  EXPECT_EQ(g1.output, g2.output) << "same seed, same text (a folder means its latest checkpoint)";
+  auto bad = run("generate --checkpoint " + dir("G/ckpt_000099.h5"));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("does not exist"), std::string::npos) << bad.output;
+}
+
+TEST_F(TrainCli, TokenizerCommands) {
+  auto t = run("tokenizer train --vocab-size 280 --input " + dir("corpus.txt") + " --output " + dir("tok2"));
+  ASSERT_EQ(t.code, 0) << t.output;
+  EXPECT_TRUE(fs::exists(dir("tok2/encoder.json")));
+  auto s = run("tokenize --tokenizer " + dir("tok2") + " --input " + dir("corpus.txt") + " --output " + dir("sh2") +
+               " --val-fraction 0.2");
+  ASSERT_EQ(s.code, 0) << s.output;
+  TokenShard train(dir("sh2/train_000000.bin")), val(dir("sh2/val_000000.bin"));
+  EXPECT_GT(val.size(), train.size() / 6);
+  EXPECT_LT(val.size(), train.size() / 3);
+  auto bad = run("tokenize --tokenizer " + dir("nope") + " --input " + dir("corpus.txt") + " --output " + dir("x"));
+  EXPECT_NE(bad.code, 0);
+}
+
+TEST_F(TrainCli, HelpOnEveryCommand) {
+  for (const char* cmd : {"--help", "train --help", "generate --help", "tokenize --help", "tokenizer train --help"}) {
+    auto r = run(cmd);
+    EXPECT_EQ(r.code, 0) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("Usage"), std::string::npos) << cmd;
+  }
+  auto r = run("train --help-config");
+  EXPECT_NE(r.output.find("train.grad_accum"), std::string::npos);
+  EXPECT_NE(run("").code, 0) << "no subcommand is an error";
+}
+
+TEST_F(TrainCli, BadInputIsAClearErrorAndANonZeroExit) {
+  struct Case {
+    std::string args, expect;
+  };
+  fs::create_directories(dir("bad"));
+  // A truncated shard and one with the wrong magic.
+  std::string shard = slurp(dir("shards/train_000000.bin"));
+  std::ofstream(dir("bad/trunc.bin"), std::ios::binary) << shard.substr(0, shard.size() / 2);
+  std::string magic = shard;
+  magic[0] = 'X';
+  std::ofstream(dir("bad/magic.bin"), std::ios::binary) << magic;
+  fs::create_directories(dir("bad/tok"));
+  std::ofstream(dir("bad/tok/encoder.json")) << "{\"a\": 0, garbage";
+  std::ofstream(dir("bad/tok/vocab.bpe")) << "#version: 0.2\n";
+  std::vector<Case> cases = {
+      {"train --set train.foo=1", "unknown key 'train.foo'"},
+      {"train --set train.steps=abc", "train.steps expects an integer"},
+      {"train --config " + dir("none.toml"), "none.toml"},
+      {base_args(dir("E1")) + " --set data.train=" + dir("missing.bin"), "missing.bin"},
+      {base_args(dir("E2")) + " --set data.train=" + dir("bad/trunc.bin"), "truncated"},
+      {base_args(dir("E3")) + " --set data.train=" + dir("bad/magic.bin"), "magic"},
+      {base_args(dir("E4")) + " --set data.tokenizer=" + dir("bad/tok"), "encoder.json"},
+  };
+  for (const auto& c : cases) {
+    auto r = run(c.args);
+    EXPECT_NE(r.code, 0) << c.args;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+TEST_F(TrainCli, BadCheckpointsFailWithoutTouchingExistingOnes) {
+  auto t = run(base_args(dir("K")) + " --set train.steps=10 --set train.checkpoint_every=5");
+  ASSERT_EQ(t.code, 0) << t.output;
+  std::string good5 = slurp(dir("K/ckpt_000005.h5")), good10 = slurp(dir("K/ckpt_000010.h5"));
+  fs::create_directories(dir("kbad"));
+  std::ofstream(dir("kbad/trunc.h5"), std::ios::binary) << good10.substr(0, good10.size() / 2);
+  std::ofstream(dir("kbad/tiny.h5"), std::ios::binary) << good10.substr(0, 1000);
+  {
+    hid_t f = H5Fcreate(dir("kbad/foreign.h5").c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[1] = {4};
+    hid_t space = H5Screate_simple(1, dims, nullptr);
+    hid_t d = H5Dcreate2(f, "weights", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    float v[4] = {1, 2, 3, 4};
+    H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+    H5Dclose(d);
+    H5Sclose(space);
+    H5Fclose(f);
+  }
+  for (const std::string name : {"trunc.h5", "tiny.h5", "foreign.h5"}) {
+    auto r = run("train --resume " + dir("kbad/" + name) + " --set train.out_dir=" + dir("K"));
+    EXPECT_NE(r.code, 0) << name;
+    EXPECT_NE(r.output.find(name), std::string::npos) << r.output;
+    auto g = run("generate --checkpoint " + dir("kbad/" + name));
+    EXPECT_NE(g.code, 0) << name;
+  }
+  // A fresh run into a folder that holds checkpoints refuses instead of overwriting them.
+  auto again = run(base_args(dir("K")) + " --set train.steps=10 --set train.checkpoint_every=5");
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.output.find("already holds checkpoints"), std::string::npos) << again.output;
+  // Resuming a finished run says so.
+  auto done = run("train --resume latest --set train.out_dir=" + dir("K"));
+  EXPECT_NE(done.code, 0);
+  EXPECT_NE(done.output.find("already at step 10"), std::string::npos) << done.output;
+  EXPECT_EQ(slurp(dir("K/ckpt_000005.h5")), good5);
+  EXPECT_EQ(slurp(dir("K/ckpt_000010.h5")), good10);
+  for (const auto& e : fs::directory_iterator(dir("K")))
+    EXPECT_EQ(e.path().extension(), e.is_directory() ? "" : ".h5") << "left behind: " << e.path();
+}
