@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
@@ -76,6 +77,18 @@ int main(int argc, char** argv) {
   for (const auto& [k, v] : prof.totals()) total += v;
   for (const auto& [k, v] : prof.totals())
     std::printf("%-14s %10.1f %6.1f%%\n", k.c_str(), v / steps * 1e3, 100.0 * v / total);
+  // The machine's sgemm rate on a square product, the ceiling a step's GEMM-bound work can reach.
+  {
+    const int n = 1024;
+    std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n, 0.0f);
+    gemm_cpu(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    double t0 = now_seconds();
+    const int reps = 10;
+    for (int r = 0; r < reps; ++r) gemm_cpu(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    double gf = 2.0 * n * n * n * reps / (now_seconds() - t0) / 1e9;
+    std::printf("\nOpenBLAS sgemm 1024^3: %.1f GFLOP/s; this step reaches %.0f%% of it (perfect step %.0f ms)\n", gf,
+                100.0 * flops / mean / 1e9 / gf, flops / gf / 1e6);
+  }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   std::printf("\npeak resident memory: %.1f MiB (activations %.1f MiB, parameters+grads+moments %.1f MiB)\n",

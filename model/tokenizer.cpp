@@ -144,8 +144,8 @@ class WordCache {
     uint32_t key_off = 0, key_len = 0;  // key_len 0 marks an empty slot (cached words have >= 2 bytes)
     uint32_t ids_off = 0, ids_len = 0;
   };
-  static constexpr size_t kMaxKeyBytes = size_t{256} << 20;
-  static constexpr size_t kMaxEntries = size_t{1} << 24;
+  static constexpr size_t kMaxKeyBytes = size_t{32} << 20;
+  static constexpr size_t kMaxEntries = size_t{1} << 19;  // so at most 2^20 slots, 24 MB
   void place(const Slot& s) {
     size_t i = s.hash & mask_;
     while (slots_[i].key_len != 0) i = (i + 1) & mask_;
@@ -387,6 +387,7 @@ void Tokenizer::Impl::encode_piece(const unsigned char* s, size_t n, std::vector
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special) const {
+  MT_CHECK(!impl_->bytes.empty(), "[tokenizer] encode on an empty tokenizer; create it with Tokenizer::load");
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 16);
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
