@@ -1,7 +1,15 @@
 # Third-party dependencies, all from Debian packages (scripts/setup.sh installs them).
 find_package(OpenMP REQUIRED COMPONENTS CXX)
 find_package(MPI REQUIRED COMPONENTS C CXX)
-find_package(OpenBLAS CONFIG REQUIRED)
+# OpenBLAS's OpenMP build shares the OpenMP thread pool with our kernels; the pthread build keeps a
+# second pool whose spinning threads fight OpenMP's for the cores (about 1.5x slower steps on 2 cores).
+find_package(OpenBLAS CONFIG QUIET NAMES OpenBLAS
+             PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp/cmake NO_DEFAULT_PATH)
+if(NOT OpenBLAS_FOUND)
+  find_package(OpenBLAS CONFIG REQUIRED)
+  message(WARNING "meshtrain: using ${OpenBLAS_LIBRARIES}; install libopenblas-openmp-dev for the OpenMP build")
+endif()
+message(STATUS "meshtrain: OpenBLAS ${OpenBLAS_LIBRARIES}")
 set(HDF5_PREFER_PARALLEL TRUE)
 find_package(HDF5 REQUIRED COMPONENTS C)
 if(NOT HDF5_IS_PARALLEL)

@@ -244,8 +244,7 @@ TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
   layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
   Vec dx0 = random_floats(N * C, 34), dw0 = random_floats(C, 35), db0 = random_floats(C, 36);
   Buffer dx(dx0), dw(dw0), db(db0);
-  layernorm_backward_cpu(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), mean.data(), rstd.data(), N,
-                         C);
+  layernorm_backward_cpu(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
   expect_fully_written(dx, "dinp");
   expect_fully_written(dw, "dweight");
   expect_fully_written(db, "dbias");
@@ -417,7 +416,9 @@ TEST(Attention, RejectsHeadsThatDoNotDivideChannels) {
 
 // ------------------------------------------------------------------------------------ gelu and residual
 
-double gelu_ref(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x))); }
+double gelu_ref(double x) {
+  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x)));
+}
 
 TEST(Gelu, ForwardMatchesFormula) {
   const int N = 1001;

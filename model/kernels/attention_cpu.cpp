@@ -37,8 +37,9 @@ namespace {
 // An OpenMP build of OpenBLAS runs single-threaded when called inside a parallel region, but the
 // pthread build (Debian's default) would still split each small per-head GEMM over its own pool,
 // oversubscribing the cores several times over (measured 4-5x slower). This pins the pthread build
-// to one thread for the duration of the per-head loop and restores the previous count. (In the
-// OpenMP build openblas_set_num_threads would also change OpenMP's thread count, so it is left alone.)
+// to one thread for the duration of the per-head loop and restores the previous count. The setting
+// is process-wide, which is fine while one thread per process issues BLAS calls (ranks are processes).
+// In the OpenMP build openblas_set_num_threads would also change OpenMP's thread count: left alone.
 class BlasSingleThreadScope {
  public:
   BlasSingleThreadScope() : saved_(openblas_get_parallel() == 1 ? openblas_get_num_threads() : 1) {

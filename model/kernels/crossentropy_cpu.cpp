@@ -28,12 +28,14 @@ float expf(float) noexcept;
 
 namespace meshtrain {
 
-void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N,
-                              int V, int Vp, float dloss) {
+void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
+                              int Vp, float dloss) {
   MT_CHECK(N >= 0 && V >= 1 && Vp >= V, "[crossentropy] N={}, V={}, Vp={}: need N >= 0 and 1 <= V <= Vp", N, V, Vp);
   for (int i = 0; i < N; ++i) {
-    MT_CHECK(targets[i] < V, "[crossentropy] target {} in row {} is not a real token (vocabulary size {}); "
-             "use a negative target to ignore a row", targets[i], i, V);
+    MT_CHECK(targets[i] < V,
+             "[crossentropy] target {} in row {} is not a real token (vocabulary size {}); "
+             "use a negative target to ignore a row",
+             targets[i], i, V);
   }
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; ++i) {

@@ -23,15 +23,14 @@ void check_shape_and_tokens(const char* op, const int32_t* tokens, int B, int T,
   MT_CHECK(B >= 1 && T >= 1 && C >= 1, "[{}] B={}, T={}, C={}: every dimension must be at least 1", op, B, T, C);
   const int64_t BT = static_cast<int64_t>(B) * T;
   for (int64_t i = 0; i < BT; ++i) {
-    MT_CHECK(tokens[i] >= 0, "[{}] token id {} at position {} is negative; token ids index rows of wte", op,
-             tokens[i], i);
+    MT_CHECK(tokens[i] >= 0, "[{}] token id {} at position {} is negative; token ids index rows of wte", op, tokens[i],
+             i);
   }
 }
 
 }  // namespace
 
-void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
-                         int C) {
+void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C) {
   check_shape_and_tokens("encoder_forward", tokens, B, T, C);
   const int64_t BT = static_cast<int64_t>(B) * T;
 #pragma omp parallel for schedule(static)

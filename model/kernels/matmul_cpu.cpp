@@ -22,8 +22,8 @@ constexpr int kColumnBlock = 32;
 }  // namespace
 
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
-  MT_CHECK(N >= 1 && C >= 1 && OC >= 1, "[matmul_forward] N={}, C={}, OC={}: every dimension must be at least 1", N,
-           C, OC);
+  MT_CHECK(N >= 1 && C >= 1 && OC >= 1, "[matmul_forward] N={}, C={}, OC={}: every dimension must be at least 1", N, C,
+           OC);
   if (bias != nullptr) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; ++n) {
@@ -38,8 +38,8 @@ void matmul_forward_cpu(float* out, const float* inp, const float* weight, const
 
 void matmul_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                          const float* weight, int N, int C, int OC) {
-  MT_CHECK(N >= 1 && C >= 1 && OC >= 1, "[matmul_backward] N={}, C={}, OC={}: every dimension must be at least 1", N,
-           C, OC);
+  MT_CHECK(N >= 1 && C >= 1 && OC >= 1, "[matmul_backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C,
+           OC);
   MT_CHECK(dweight != nullptr, "[matmul_backward] dweight is null; only dinp and dbias may be skipped");
   if (dinp != nullptr) gemm_cpu(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
   gemm_cpu(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
