@@ -5,6 +5,8 @@
 #include <sched.h>
 
 extern "C" void openblas_set_num_threads(int num_threads);
+extern "C" int openblas_get_num_threads(void);
+extern "C" int openblas_get_parallel(void);  // 0 sequential, 1 pthreads, 2 OpenMP
 
 namespace meshtrain {
 
@@ -25,5 +27,14 @@ void set_num_threads(int n) {
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+BlasSingleThreadScope::BlasSingleThreadScope()
+    : saved_(openblas_get_parallel() == 1 ? openblas_get_num_threads() : 1) {
+  if (saved_ > 1) openblas_set_num_threads(1);
+}
+
+BlasSingleThreadScope::~BlasSingleThreadScope() {
+  if (saved_ > 1) openblas_set_num_threads(saved_);
+}
 
 }  // namespace meshtrain

@@ -10,4 +10,20 @@ void set_num_threads(int n);
 /// The thread count last set (or OpenMP's default).
 int num_threads();
 
+/// Keeps OpenBLAS single-threaded while alive, for GEMMs issued from inside OpenMP parallel loops.
+/// OpenBLAS's OpenMP build (the one meshtrain links) already runs single-threaded there and this does
+/// nothing; the pthread build would split each small GEMM over its own pool and oversubscribe the
+/// cores (measured 4-5x slower), so it is pinned to one thread and restored afterwards. The setting
+/// is process-wide, which is fine while one thread per process issues BLAS calls (ranks are processes).
+class BlasSingleThreadScope {
+ public:
+  BlasSingleThreadScope();
+  ~BlasSingleThreadScope();
+  BlasSingleThreadScope(const BlasSingleThreadScope&) = delete;
+  BlasSingleThreadScope& operator=(const BlasSingleThreadScope&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace meshtrain

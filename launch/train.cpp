@@ -172,6 +172,7 @@ double run_train(const TrainArgs& args) {
       model.backward();
     }
     loss /= accum;
+    model.reduce_gradients();
     float lr = lr_at(step, cfg.train.warmup_steps, total, static_cast<float>(cfg.train.lr),
                      static_cast<float>(cfg.train.min_lr));
     float norm = opt.step(model.params(), model.grads(), lr);

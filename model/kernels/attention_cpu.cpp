@@ -15,45 +15,12 @@
 
 #include "core/error.h"
 #include "core/gemm.h"
+#include "core/threads.h"
 #include "model/kernels/attention.h"
-
-// Thread control of OpenBLAS (cblas.h declares these too; core/threads.cpp does the same).
-extern "C" int openblas_get_parallel(void);
-extern "C" int openblas_get_num_threads(void);
-extern "C" void openblas_set_num_threads(int num_threads);
-
-// glibc declares its vector math variants (libmvec) only under -ffast-math; declaring expf "simd"
-// lets the softmax loop call the 8-wide version (see crossentropy_cpu.cpp).
-#if defined(__x86_64__) && defined(__GLIBC__)
-extern "C" {
-#pragma omp declare simd notinbranch
-float expf(float) noexcept;
-}
-#endif
+#include "model/kernels/vector_math.h"
 
 namespace meshtrain {
 namespace {
-
-// An OpenMP build of OpenBLAS runs single-threaded when called inside a parallel region, but the
-// pthread build (Debian's default) would still split each small per-head GEMM over its own pool,
-// oversubscribing the cores several times over (measured 4-5x slower). This pins the pthread build
-// to one thread for the duration of the per-head loop and restores the previous count. The setting
-// is process-wide, which is fine while one thread per process issues BLAS calls (ranks are processes).
-// In the OpenMP build openblas_set_num_threads would also change OpenMP's thread count: left alone.
-class BlasSingleThreadScope {
- public:
-  BlasSingleThreadScope() : saved_(openblas_get_parallel() == 1 ? openblas_get_num_threads() : 1) {
-    if (saved_ > 1) openblas_set_num_threads(1);
-  }
-  ~BlasSingleThreadScope() {
-    if (saved_ > 1) openblas_set_num_threads(saved_);
-  }
-  BlasSingleThreadScope(const BlasSingleThreadScope&) = delete;
-  BlasSingleThreadScope& operator=(const BlasSingleThreadScope&) = delete;
-
- private:
-  int saved_;
-};
 
 void check_shape(const char* op, int B, int T, int C, int NH) {
   MT_CHECK(B >= 1 && T >= 1 && C >= 1 && NH >= 1, "[{}] B={}, T={}, C={}, NH={}: every dimension must be at least 1",

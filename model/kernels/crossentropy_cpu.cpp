@@ -14,17 +14,7 @@
 
 #include "core/error.h"
 #include "model/kernels/crossentropy.h"
-
-// glibc declares the vector variants of its math functions (libmvec, linked through libm) only under
-// -ffast-math, which this project does not use. Declaring expf "simd" here lets the omp simd loop call
-// the 8-wide AVX2 version (within a few ulp) instead of one scalar call per element: this loop runs
-// over every logit of every step.
-#if defined(__x86_64__) && defined(__GLIBC__)
-extern "C" {
-#pragma omp declare simd notinbranch
-float expf(float) noexcept;
-}
-#endif
+#include "model/kernels/vector_math.h"
 
 namespace meshtrain {
 

@@ -4,22 +4,13 @@
 //   gelu(x)  = 0.5 x (1 + tanh u)
 //   gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 // Both are elementwise over a flat array: one parallel simd loop each, with tanhf from glibc's vector
-// math library so a call covers eight elements (see the declaration below).
+// math library so a call covers eight elements (vector_math.h).
 #include <cmath>
 #include <cstdint>
 
 #include "core/error.h"
 #include "model/kernels/gelu.h"
-
-// glibc declares the vector variants of its math functions (libmvec, linked through libm) only under
-// -ffast-math, which this project does not use. Declaring tanhf "simd" here lets the omp simd loops
-// call the 8-wide AVX2 version (within a few ulp) instead of one scalar call per element.
-#if defined(__x86_64__) && defined(__GLIBC__)
-extern "C" {
-#pragma omp declare simd notinbranch
-float tanhf(float) noexcept;
-}
-#endif
+#include "model/kernels/vector_math.h"
 
 namespace meshtrain {
 namespace {
