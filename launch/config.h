@@ -20,7 +20,7 @@ struct DataConfig {
 struct TrainConfig {
   int batch_size = 16;   // sequences per micro-batch
   int grad_accum = 1;    // micro-batches per step
-  int steps = 600;
+  int steps = 1100;
   double lr = 2e-3;
   double min_lr = 2e-4;
   int warmup_steps = 40;
