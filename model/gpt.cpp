@@ -32,8 +32,11 @@ struct Gpt::Acts {
 };
 
 Gpt::Gpt(const GptConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(comm), table_((cfg.validate(), cfg)) {
-  params_ = Tensor::zeros({table_.total()});
-  grads_ = Tensor::zeros({table_.total()});
+  // Flat buffers are padded to a multiple of the data-parallel group size so they split into equal
+  // shards; the padding stays zero and belongs to no parameter.
+  const int64_t n = comm.size(), padded = (table_.total() + n - 1) / n * n;
+  params_ = Tensor::zeros({padded});
+  grads_ = Tensor::zeros({padded});
   p_ = param_pointers(table_, cfg_, params_.f32());
   g_ = param_pointers(table_, cfg_, grads_.f32());
 }
@@ -226,6 +229,7 @@ void Gpt::backward() {
     layernorm_backward_cpu(a.dres, g_.lnf_w, g_.lnf_b, a.dln, a.res[cfg_.n_layer], p_.lnf_w, a.lnf_mean, a.lnf_rstd,
                            BT, C);
   }
+  if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
@@ -270,10 +274,14 @@ void Gpt::backward() {
       ScopedTimer t(prof_, "layernorm");
       layernorm_backward_cpu(a.dres, gw.ln1_w, gw.ln1_b, a.dln, a.res[l], w.ln1_w, y.ln1_mean, y.ln1_rstd, BT, C);
     }
+    if (grad_ready_) grad_ready_(gw.ln1_w - grads_.f32());
   }
-  ScopedTimer t(prof_, "encoder");
-  encoder_backward_cpu(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C);
+  {
+    ScopedTimer t(prof_, "encoder");
+    encoder_backward_cpu(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C);
+  }
   have_dlogits_ = false;
+  if (grad_ready_) grad_ready_(0);
 }
 
 }  // namespace meshtrain

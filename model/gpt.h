@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -25,8 +26,11 @@ class Gpt {
 
   const GptConfig& config() const { return cfg_; }
   const ParameterTable& table() const { return table_; }
+  /// Flat parameter and gradient buffers (table().total() elements, then zero padding up to a
+  /// multiple of the communicator's size).
   Tensor& params() { return params_; }
   Tensor& grads() { return grads_; }
+  Communicator& comm() const { return comm_; }
   /// View of one parameter (or its gradient) by global name.
   Tensor param(const std::string& name) const;
   Tensor grad(const std::string& name) const;
@@ -50,6 +54,11 @@ class Gpt {
   /// Logits of the last position only: runs the blocks on B=1, T tokens and the head on one row.
   const float* forward_last_logits(const int32_t* tokens, int T);
 
+  /// Called during backward() each time a further tail of the gradient buffer is final for this
+  /// micro-batch: every gradient at flat offset >= ready_from. Offsets only decrease, ending at 0.
+  /// Data parallelism uses it to start bucket reductions while backward goes on.
+  void set_grad_ready_hook(std::function<void(int64_t ready_from)> hook) { grad_ready_ = std::move(hook); }
+
   /// Per-region timings (encoder, layernorm, matmul, attention, gelu, residual, classifier,
   /// crossentropy, ...); set to null to disable.
   void set_profiler(Profiler* p) { prof_ = p; }
@@ -71,6 +80,7 @@ class Gpt {
   int last_B_ = 0, last_T_ = 0;
   bool have_dlogits_ = false;
   Profiler* prof_ = nullptr;
+  std::function<void(int64_t)> grad_ready_;
 };
 
 }  // namespace meshtrain

@@ -1,6 +1,7 @@
 // AdamW step and learning-rate schedule.
 #include "model/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/kernels/adamw.h"
@@ -17,22 +18,54 @@ float lr_at(int64_t step, int64_t warmup, int64_t total, float lr, float min_lr)
   return static_cast<float>(min_lr + coeff * (lr - min_lr));
 }
 
-AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg)
-    : table_(table), cfg_(cfg), m_(Tensor::zeros({table.total()})), v_(Tensor::zeros({table.total()})) {}
+namespace {
+int64_t ranges_numel(const FlatRanges& r) {
+  int64_t n = 0;
+  for (auto [b, e] : r) n += e - b;
+  return n;
+}
+}  // namespace
 
-float AdamW::step(Tensor& params, const Tensor& grads, float lr) {
-  MT_CHECK(params.numel() == table_.total() && grads.numel() == table_.total(),
+AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges)
+    : table_(table), cfg_(cfg), ranges_(ranges.empty() ? FlatRanges{{0, table.total()}} : std::move(ranges)) {
+  for (auto [b, e] : ranges_) MT_CHECK(0 <= b && b <= e, "[adamw] bad range [{}, {})", b, e);
+  m_ = Tensor::zeros({ranges_numel(ranges_)});
+  v_ = Tensor::zeros({ranges_numel(ranges_)});
+}
+
+double AdamW::sum_squares(const Tensor& grads) const {
+  double s = 0.0;
+  for (auto [b, e] : ranges_) s += sum_squares_cpu(grads.f32() + b, e - b);
+  return s;
+}
+
+float AdamW::clip_scale(double norm) const {
+  if (cfg_.grad_clip > 0.0f && norm > cfg_.grad_clip) return cfg_.grad_clip / static_cast<float>(norm);
+  return 1.0f;
+}
+
+void AdamW::update(Tensor& params, const Tensor& grads, float lr, float grad_scale) {
+  MT_CHECK(params.numel() >= table_.total() && grads.numel() >= table_.total(),
            "[adamw] parameter/gradient buffers of {} and {} elements for a table of {}", params.numel(),
            grads.numel(), table_.total());
-  double norm = std::sqrt(sum_squares_cpu(grads.f32(), grads.numel()));
-  float scale = 1.0f;
-  if (cfg_.grad_clip > 0.0f && norm > cfg_.grad_clip) scale = cfg_.grad_clip / static_cast<float>(norm);
   ++t_;
-  for (const auto& s : table_.specs()) {
-    adamw_update_cpu(params.f32() + s.offset, grads.f32() + s.offset, m_.f32() + s.offset, v_.f32() + s.offset,
-                     s.numel, lr, cfg_.beta1, cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0f,
-                     static_cast<int>(t_), scale);
+  int64_t state = 0;  // position of the current range's moments in m_ / v_
+  for (auto [b, e] : ranges_) {
+    // Parameters overlapping [b, e): each piece gets its own decay; padding past the table is skipped.
+    for (const auto& s : table_.specs()) {
+      int64_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel);
+      if (lo >= hi) continue;
+      int64_t at = state + (lo - b);
+      adamw_update_cpu(params.f32() + lo, grads.f32() + lo, m_.f32() + at, v_.f32() + at, hi - lo, lr, cfg_.beta1,
+                       cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0f, static_cast<int>(t_), grad_scale);
+    }
+    state += e - b;
   }
+}
+
+float AdamW::step(Tensor& params, const Tensor& grads, float lr) {
+  double norm = std::sqrt(sum_squares(grads));
+  update(params, grads, lr, clip_scale(norm));
   return static_cast<float>(norm);
 }
 

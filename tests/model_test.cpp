@@ -262,3 +262,46 @@ TEST(Sampler, GreedyTopKAndNoPaddedIds) {
   EXPECT_GT(counts[1], counts[3]);
   EXPECT_GT(counts[3], 300);
 }
+
+TEST(Optimizer, SplitRangesUpdateExactlyLikeTheWholeBuffer) {
+  GptConfig c = tiny_config();
+  ParameterTable table(c);
+  const int64_t n = table.total(), cut1 = n / 3 + 5, cut2 = 2 * n / 3 + 1;  // cuts inside parameters
+  AdamW whole(table, AdamWConfig{});
+  AdamW lo(table, AdamWConfig{}, {{0, cut1}, {cut2, n}}), hi(table, AdamWConfig{}, {{cut1, cut2}});
+  EXPECT_EQ(lo.m().numel() + hi.m().numel(), n);
+  Tensor p1 = Tensor::empty({n}), p2 = Tensor::empty({n}), g = Tensor::empty({n});
+  table.initialize(p1.f32(), 3);
+  p2.copy_from(p1);
+  auto rnd = meshtrain::testing::random_floats(n, 17);
+  std::copy(rnd.begin(), rnd.end(), g.f32());
+  for (int step = 0; step < 3; ++step) {
+    whole.update(p1, g, 1e-2f, 0.5f);
+    lo.update(p2, g, 1e-2f, 0.5f);
+    hi.update(p2, g, 1e-2f, 0.5f);
+  }
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(p1.f32()[i], p2.f32()[i]) << "element " << i;
+  EXPECT_NEAR(lo.sum_squares(g) + hi.sum_squares(g), whole.sum_squares(g), 1e-9 * whole.sum_squares(g));
+}
+
+TEST(Gpt, GradReadyHookReportsFinalSuffixesInOrder) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(8);
+  auto inp = random_tokens(16, c.vocab_size, 40), tgt = random_tokens(16, c.vocab_size, 41);
+  std::vector<std::pair<int64_t, std::vector<float>>> snapshots;
+  model.set_grad_ready_hook([&](int64_t from) {
+    const float* g = model.grads().f32();
+    snapshots.push_back({from, std::vector<float>(g + from, g + model.grads().numel())});
+  });
+  model.zero_grad();
+  model.forward(inp.data(), tgt.data(), 2, 8, true, 1.0f);
+  model.backward();
+  ASSERT_EQ(snapshots.size(), static_cast<size_t>(c.n_layer + 2));
+  EXPECT_EQ(snapshots.back().first, 0);
+  for (size_t i = 1; i < snapshots.size(); ++i) EXPECT_LT(snapshots[i].first, snapshots[i - 1].first);
+  const float* final_g = model.grads().f32();
+  for (const auto& [from, snap] : snapshots)
+    for (size_t i = 0; i < snap.size(); ++i) ASSERT_EQ(snap[i], final_g[from + i]) << "gradient changed after ready";
+}
