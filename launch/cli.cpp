@@ -63,7 +63,7 @@ int run_cli(int argc, char** argv) {
 
   TrainArgs targs;
   auto* train = app.add_subcommand("train", "train a GPT model (no arguments: the built-in default run)");
-  train->add_option("--config", targs.config_file, "TOML file with [model], [data] and [train] sections")
+  train->add_option("--config", targs.config_file, "TOML file with [model], [data], [train] and [parallel] sections")
       ->check(CLI::ExistingFile);
   train->add_option("--set", targs.overrides, "override one key: section.key=value (repeatable)");
   train->add_option("--resume", targs.resume, "continue from a checkpoint file, or 'latest' in train.out_dir");
@@ -118,7 +118,7 @@ int run_cli(int argc, char** argv) {
   try {
     if (*train) {
       if (print_reference) {
-        fmt::print("Configuration keys (TOML sections [model], [data], [train]; or --set section.key=value):\n{}",
+        fmt::print("Configuration keys (TOML sections [model], [data], [train], [parallel]; or --set section.key=value):\n{}",
                    config_reference());
         return 0;
       }

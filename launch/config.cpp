@@ -113,6 +113,15 @@ const std::vector<Key>& schema() {
                          &TrainConfig::log_every, 1));
     k.push_back(make_key("train.shuffle", Kind::boolean, "shuffle training windows each epoch", &C::train,
                          &TrainConfig::shuffle));
+    k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = all ranks", &C::parallel,
+                         &ParallelConfig::dp, 0));
+    k.push_back(make_key("parallel.zero", Kind::integer, "0 = replicated optimizer, 1 = ZeRO-1 (sharded state)",
+                         &C::parallel, &ParallelConfig::zero, 0));
+    k.push_back(make_key("parallel.bucket_mb", Kind::number, "gradient bucket size (MiB) for overlapped reduction",
+                         &C::parallel, &ParallelConfig::bucket_mb));
+    k.push_back(make_key("parallel.microbatches", Kind::integer,
+                         "micro-batches per rank and step; 0 = train.grad_accum", &C::parallel,
+                         &ParallelConfig::microbatches, 0));
     return k;
   }();
   return keys;
@@ -130,7 +139,7 @@ const Key* find_key(const std::string& name) {
   for (const auto& k : schema())
     if (k.name.rfind(section + ".", 0) == 0) known.push_back(k.name);
   if (known.empty())
-    MT_FAIL("[config] unknown key '{}'{}: sections are [model], [data] and [train]", name, origin);
+    MT_FAIL("[config] unknown key '{}'{}: sections are [model], [data], [train] and [parallel]", name, origin);
   MT_FAIL("[config] unknown key '{}'{}; known keys: {}", name, origin, fmt::join(known, ", "));
 }
 
@@ -280,6 +289,9 @@ void validate_config(const Config& cfg) {
   MT_CHECK(t.weight_decay >= 0.0, "[config] train.weight_decay must be >= 0 (got {})", t.weight_decay);
   MT_CHECK(t.grad_clip >= 0.0, "[config] train.grad_clip must be >= 0 (got {})", t.grad_clip);
   MT_CHECK(!t.out_dir.empty(), "[config] train.out_dir must not be empty");
+  const auto& p = cfg.parallel;
+  MT_CHECK(p.zero <= 1, "[config] parallel.zero must be 0 or 1 (got {})", p.zero);
+  MT_CHECK(p.bucket_mb > 0.0, "[config] parallel.bucket_mb must be > 0 (got {})", p.bucket_mb);
 }
 
 std::string config_to_toml(const Config& cfg) {

@@ -1,4 +1,4 @@
-// Run configuration: [model], [data] and [train] sections read from TOML, overridden by
+// Run configuration: [model], [data], [train] and [parallel] sections read from TOML, overridden by
 // --set section.key=value, checked against one schema (unknown keys and bad values are errors
 // naming the key and the expected form). The defaults are the built-in default run.
 #pragma once
@@ -38,10 +38,18 @@ struct TrainConfig {
   bool shuffle = true;
 };
 
+struct ParallelConfig {
+  int dp = 0;               // data-parallel ranks; 0 = every rank
+  int zero = 0;             // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
+  double bucket_mb = 4.0;   // gradient bucket size for the overlapped reduction
+  int microbatches = 0;     // micro-batches per rank and step; 0 = train.grad_accum
+};
+
 struct Config {
   GptConfig model;
   DataConfig data;
   TrainConfig train;
+  ParallelConfig parallel;
 };
 
 /// The built-in defaults: the default run's model and schedule; model.vocab_size 0 = from the tokenizer.

@@ -16,6 +16,7 @@
 #include "model/data.h"
 #include "model/tokenizer.h"
 #include "test_util.h"
+#include "tiny_corpus.h"
 
 namespace fs = std::filesystem;
 using namespace meshtrain;
@@ -61,19 +62,7 @@ class TrainCli : public ::testing::Test {
     root_ = fs::temp_directory_path() / ("meshtrain_train_test_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
-    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "see", "big",
-                           "red", "ball", "in", "park", "with", "its", "friend", "every", "day"};
-    CounterRng rng(5, 0);
-    std::ofstream corpus(root_ / "corpus.txt");
-    for (int line = 0; line < 1500; ++line) {
-      int n = 4 + static_cast<int>(rng.below(8));
-      for (int w = 0; w < n; ++w) corpus << (w ? " " : "") << words[rng.below(21)];
-      corpus << ".\n";
-    }
-    corpus.close();
-    train_bpe({(root_ / "corpus.txt").string()}, 300, (root_ / "tok").string());
-    Tokenizer tok = Tokenizer::load((root_ / "tok").string());
-    tokenize_files(tok, {(root_ / "corpus.txt").string()}, (root_ / "shards").string(), 0.1);
+    meshtrain::testing::make_tiny_corpus(root_);
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
