@@ -16,6 +16,8 @@
 #include "launch/train.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
+#include "parallel/communicator.h"
+#include "parallel/mpi_runtime.h"
 
 namespace meshtrain {
 
@@ -115,8 +117,14 @@ int run_cli(int argc, char** argv) {
     return app.exit(e);
   }
 
+  // Under mpirun or srun the job runs on every rank; a plain process is a world of one.
+  std::unique_ptr<MpiRuntime> runtime;
+  std::unique_ptr<Communicator> world;
   try {
     if (*train) {
+      runtime = MpiRuntime::init_if_launched(&argc, &argv);
+      world = world_communicator(runtime.get());
+      if (runtime) targs.default_threads = runtime->threads_per_rank();
       if (print_reference) {
         fmt::print("Configuration keys (TOML sections [model], [data], [train], [parallel]; or --set section.key=value):\n{}",
                    config_reference());
@@ -126,7 +134,7 @@ int run_cli(int argc, char** argv) {
         fmt::print("{}", config_to_toml(load_config(targs.config_file, targs.overrides)));
         return 0;
       }
-      run_train(targs);
+      run_train(targs, *world);
     } else if (*gen) {
       run_generate(gargs);
     } else if (*tokenize) {
@@ -136,7 +144,11 @@ int run_cli(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    fmt::print(stderr, "\nmeshtrain: error (rank 0 on {}): {}\n", host_name(), e.what());
+    int rank = world ? world->rank() : 0;
+    fmt::print(stderr, "\nmeshtrain: error (rank {} on {}): {}\n", rank, host_name(), e.what());
+    std::fflush(stderr);
+    // The other ranks may be waiting in a collective for this one: bring the whole job down.
+    if (world && world->size() > 1) world->abort(1);
     return 1;
   }
   return 0;

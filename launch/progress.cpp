@@ -21,8 +21,9 @@ std::string format_duration(double s) {
 }
 }  // namespace
 
-StepLog::StepLog(int64_t first_step, int64_t total_steps, int log_every, const std::string& metrics_path)
-    : first_(first_step), total_(total_steps), log_every_(log_every), tty_(::isatty(STDOUT_FILENO)),
+StepLog::StepLog(int64_t first_step, int64_t total_steps, int log_every, const std::string& metrics_path,
+                 bool allow_bar)
+    : first_(first_step), total_(total_steps), log_every_(log_every), tty_(allow_bar && ::isatty(STDOUT_FILENO)),
       start_(now_seconds()) {
   if (!metrics_path.empty()) {
     metrics_ = std::fopen(metrics_path.c_str(), "a");
@@ -77,6 +78,7 @@ void StepLog::record(const StepRecord& r) {
     j["grad_norm"] = r.grad_norm;
     j["ms"] = r.ms;
     j["tokens_per_s"] = r.tokens_per_s;
+    j["comm_ms"] = r.comm_ms;
     if (r.val_loss) j["val_loss"] = *r.val_loss;
     std::string line = j.dump() + "\n";
     std::fputs(line.c_str(), metrics_);
@@ -88,8 +90,9 @@ void StepLog::record(const StepRecord& r) {
     int64_t done = r.step - first_;
     double eta = elapsed / static_cast<double>(done) * static_cast<double>(total_ - r.step);
     std::string val = r.val_loss ? fmt::format(" | val {:.4f}", *r.val_loss) : "";
-    std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms | {:.0f} tok/s",
-                                   r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, r.tokens_per_s);
+    std::string comm = r.comm_ms > 0.0 ? fmt::format(" ({:.0f} comm)", r.comm_ms) : "";
+    std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms{} | {:.0f} tok/s",
+                                   r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, comm, r.tokens_per_s);
     if (!tty_) text += " | ETA " + format_duration(eta);
     message(text);
   } else if (tty_) {

@@ -16,12 +16,16 @@ struct StepRecord {
   double ms = 0.0;
   double tokens_per_s = 0.0;
   std::optional<double> val_loss;
+  double comm_ms = 0.0;  // time this rank spent blocked on communication (exposed, not overlapped)
 };
 
 class StepLog {
  public:
-  /// total_steps for the ETA; metrics_path "" = no metrics file (appended to otherwise).
-  StepLog(int64_t first_step, int64_t total_steps, int log_every, const std::string& metrics_path);
+  /// total_steps for the ETA; metrics_path "" = no metrics file (appended to otherwise). The bar is
+  /// drawn only when allow_bar and stdout is a terminal (MPI launchers hand ranks a pseudo-terminal
+  /// even when their output goes to a file, so multi-rank runs pass false).
+  StepLog(int64_t first_step, int64_t total_steps, int log_every, const std::string& metrics_path,
+          bool allow_bar = true);
   ~StepLog();
   void record(const StepRecord& r);
   /// Prints a message on its own lines (clearing and redrawing the bar on a terminal).

@@ -1,12 +1,15 @@
-// The training loop. A step consumes batch_size x grad_accum sequences: each micro-batch's loss
-// gradient is scaled by 1/grad_accum so the accumulated gradient is that of the mean loss; then
-// global-norm clipping, the scheduled learning rate and AdamW. Everything that decides the next
-// step's numbers (weights, moments, data position, step) is in the checkpoint, so a resumed run
-// repeats the uninterrupted one exactly.
+// The training loop. A step consumes batch_size x grad_accum sequences whatever the layout: each
+// data-parallel rank takes its equal slice of that global batch and cuts it into micro-batches whose
+// loss gradients are scaled by 1/micro-batches, so after the data-parallel average the gradient is
+// that of the global mean loss; then global-norm clipping, the scheduled learning rate and AdamW.
+// Everything that decides the next step's numbers (weights, moments, data position, step) is in the
+// checkpoint, so a resumed run repeats the uninterrupted one exactly.
 #include "launch/train.h"
 
 #include <filesystem>
+#include <algorithm>
 #include <optional>
+#include <sstream>
 
 #include "core/threads.h"
 #include "core/timer.h"
@@ -21,6 +24,8 @@
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
 #include "parallel/communicator.h"
+#include "parallel/data_parallel.h"
+#include "parallel/mesh.h"
 
 namespace fs = std::filesystem;
 
@@ -61,9 +66,43 @@ double evaluate(Gpt& model, const std::vector<std::string>& val_paths, const Con
   return sum / n;
 }
 
+/// Every rank must run the same configuration: rank 0's is broadcast and compared line by line.
+void check_same_config(const Config& cfg, Communicator& world) {
+  if (world.size() == 1) return;
+  std::string mine = config_to_toml(cfg);
+  Tensor len = Tensor::empty({1}, DType::i32);
+  len.data<int32_t>()[0] = static_cast<int32_t>(mine.size());
+  world.broadcast(len, 0);
+  Tensor text = Tensor::zeros({len.data<int32_t>()[0]}, DType::u8);
+  if (world.rank() == 0) std::copy(mine.begin(), mine.end(), text.data<uint8_t>());
+  world.broadcast(text, 0);
+  std::string root(reinterpret_cast<const char*>(text.data<uint8_t>()), text.numel());
+  Tensor bad = Tensor::zeros({1}, DType::i32);
+  std::string first_difference;
+  if (root != mine) {
+    bad.data<int32_t>()[0] = 1;
+    std::istringstream a(root), b(mine);
+    std::string la, lb, section;
+    while (std::getline(a, la) && std::getline(b, lb)) {
+      if (!la.empty() && la[0] == '[') section = la.substr(1, la.size() - 2);
+      if (la != lb) {
+        first_difference = section + "." + la.substr(0, la.find(" ="));
+        break;
+      }
+    }
+  }
+  world.all_reduce(bad, ReduceOp::max);
+  MT_CHECK(first_difference.empty(),
+           "[train] rank {} was started with a different configuration from rank 0: {} differs; every rank must "
+           "get the same --config and --set arguments", world.rank(), first_difference);
+  MT_CHECK(bad.data<int32_t>()[0] == 0, "[train] another rank was started with a different configuration (see its "
+                                        "message)");
+}
+
 }  // namespace
 
-double run_train(const TrainArgs& args) {
+double run_train(const TrainArgs& args, Communicator& world) {
+  const bool lead = world.rank() == 0;
   Config cfg;
   std::string resume_path;
   if (!args.resume.empty()) {
@@ -88,14 +127,19 @@ double run_train(const TrainArgs& args) {
              cfg.train.out_dir, existing);
   }
 
-  const int threads = cfg.train.threads > 0 ? cfg.train.threads : available_cores();
+  check_same_config(cfg, world);
+  const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);
 
   if (cfg.data.train.empty()) {
     MT_CHECK(cfg.data.val.empty() && cfg.data.tokenizer.empty(),
              "[config] data.val / data.tokenizer were set without data.train; set data.train too, or none of them "
              "for the built-in corpus");
-    BuiltinData d = prepare_builtin_corpus((fs::path(cfg.train.out_dir) / "data").string(), kBuiltinVocab);
+    // Rank 0 prepares the corpus; the others then find it ready.
+    std::string dir = (fs::path(cfg.train.out_dir) / "data").string();
+    if (lead) prepare_builtin_corpus(dir, kBuiltinVocab);
+    world.barrier();
+    BuiltinData d = prepare_builtin_corpus(dir, kBuiltinVocab);
     cfg.data.train = d.train;
     cfg.data.val = d.val;
     cfg.data.tokenizer = d.tokenizer;
@@ -114,20 +158,33 @@ double run_train(const TrainArgs& args) {
   auto train_paths = expand_shard_paths(cfg.data.train);
   std::vector<std::string> val_paths;
   if (!cfg.data.val.empty()) val_paths = expand_shard_paths(cfg.data.val);
-  const int B = cfg.train.batch_size, T = cfg.model.seq_len, accum = cfg.train.grad_accum;
+  const int T = cfg.model.seq_len;
+  const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size();
+  Mesh mesh(world, MeshShape{dp_size, 1, 1});
+  Communicator& dp = mesh.dp();
+  // The global batch of a step, this rank's share, and its micro-batches.
+  const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
+  const int micro_count = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
+  MT_CHECK(global_rows % (dp_size * micro_count) == 0,
+           "[train] a step's {} sequences (train.batch_size {} x train.grad_accum {}) must divide by parallel.dp "
+           "{} x micro-batches {} = {}", global_rows, cfg.train.batch_size, cfg.train.grad_accum, dp_size, micro_count,
+           dp_size * micro_count);
+  const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
-  LocalCommunicator comm;
-  Gpt model(cfg.model, comm);
+  Gpt model(cfg.model, dp);
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
-  AdamW opt(model.table(), ocfg);
+  DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg);
   RunCounters counters;
   if (!resume_path.empty()) {
-    counters = load_run(resume_path, model, &opt);
+    MomentBuffers moments{Tensor::zeros({model.params().numel()}), Tensor::zeros({model.params().numel()})};
+    counters = load_run(resume_path, model, &moments);
+    ddp.scatter_moments(moments.m, moments.v);
+    ddp.optimizer().set_steps(moments.adam_steps);
     loader.set_state(counters.loader);
-    fmt::print("[train] resumed from {} at step {}\n", resume_path, counters.step);
+    if (lead) fmt::print("[train] resumed from {} at step {}\n", resume_path, counters.step);
   } else {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
   }
@@ -136,60 +193,75 @@ double run_train(const TrainArgs& args) {
   const int64_t total = cfg.train.steps;
   MT_CHECK(counters.step < total, "[train] the run is already at step {} of train.steps = {}; raise it with --set "
                                   "train.steps=N to continue", counters.step, total);
-  fmt::print("[train] model: {} layers, {} heads, {} channels, T={}, vocab {} (padded {}), {:.2f}M parameters\n",
+  if (lead) {
+    fmt::print("[train] model: {} layers, {} heads, {} channels, T={}, vocab {} (padded {}), {:.2f}M parameters\n",
              cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, cfg.model.vocab_size,
              cfg.model.padded_vocab(), static_cast<double>(cfg.model.num_params()) / 1e6);
-  fmt::print("[train] data: {} training windows of {} tokens; {} sequences per step ({} x {}); {} threads\n",
-             loader.num_windows(), T + 1, B * accum, B, accum, threads);
-  std::fflush(stdout);
+    fmt::print("[train] data: {} training windows of {} tokens; {} sequences per step = {} ranks x {} micro-batches "
+               "x {}; {} threads per rank\n", loader.num_windows(), T + 1, global_rows, dp_size, micro_count, B,
+               threads);
+    if (dp_size > 1)
+      fmt::print("[train] data parallel over {} ranks, {} gradient buckets, {}\n", dp_size, ddp.num_buckets(),
+                 cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
+    fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB)\n", ddp.optimizer().state_bytes(),
+               ddp.optimizer().state_bytes() / 1048576.0);
+    std::fflush(stdout);
+  }
 
-  std::vector<int32_t> batch(static_cast<size_t>(B) * (T + 1)), inp(static_cast<size_t>(B) * T),
+  std::vector<int32_t> batch(static_cast<size_t>(rank_rows) * (T + 1)), inp(static_cast<size_t>(B) * T),
       tgt(static_cast<size_t>(B) * T);
-  StepLog log(counters.step, total, cfg.train.log_every, args.metrics);
+  std::optional<StepLog> log;
+  if (lead) log.emplace(counters.step, total, cfg.train.log_every, args.metrics, world.size() == 1);
   SampleOptions sopt;
   sopt.max_new_tokens = cfg.train.sample_tokens;
   auto sample = [&](const char* title) {
-    if (!tokenizer || args.quiet_samples) return;
-    log.message(fmt::format("---- sample ({}) ----", title));
-    log.clear_bar();
+    if (!tokenizer || args.quiet_samples || !lead) return;
+    log->message(fmt::format("---- sample ({}) ----", title));
+    log->clear_bar();
     stream_sample(model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng, stdout);
-    log.message("\n--------------------");
+    log->message("\n--------------------");
   };
 
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
     double t0 = now_seconds();
     model.zero_grad();
-    double loss = 0.0;
-    for (int micro = 0; micro < accum; ++micro) {
-      loader.next_batch(B, comm.rank(), comm.size(), batch.data());
+    loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
+    Tensor loss = Tensor::zeros({1});
+    for (int micro = 0; micro < micro_count; ++micro) {
+      const int32_t* rows = batch.data() + static_cast<size_t>(micro) * B * (T + 1);
       for (int b = 0; b < B; ++b)
         for (int t = 0; t < T; ++t) {
-          inp[b * T + t] = batch[b * (T + 1) + t];
-          tgt[b * T + t] = batch[b * (T + 1) + t + 1];
+          inp[b * T + t] = rows[b * (T + 1) + t];
+          tgt[b * T + t] = rows[b * (T + 1) + t + 1];
         }
-      loss += model.forward(inp.data(), tgt.data(), B, T, true, 1.0f / static_cast<float>(accum));
+      if (micro == micro_count - 1) ddp.arm();  // gradients become final during this backward
+      loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, 1.0f / static_cast<float>(micro_count));
       model.backward();
     }
-    loss /= accum;
-    model.reduce_gradients();
+    ddp.finish();
+    loss.f32()[0] /= static_cast<float>(micro_count);
+    dp.all_reduce(loss, ReduceOp::avg);
     float lr = lr_at(step, cfg.train.warmup_steps, total, static_cast<float>(cfg.train.lr),
                      static_cast<float>(cfg.train.min_lr));
-    float norm = opt.step(model.params(), model.grads(), lr);
+    float norm = ddp.step(lr);
     double dt = now_seconds() - t0;
 
     StepRecord rec;
     rec.step = step + 1;
-    rec.loss = loss;
+    rec.loss = loss.f32()[0];
     rec.lr = lr;
     rec.grad_norm = norm;
     rec.ms = dt * 1e3;
-    rec.tokens_per_s = static_cast<double>(B) * accum * T / dt;
+    rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
+    rec.comm_ms = ddp.exposed_comm_seconds() * 1e3;
     bool last = step + 1 == total;
-    if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
+    // Ranks hold identical parameters, so rank 0 alone evaluates, samples and writes.
+    if (lead && !val_paths.empty() &&
+        ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
       rec.val_loss = evaluate(model, val_paths, cfg);
-    log.record(rec);
-    last_loss = loss;
+    if (lead) log->record(rec);
+    last_loss = rec.loss;
 
     if (cfg.train.sample_every > 0 && rec.step % cfg.train.sample_every == 0 && !last)
       sample(fmt::format("step {}", rec.step).c_str());
@@ -197,8 +269,11 @@ double run_train(const TrainArgs& args) {
       counters.step = rec.step;
       counters.loader = loader.state();
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
-      std::string path = save_run(cfg, model, opt, counters);
-      log.message(fmt::format("[train] checkpoint {}", path));
+      MomentBuffers moments{Tensor::empty({model.params().numel()}), Tensor::empty({model.params().numel()}),
+                            ddp.optimizer().steps()};
+      ddp.gather_moments(moments.m, moments.v);
+      if (lead) log->message(fmt::format("[train] checkpoint {}", save_run(cfg, model, moments, counters)));
+      world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
     }
   }
   sample("final");

@@ -6,13 +6,13 @@
 #include <cstdint>
 #include <string>
 
+#include "core/tensor.h"
 #include "launch/config.h"
 #include "model/data.h"
 
 namespace meshtrain {
 
 class Gpt;
-class AdamW;
 
 struct RunCounters {
   int64_t step = 0;          // optimizer steps completed
@@ -20,11 +20,18 @@ struct RunCounters {
   LoaderState loader;        // training data position
 };
 
+/// AdamW state laid out like the flat parameter buffer (whole, on every rank).
+struct MomentBuffers {
+  Tensor m, v;
+  int64_t adam_steps = 0;
+};
+
 /// Writes out_dir/ckpt_<step>.h5 atomically; returns its path.
-std::string save_run(const Config& cfg, const Gpt& model, const AdamW& opt, const RunCounters& counters);
+std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
-/// Loads weights (and, when opt is non-null, moments) and counters; checks every tensor's shape.
-RunCounters load_run(const std::string& path, Gpt& model, AdamW* opt);
+/// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the
+/// parameters) and counters; checks every tensor's shape.
+RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments);
 
 }  // namespace meshtrain

@@ -57,9 +57,6 @@ void Gpt::initialize(uint64_t seed) { table_.initialize(params_.f32(), seed); }
 
 void Gpt::zero_grad() { grads_.zero_(); }
 
-void Gpt::reduce_gradients() {
-  if (comm_.size() > 1) comm_.all_reduce(grads_, ReduceOp::avg);
-}
 
 size_t Gpt::activation_bytes() const { return acts_ ? acts_->buffer.nbytes() : 0; }
 

@@ -46,9 +46,6 @@ class Gpt {
                 float dloss_scale = 1.0f);
   /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
   void backward();
-  /// Averages the accumulated gradients over the model's data-parallel group (a no-op for one rank):
-  /// the one point where data-parallel ranks meet in a step.
-  void reduce_gradients();
   /// Logits (padded vocabulary wide) of row r of the last forward; valid without targets only.
   const float* logits_row(int64_t r) const;
   /// Logits of the last position only: runs the blocks on B=1, T tokens and the head on one row.

@@ -1,0 +1,158 @@
+// DataParallel: bucketed, overlapped gradient reduction and ZeRO-1.
+#include "parallel/data_parallel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/timer.h"
+#include "model/gpt.h"
+
+namespace meshtrain {
+
+DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg)
+    : model_(model), comm_(dp), cfg_(cfg) {
+  MT_CHECK(cfg.zero == 0 || cfg.zero == 1, "[data_parallel] parallel.zero must be 0 or 1 (got {})", cfg.zero);
+  MT_CHECK(cfg.bucket_mb > 0.0, "[data_parallel] parallel.bucket_mb must be > 0 (got {})", cfg.bucket_mb);
+  const int64_t n = comm_.size(), total = model.grads().numel();
+  MT_CHECK(total % n == 0, "[data_parallel] flat buffer of {} elements does not split over {} ranks", total, n);
+  // Bucket lengths are multiples of the group size so every bucket reduce-scatters into equal chunks.
+  int64_t elems = static_cast<int64_t>(cfg.bucket_mb * 1048576.0 / 4.0) / n * n;
+  elems = std::max<int64_t>(elems, n);
+  for (int64_t b = 0; b < total; b += elems) buckets_.push_back({b, std::min(total, b + elems), nullptr, false});
+  FlatRanges owned;
+  if (cfg.zero == 1) {
+    for (const auto& b : buckets_) owned.push_back({chunk_begin(b), chunk_begin(b) + chunk_len(b)});
+    shard_ = Tensor::zeros({total / n});
+  }
+  opt_ = std::make_unique<AdamW>(model.table(), opt_cfg, owned);
+}
+
+DataParallel::~DataParallel() { model_.set_grad_ready_hook(nullptr); }
+
+int64_t DataParallel::chunk_begin(const Bucket& b) const { return b.begin + comm_.rank() * chunk_len(b); }
+
+void DataParallel::arm() {
+  timings_.assign(buckets_.size(), {});
+  for (auto& b : buckets_) b.launched = false;
+  exposed_ = 0.0;
+  armed_ = true;
+  if (comm_.size() > 1) model_.set_grad_ready_hook([this](int64_t from) { on_ready(from); });
+}
+
+void DataParallel::launch(size_t i) {
+  Bucket& b = buckets_[i];
+  Tensor grads = model_.grads().view(b.begin, {b.end - b.begin});
+  if (cfg_.zero == 0) {
+    b.work = comm_.all_reduce_async(grads, ReduceOp::avg);
+  } else {
+    int64_t shard_at = 0;
+    for (size_t j = 0; j < i; ++j) shard_at += chunk_len(buckets_[j]);
+    Tensor out = shard_.view(shard_at, {chunk_len(b)});
+    b.work = comm_.reduce_scatter_async(grads, out, ReduceOp::avg);
+  }
+  b.launched = true;
+  timings_[i] = {b.begin, b.end, now_seconds(), 0.0};
+}
+
+void DataParallel::on_ready(int64_t ready_from) {
+  // Launch, last bucket first, every bucket whose whole range is final; then let MPI progress the
+  // ones in flight (CPU collectives advance only inside MPI calls).
+  for (size_t i = buckets_.size(); i-- > 0;) {
+    if (buckets_[i].launched) continue;
+    if (buckets_[i].begin < ready_from) break;
+    launch(i);
+  }
+  for (size_t i = 0; i < buckets_.size(); ++i)
+    if (buckets_[i].work && timings_[i].completed == 0.0 && buckets_[i].work->test()) timings_[i].completed = now_seconds();
+}
+
+void DataParallel::finish() {
+  MT_CHECK(armed_, "[data_parallel] finish() without arm()");
+  armed_ = false;
+  model_.set_grad_ready_hook(nullptr);
+  if (comm_.size() == 1) return;
+  double t0 = now_seconds();
+  for (size_t i = buckets_.size(); i-- > 0;)
+    if (!buckets_[i].launched) launch(i);
+  int64_t shard_at = 0;
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    Bucket& b = buckets_[i];
+    b.work->wait();
+    b.work.reset();
+    if (timings_[i].completed == 0.0) timings_[i].completed = now_seconds();
+    if (cfg_.zero == 1) {
+      // The averaged chunk goes back to its place in the flat buffer, where AdamW reads gradients.
+      std::memcpy(model_.grads().f32() + chunk_begin(b), shard_.f32() + shard_at, chunk_len(b) * sizeof(float));
+      shard_at += chunk_len(b);
+    }
+  }
+  exposed_ += now_seconds() - t0;
+}
+
+float DataParallel::step(float lr) {
+  Tensor& params = model_.params();
+  const Tensor& grads = model_.grads();
+  double sq = opt_->sum_squares(grads);
+  if (cfg_.zero == 1 && comm_.size() > 1) {
+    double t0 = now_seconds();
+    Tensor partial = Tensor::empty({1});
+    partial.f32()[0] = static_cast<float>(sq);
+    comm_.all_reduce(partial, ReduceOp::sum);
+    sq = partial.f32()[0];
+    exposed_ += now_seconds() - t0;
+  }
+  double norm = std::sqrt(sq);
+  opt_->update(params, grads, lr, opt_->clip_scale(norm));
+  if (cfg_.zero == 1 && comm_.size() > 1) {
+    double t0 = now_seconds();
+    std::vector<std::unique_ptr<Work>> works;
+    std::vector<Tensor> sends;
+    for (const auto& b : buckets_) {
+      Tensor mine = Tensor::empty({chunk_len(b)});
+      std::memcpy(mine.f32(), params.f32() + chunk_begin(b), chunk_len(b) * sizeof(float));
+      Tensor whole = params.view(b.begin, {b.end - b.begin});
+      works.push_back(comm_.all_gather_async(mine, whole));
+      sends.push_back(mine);
+    }
+    for (auto& w : works) w->wait();
+    exposed_ += now_seconds() - t0;
+  }
+  return static_cast<float>(norm);
+}
+
+void DataParallel::gather_moments(Tensor& m, Tensor& v) {
+  const int64_t total = model_.grads().numel();
+  MT_CHECK(m.numel() == total && v.numel() == total, "[data_parallel] gather_moments into {} / {} of {} elements",
+           m.numel(), v.numel(), total);
+  if (cfg_.zero == 0) {  // moments cover [0, table total); the padding after it has none
+    m.zero_();
+    v.zero_();
+    m.view(0, {opt_->m().numel()}).copy_from(opt_->m());
+    v.view(0, {opt_->v().numel()}).copy_from(opt_->v());
+    return;
+  }
+  int64_t at = 0;
+  for (const auto& b : buckets_) {
+    Tensor mv = m.view(b.begin, {b.end - b.begin}), vv = v.view(b.begin, {b.end - b.begin});
+    comm_.all_gather(opt_->m().view(at, {chunk_len(b)}), mv);
+    comm_.all_gather(opt_->v().view(at, {chunk_len(b)}), vv);
+    at += chunk_len(b);
+  }
+}
+
+void DataParallel::scatter_moments(const Tensor& m, const Tensor& v) {
+  if (cfg_.zero == 0) {
+    opt_->m().copy_from(m.view(0, {opt_->m().numel()}));
+    opt_->v().copy_from(v.view(0, {opt_->v().numel()}));
+    return;
+  }
+  int64_t at = 0;
+  for (const auto& b : buckets_) {
+    opt_->m().view(at, {chunk_len(b)}).copy_from(m.view(chunk_begin(b), {chunk_len(b)}));
+    opt_->v().view(at, {chunk_len(b)}).copy_from(v.view(chunk_begin(b), {chunk_len(b)}));
+    at += chunk_len(b);
+  }
+}
+
+}  // namespace meshtrain

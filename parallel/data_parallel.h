@@ -1,0 +1,79 @@
+// Data parallelism over a Communicator: gradients live in the model's one flat buffer, cut into
+// buckets; each bucket's reduction starts as soon as backward has made its gradients final and runs
+// while backward goes on (non-blocking collectives, driven forward each time the model reports more
+// final gradients). ZeRO-1 (zero = 1) reduce-scatters instead, keeps AdamW moments only for this
+// rank's chunk of every bucket, updates that chunk, and all-gathers the parameters back.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/optimizer.h"
+#include "parallel/communicator.h"
+
+namespace meshtrain {
+
+class Gpt;
+
+struct DataParallelConfig {
+  int zero = 0;            // 0: all-reduce gradients; 1: ZeRO-1 sharded optimizer state
+  double bucket_mb = 4.0;  // bucket size in MiB of fp32 gradients
+};
+
+/// When a bucket's reduction was started and found complete (seconds, now_seconds() clock).
+struct BucketTiming {
+  int64_t begin = 0, end = 0;  // flat element range
+  double launched = 0, completed = 0;
+};
+
+class DataParallel {
+ public:
+  DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg);
+  ~DataParallel();
+
+  /// Call before the backward pass of a step's last micro-batch: buckets then start reducing as
+  /// their gradients become final.
+  void arm();
+  /// Starts what is left, waits for every bucket; gradients (zero 0) or this rank's chunks (zero 1)
+  /// are then averaged over the group.
+  void finish();
+  /// Global-norm clipping and AdamW (on this rank's chunks under ZeRO-1, then all-gather of the
+  /// parameters). Returns the global gradient norm before clipping.
+  float step(float lr);
+
+  AdamW& optimizer() { return *opt_; }
+  /// Whole-buffer AdamW moments on every rank (gathered from the shards under ZeRO-1).
+  void gather_moments(Tensor& m, Tensor& v);
+  /// Takes this rank's part of whole-buffer moments (as written by gather_moments).
+  void scatter_moments(const Tensor& m, const Tensor& v);
+
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  const std::vector<BucketTiming>& last_timings() const { return timings_; }
+  /// Seconds spent blocked on communication during the last step (the exposed part).
+  double exposed_comm_seconds() const { return exposed_; }
+  int zero() const { return cfg_.zero; }
+
+ private:
+  struct Bucket {
+    int64_t begin, end;
+    std::unique_ptr<Work> work;
+    bool launched = false;
+  };
+  void on_ready(int64_t ready_from);
+  void launch(size_t i);
+  int64_t chunk_begin(const Bucket& b) const;
+  int64_t chunk_len(const Bucket& b) const { return (b.end - b.begin) / comm_.size(); }
+
+  Gpt& model_;
+  Communicator& comm_;
+  DataParallelConfig cfg_;
+  std::vector<Bucket> buckets_;  // ascending offsets; launched from the last
+  std::vector<BucketTiming> timings_;
+  Tensor shard_;  // zero 1: reduce-scatter output, one chunk per bucket back to back
+  std::unique_ptr<AdamW> opt_;
+  bool armed_ = false;
+  double exposed_ = 0.0;
+};
+
+}  // namespace meshtrain
