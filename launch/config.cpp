@@ -113,8 +113,10 @@ const std::vector<Key>& schema() {
                          &TrainConfig::log_every, 1));
     k.push_back(make_key("train.shuffle", Kind::boolean, "shuffle training windows each epoch", &C::train,
                          &TrainConfig::shuffle));
-    k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = all ranks", &C::parallel,
-                         &ParallelConfig::dp, 0));
+    k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
+                         &C::parallel, &ParallelConfig::dp, 0));
+    k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
+                         &ParallelConfig::tp, 1));
     k.push_back(make_key("parallel.zero", Kind::integer, "0 = replicated optimizer, 1 = ZeRO-1 (sharded state)",
                          &C::parallel, &ParallelConfig::zero, 0));
     k.push_back(make_key("parallel.bucket_mb", Kind::number, "gradient bucket size (MiB) for overlapped reduction",

@@ -39,7 +39,8 @@ struct TrainConfig {
 };
 
 struct ParallelConfig {
-  int dp = 0;               // data-parallel ranks; 0 = every rank
+  int dp = 0;               // data-parallel ranks; 0 = the ranks left after tp
+  int tp = 1;               // tensor-parallel ranks
   int zero = 0;             // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 4.0;   // gradient bucket size for the overlapped reduction
   int microbatches = 0;     // micro-batches per rank and step; 0 = train.grad_accum

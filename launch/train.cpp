@@ -159,8 +159,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
   std::vector<std::string> val_paths;
   if (!cfg.data.val.empty()) val_paths = expand_shard_paths(cfg.data.val);
   const int T = cfg.model.seq_len;
-  const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size();
-  Mesh mesh(world, MeshShape{dp_size, 1, 1});
+  const int tp_size = cfg.parallel.tp;
+  MT_CHECK(world.size() % tp_size == 0, "[train] parallel.tp = {} must divide the number of ranks ({})", tp_size,
+           world.size());
+  const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / tp_size;
+  Mesh mesh(world, MeshShape{dp_size, tp_size, 1});
   Communicator& dp = mesh.dp();
   // The global batch of a step, this rank's share, and its micro-batches.
   const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
@@ -172,7 +175,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
   const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
-  Gpt model(cfg.model, dp);
+  Gpt model(cfg.model, dp, &mesh.tp());
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
@@ -200,8 +203,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
     fmt::print("[train] data: {} training windows of {} tokens; {} sequences per step = {} ranks x {} micro-batches "
                "x {}; {} threads per rank\n", loader.num_windows(), T + 1, global_rows, dp_size, micro_count, B,
                threads);
-    if (dp_size > 1)
-      fmt::print("[train] data parallel over {} ranks, {} gradient buckets, {}\n", dp_size, ddp.num_buckets(),
+    if (world.size() > 1)
+      fmt::print("[train] mesh dp {} x tp {}: {} gradient buckets, {}\n", dp_size, tp_size, ddp.num_buckets(),
                  cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
     fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB)\n", ddp.optimizer().state_bytes(),
                ddp.optimizer().state_bytes() / 1048576.0);
@@ -215,11 +218,12 @@ double run_train(const TrainArgs& args, Communicator& world) {
   SampleOptions sopt;
   sopt.max_new_tokens = cfg.train.sample_tokens;
   auto sample = [&](const char* title) {
-    if (!tokenizer || args.quiet_samples || !lead) return;
-    log->message(fmt::format("---- sample ({}) ----", title));
-    log->clear_bar();
-    stream_sample(model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng, stdout);
-    log->message("\n--------------------");
+    // Every rank samples the same tokens (same RNG, same gathered logits); rank 0 prints them.
+    if (!tokenizer || args.quiet_samples) return;
+    if (lead) log->message(fmt::format("---- sample ({}) ----", title));
+    if (lead) log->clear_bar();
+    stream_sample(model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng, lead ? stdout : nullptr);
+    if (lead) log->message("\n--------------------");
   };
 
   double last_loss = 0.0;
@@ -256,9 +260,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
     rec.comm_ms = ddp.exposed_comm_seconds() * 1e3;
     bool last = step + 1 == total;
-    // Ranks hold identical parameters, so rank 0 alone evaluates, samples and writes.
-    if (lead && !val_paths.empty() &&
-        ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
+    // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
+    if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
       rec.val_loss = evaluate(model, val_paths, cfg);
     if (lead) log->record(rec);
     last_loss = rec.loss;
@@ -272,7 +275,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
       MomentBuffers moments{Tensor::empty({model.params().numel()}), Tensor::empty({model.params().numel()}),
                             ddp.optimizer().steps()};
       ddp.gather_moments(moments.m, moments.v);
-      if (lead) log->message(fmt::format("[train] checkpoint {}", save_run(cfg, model, moments, counters)));
+      std::string path = save_run(cfg, model, moments, counters, lead);
+      if (lead) log->message(fmt::format("[train] checkpoint {}", path));
       world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
     }
   }

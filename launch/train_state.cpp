@@ -1,20 +1,59 @@
-// Training-run checkpoints over parallel/checkpoint.h.
+// Training-run checkpoints over parallel/checkpoint.h. Tensors are stored whole under their global
+// names whatever the layout: tensor-parallel shards are gathered into whole tensors before the save
+// and cut back out of them on load (so any tp size loads any checkpoint).
 #include "launch/train_state.h"
+
+#include <cstring>
 
 #include "model/gpt.h"
 #include "parallel/checkpoint.h"
+#include "parallel/communicator.h"
 
 namespace meshtrain {
 
-std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c) {
+namespace {
+
+/// The whole tensor of one parameter (or moment) from every tp rank's shard; collective over tp.
+Tensor gather_whole(const ParameterTable& table, const ParamSpec& s, const Tensor& shard, Communicator& tp) {
+  Tensor whole = Tensor::empty(s.global_shape);
+  if (s.shard == ShardKind::replicated) {
+    whole.copy_from(shard);
+    return whole;
+  }
+  Tensor all = Tensor::empty({s.numel * tp.size()});
+  tp.all_gather(shard, all);
+  for (int r = 0; r < tp.size(); ++r)
+    for (int64_t i = 0, rows = ParameterTable::shard_rows(s); i < rows; ++i) {
+      RowSlice slice = table.shard_row(s, r, i);
+      std::memcpy(whole.f32() + slice.global_offset, all.f32() + r * s.numel + i * slice.len,
+                  slice.len * sizeof(float));
+    }
+  return whole;
+}
+
+/// Copies this rank's shard out of a whole tensor.
+void cut_shard(const ParameterTable& table, const ParamSpec& s, const Tensor& whole, Tensor& shard) {
+  for (int64_t i = 0, rows = ParameterTable::shard_rows(s); i < rows; ++i) {
+    RowSlice slice = table.shard_row(s, table.tp_rank(), i);
+    std::memcpy(shard.f32() + i * slice.len, whole.f32() + slice.global_offset, slice.len * sizeof(float));
+  }
+}
+
+}  // namespace
+
+std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c,
+                     bool write) {
   std::vector<CheckpointEntry> entries;
   const Tensor& params = const_cast<Gpt&>(model).params();
   const Tensor &m = moments.m, &v = moments.v;
-  for (const auto& s : model.table().specs()) {
-    entries.push_back({"model/" + s.name, params.view(s.offset, s.shape)});
-    entries.push_back({"optim/m/" + s.name, m.view(s.offset, s.shape)});
-    entries.push_back({"optim/v/" + s.name, v.view(s.offset, s.shape)});
+  const ParameterTable& table = model.table();
+  for (const auto& s : table.specs()) {
+    entries.push_back({"model/" + s.name, gather_whole(table, s, params.view(s.offset, s.shape), model.tp())});
+    entries.push_back({"optim/m/" + s.name, gather_whole(table, s, m.view(s.offset, s.shape), model.tp())});
+    entries.push_back({"optim/v/" + s.name, gather_whole(table, s, v.view(s.offset, s.shape), model.tp())});
   }
+  std::string path = checkpoint_path(cfg.train.out_dir, c.step);
+  if (!write) return path;
   CheckpointMeta meta;
   meta.ints["step"] = c.step;
   meta.ints["seed"] = cfg.train.seed;
@@ -24,7 +63,6 @@ std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& m
   meta.ints["adam_steps"] = moments.adam_steps;
   meta.strings["config"] = config_to_toml(cfg);
   meta.strings["tokenizer"] = cfg.data.tokenizer;
-  std::string path = checkpoint_path(cfg.train.out_dir, c.step);
   save_checkpoint(path, entries, meta);
   return path;
 }
@@ -36,13 +74,17 @@ Config read_run_config(const std::string& path) {
 
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments) {
   CheckpointReader r(path);
-  for (const auto& s : model.table().specs()) {
-    Tensor p = model.param(s.name);
-    r.read("model/" + s.name, p);
+  const ParameterTable& table = model.table();
+  auto load = [&](const std::string& dataset, const ParamSpec& s, Tensor shard) {
+    Tensor whole = Tensor::empty(s.global_shape);
+    r.read(dataset, whole);
+    cut_shard(table, s, whole, shard);
+  };
+  for (const auto& s : table.specs()) {
+    load("model/" + s.name, s, model.param(s.name));
     if (moments) {
-      Tensor m = moments->m.view(s.offset, s.shape), v = moments->v.view(s.offset, s.shape);
-      r.read("optim/m/" + s.name, m);
-      r.read("optim/v/" + s.name, v);
+      load("optim/m/" + s.name, s, moments->m.view(s.offset, s.shape));
+      load("optim/v/" + s.name, s, moments->v.view(s.offset, s.shape));
     }
   }
   RunCounters c;

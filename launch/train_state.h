@@ -26,8 +26,10 @@ struct MomentBuffers {
   int64_t adam_steps = 0;
 };
 
-/// Writes out_dir/ckpt_<step>.h5 atomically; returns its path.
-std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters);
+/// Writes out_dir/ckpt_<step>.h5 atomically and returns its path. Collective over the model's tp
+/// group (shards are gathered into whole tensors); only the rank with write = true writes.
+std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters,
+                     bool write = true);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the

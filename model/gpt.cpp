@@ -2,6 +2,13 @@
 // through res[l] (input of block l, res[L] = output of the last block); each block keeps the
 // activations its backward needs. Backward walks the blocks in reverse with one residual-gradient
 // buffer that every block adds into, as the residual connections do.
+//
+// Tensor parallelism (Megatron-LM) changes only the widths and adds four all-reduces per block:
+// QKV and fc are column-parallel (this rank's heads / MLP columns), the two projections are
+// row-parallel (partial sums, all-reduced before the bias: the "g" operator), and the LayerNorm
+// input gradients of the column-parallel layers are all-reduced in backward (the "f" operator).
+// Embedding and head are vocabulary-parallel (model/vocab_parallel.h). With tp = 1 every
+// all-reduce disappears and the code is the plain single-process model.
 #include "model/gpt.h"
 
 #include <cstring>
@@ -13,6 +20,7 @@
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul.h"
 #include "model/kernels/residual.h"
+#include "model/vocab_parallel.h"
 #include "parallel/communicator.h"
 
 namespace meshtrain {
@@ -31,7 +39,23 @@ struct Gpt::Acts {
   float *dres, *dln, *datty, *dqkv, *dfch, *dfch_gelu, *datt_scratch, *proj_out;
 };
 
-Gpt::Gpt(const GptConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(comm), table_((cfg.validate(), cfg)) {
+namespace {
+/// A size-1 communicator made on demand, so the model needs no tp group in a single process.
+std::unique_ptr<Communicator> make_local() { return std::make_unique<LocalCommunicator>(); }
+}  // namespace
+
+Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp)
+    : cfg_(cfg),
+      comm_(comm),
+      own_tp_(tp ? nullptr : make_local()),
+      tp_(tp ? tp : own_tp_.get()),
+      table_((cfg.validate(), cfg), tp_->size(), tp_->rank()) {
+  const int t = tp_->size();
+  Cl_ = cfg.n_embd / t;
+  NHl_ = cfg.n_head / t;
+  Fl_ = 4 * cfg.n_embd / t;
+  Vl_ = cfg.padded_vocab() / t;
+  v0_ = Vl_ * tp_->rank();
   // Flat buffers are padded to a multiple of the data-parallel group size so they split into equal
   // shards; the padding stays zero and belongs to no parameter.
   const int64_t n = comm.size(), padded = (table_.total() + n - 1) / n * n;
@@ -57,7 +81,6 @@ void Gpt::initialize(uint64_t seed) { table_.initialize(params_.f32(), seed); }
 
 void Gpt::zero_grad() { grads_.zero_(); }
 
-
 size_t Gpt::activation_bytes() const { return acts_ ? acts_->buffer.nbytes() : 0; }
 
 void Gpt::ensure_acts(int B, int T) {
@@ -68,13 +91,13 @@ void Gpt::ensure_acts(int B, int T) {
   auto a = std::make_unique<Acts>();
   a->B = B;
   a->T = T;
-  const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
-  const int64_t Vp = cfg_.padded_vocab(), att = static_cast<int64_t>(B) * NH * T * T;
+  const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
+  const int64_t Cl = Cl_, Fl = Fl_, att = static_cast<int64_t>(B) * NHl_ * T * T;
   // Sizes in floats, in the order they are carved out below.
-  const int64_t per_layer = BT * C /*ln1*/ + 2 * BT + BT * 3 * C /*qkv*/ + BT * C /*atty*/ + att + BT * C /*res2*/ +
-                            BT * C /*ln2*/ + 2 * BT + BT * 4 * C /*fch*/ + BT * 4 * C /*fch_gelu*/;
-  const int64_t total = (L + 1) * BT * C + L * per_layer + BT * C + 2 * BT + BT * Vp + BT +
-                        /*scratch*/ BT * C * 4 + BT * 3 * C + 2 * BT * 4 * C + att;
+  const int64_t per_layer = BT * C /*ln1*/ + 2 * BT + BT * 3 * Cl /*qkv*/ + BT * Cl /*atty*/ + att + BT * C /*res2*/ +
+                            BT * C /*ln2*/ + 2 * BT + BT * Fl /*fch*/ + BT * Fl /*fch_gelu*/;
+  const int64_t total = (L + 1) * BT * C + L * per_layer + BT * C + 2 * BT + BT * Vl_ + BT +
+                        /*scratch*/ BT * C * 2 + BT * Cl + BT * C + BT * 3 * Cl + 2 * BT * Fl + att;
   a->buffer = Tensor::empty({total});
   float* cur = a->buffer.f32();
   auto take = [&](int64_t n) {
@@ -86,30 +109,54 @@ void Gpt::ensure_acts(int B, int T) {
   a->layers.resize(L);
   for (auto& y : a->layers) {
     y.ln1 = take(BT * C); y.ln1_mean = take(BT); y.ln1_rstd = take(BT);
-    y.qkv = take(BT * 3 * C); y.atty = take(BT * C); y.att = take(att);
+    y.qkv = take(BT * 3 * Cl); y.atty = take(BT * Cl); y.att = take(att);
     y.res2 = take(BT * C); y.ln2 = take(BT * C); y.ln2_mean = take(BT); y.ln2_rstd = take(BT);
-    y.fch = take(BT * 4 * C); y.fch_gelu = take(BT * 4 * C);
+    y.fch = take(BT * Fl); y.fch_gelu = take(BT * Fl);
   }
   a->lnf = take(BT * C); a->lnf_mean = take(BT); a->lnf_rstd = take(BT);
-  a->logits = take(BT * Vp); a->losses = take(BT);
-  a->dres = take(BT * C); a->dln = take(BT * C); a->datty = take(BT * C); a->proj_out = take(BT * C);
-  a->dqkv = take(BT * 3 * C); a->dfch = take(BT * 4 * C); a->dfch_gelu = take(BT * 4 * C);
+  a->logits = take(BT * Vl_); a->losses = take(BT);
+  a->dres = take(BT * C); a->dln = take(BT * C); a->datty = take(BT * Cl); a->proj_out = take(BT * C);
+  a->dqkv = take(BT * 3 * Cl); a->dfch = take(BT * Fl); a->dfch_gelu = take(BT * Fl);
   a->datt_scratch = take(att);
   MT_CHECK(cur == a->buffer.f32() + total, "[gpt] activation plan is inconsistent");
   acts_ = std::move(a);
 }
 
+namespace {
+
+/// All-reduces (sums) n floats at x, which lie inside the activation buffer, over the tp group.
+void tp_sum(Communicator& tp, const Tensor& buffer, float* x, int64_t n) {
+  if (tp.size() == 1) return;
+  Tensor view = buffer.view(x - buffer.f32(), {n});
+  tp.all_reduce(view, ReduceOp::sum);
+}
+
+/// Row-parallel linear layer: out = inp @ W^T, summed over the tp group, then + bias (added once).
+void row_parallel_forward(Communicator& tp, const Tensor& buffer, float* out, const float* inp, const float* w,
+                          const float* bias, int N, int C_in, int C_out) {
+  if (tp.size() == 1) return matmul_forward_cpu(out, inp, w, bias, N, C_in, C_out);
+  matmul_forward_cpu(out, inp, w, nullptr, N, C_in, C_out);
+  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out);
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C_out; ++c) out[static_cast<int64_t>(i) * C_out + c] += bias[c];
+}
+
+}  // namespace
+
 void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
   ensure_acts(B, T);
   Acts& a = *acts_;
-  const int C = cfg_.n_embd, NH = cfg_.n_head, BT = B * T;
+  const int C = cfg_.n_embd, BT = B * T;
+  Communicator& tp = *tp_;
   a.tokens.assign(tokens, tokens + BT);
   for (int i = 0; i < BT; ++i)
     MT_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[gpt] token id {} at position {} outside [0, {})",
              tokens[i], i, cfg_.vocab_size);
   {
     ScopedTimer t(prof_, "encoder");
-    encoder_forward_cpu(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
+    if (tp.size() == 1) encoder_forward_cpu(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
+    else vocab_parallel_embedding_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C, v0_, Vl_, tp);
   }
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerParams& w = p_.layers[l];
@@ -120,15 +167,15 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
     }
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * C);
+      matmul_forward_cpu(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * Cl_);
     }
     {
       ScopedTimer t(prof_, "attention");
-      attention_forward_cpu(y.atty, y.att, y.qkv, B, T, C, NH);
+      attention_forward_cpu(y.atty, y.att, y.qkv, B, T, Cl_, NHl_);
     }
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, C, C);
+      row_parallel_forward(tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C);
     }
     {
       ScopedTimer t(prof_, "residual");
@@ -140,15 +187,15 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
     }
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, 4 * C);
+      matmul_forward_cpu(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_);
     }
     {
       ScopedTimer t(prof_, "gelu");
-      gelu_forward_cpu(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * 4 * C);
+      gelu_forward_cpu(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
     }
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, 4 * C, C);
+      row_parallel_forward(tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C);
     }
     {
       ScopedTimer t(prof_, "residual");
@@ -164,13 +211,13 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
   MT_CHECK(!compute_grad || targets, "[gpt] forward with compute_grad needs targets");
   forward_blocks(tokens, B, T);
   Acts& a = *acts_;
-  const int C = cfg_.n_embd, BT = B * T, Vp = cfg_.padded_vocab();
+  const int C = cfg_.n_embd, BT = B * T;
   last_B_ = B;
   last_T_ = T;
   have_dlogits_ = false;
   {
     ScopedTimer t(prof_, "classifier");
-    matmul_forward_cpu(a.logits, a.lnf, p_.wte, nullptr, BT, C, Vp);
+    matmul_forward_cpu(a.logits, a.lnf, p_.wte, nullptr, BT, C, static_cast<int>(Vl_));
   }
   if (!targets) return 0.0f;
   int64_t counted = 0;
@@ -184,8 +231,12 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
   float dloss = compute_grad ? dloss_scale / static_cast<float>(counted) : 0.0f;
   {
     ScopedTimer t(prof_, "crossentropy");
-    softmax_crossentropy_cpu(a.losses, compute_grad ? a.logits : nullptr, a.logits, targets, BT, cfg_.vocab_size,
-                             Vp, dloss);
+    float* dlogits = compute_grad ? a.logits : nullptr;
+    if (tp_->size() == 1)
+      softmax_crossentropy_cpu(a.losses, dlogits, a.logits, targets, BT, cfg_.vocab_size, static_cast<int>(Vl_),
+                               dloss);
+    else
+      vocab_parallel_crossentropy(a.losses, dlogits, a.logits, targets, BT, cfg_.vocab_size, Vl_, v0_, dloss, *tp_);
   }
   have_dlogits_ = compute_grad;
   double sum = 0.0;
@@ -196,29 +247,37 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
 const float* Gpt::logits_row(int64_t r) const {
   MT_CHECK(acts_ && !have_dlogits_ && r >= 0 && r < static_cast<int64_t>(last_B_) * last_T_,
            "[gpt] logits_row({}) without a matching forward", r);
-  return acts_->logits + r * cfg_.padded_vocab();
+  return acts_->logits + r * Vl_;
 }
 
 const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
   forward_blocks(tokens, 1, T);
   Acts& a = *acts_;
   const int C = cfg_.n_embd;
-  matmul_forward_cpu(a.logits, a.lnf + static_cast<int64_t>(T - 1) * C, p_.wte, nullptr, 1, C, cfg_.padded_vocab());
+  matmul_forward_cpu(a.logits, a.lnf + static_cast<int64_t>(T - 1) * C, p_.wte, nullptr, 1, C, static_cast<int>(Vl_));
   have_dlogits_ = false;
   last_B_ = 1;
   last_T_ = 1;
-  return a.logits;
+  if (tp_->size() == 1) return a.logits;
+  // Sampling needs the whole row: gather every rank's columns (rank order = vocabulary order).
+  Tensor mine = Tensor::empty({Vl_});
+  std::memcpy(mine.f32(), a.logits, Vl_ * sizeof(float));
+  if (!full_logits_.defined()) full_logits_ = Tensor::empty({Vl_ * tp_->size()});
+  tp_->all_gather(mine, full_logits_);
+  return full_logits_.f32();
 }
 
 void Gpt::backward() {
   MT_CHECK(have_dlogits_, "[gpt] backward() needs a forward(..., compute_grad = true) first");
   Acts& a = *acts_;
-  const int B = last_B_, T = last_T_, C = cfg_.n_embd, NH = cfg_.n_head, BT = B * T, Vp = cfg_.padded_vocab();
+  Communicator& tp = *tp_;
+  const int B = last_B_, T = last_T_, C = cfg_.n_embd, BT = B * T;
   const int64_t BTC = static_cast<int64_t>(BT) * C;
   std::memset(a.dln, 0, BTC * sizeof(float));
   {
     ScopedTimer t(prof_, "classifier");
-    matmul_backward_cpu(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, Vp);
+    matmul_backward_cpu(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
+    tp_sum(tp, a.buffer, a.dln, BTC);  // each rank saw only its vocabulary columns
   }
   std::memset(a.dres, 0, BTC * sizeof(float));
   {
@@ -232,40 +291,42 @@ void Gpt::backward() {
     const LayerParams& gw = g_.layers[l];
     auto& y = a.layers[l];
     // a.dres holds d(res[l+1]); the residual passes it unchanged to res2.
-    std::memset(a.dfch_gelu, 0, 4 * BTC * sizeof(float));
+    std::memset(a.dfch_gelu, 0, static_cast<int64_t>(BT) * Fl_ * sizeof(float));
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_backward_cpu(a.dfch_gelu, gw.fcproj_w, gw.fcproj_b, a.dres, y.fch_gelu, w.fcproj_w, BT, 4 * C, C);
+      matmul_backward_cpu(a.dfch_gelu, gw.fcproj_w, gw.fcproj_b, a.dres, y.fch_gelu, w.fcproj_w, BT, Fl_, C);
     }
-    std::memset(a.dfch, 0, 4 * BTC * sizeof(float));
+    std::memset(a.dfch, 0, static_cast<int64_t>(BT) * Fl_ * sizeof(float));
     {
       ScopedTimer t(prof_, "gelu");
-      gelu_backward_cpu(a.dfch, y.fch, a.dfch_gelu, 4 * BTC);
+      gelu_backward_cpu(a.dfch, y.fch, a.dfch_gelu, static_cast<int64_t>(BT) * Fl_);
     }
     std::memset(a.dln, 0, BTC * sizeof(float));
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_backward_cpu(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, 4 * C);
+      matmul_backward_cpu(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
+      tp_sum(tp, a.buffer, a.dln, BTC);
     }
     {
       ScopedTimer t(prof_, "layernorm");
       layernorm_backward_cpu(a.dres, gw.ln2_w, gw.ln2_b, a.dln, y.res2, w.ln2_w, y.ln2_mean, y.ln2_rstd, BT, C);
     }
     // a.dres now holds d(res2); the attention residual passes it to res[l].
-    std::memset(a.datty, 0, BTC * sizeof(float));
+    std::memset(a.datty, 0, static_cast<int64_t>(BT) * Cl_ * sizeof(float));
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_backward_cpu(a.datty, gw.attproj_w, gw.attproj_b, a.dres, y.atty, w.attproj_w, BT, C, C);
+      matmul_backward_cpu(a.datty, gw.attproj_w, gw.attproj_b, a.dres, y.atty, w.attproj_w, BT, Cl_, C);
     }
-    std::memset(a.dqkv, 0, 3 * BTC * sizeof(float));
+    std::memset(a.dqkv, 0, static_cast<int64_t>(BT) * 3 * Cl_ * sizeof(float));
     {
       ScopedTimer t(prof_, "attention");
-      attention_backward_cpu(a.dqkv, a.datt_scratch, a.datty, y.qkv, y.att, B, T, C, NH);
+      attention_backward_cpu(a.dqkv, a.datt_scratch, a.datty, y.qkv, y.att, B, T, Cl_, NHl_);
     }
     std::memset(a.dln, 0, BTC * sizeof(float));
     {
       ScopedTimer t(prof_, "matmul");
-      matmul_backward_cpu(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * C);
+      matmul_backward_cpu(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
+      tp_sum(tp, a.buffer, a.dln, BTC);
     }
     {
       ScopedTimer t(prof_, "layernorm");
@@ -275,7 +336,8 @@ void Gpt::backward() {
   }
   {
     ScopedTimer t(prof_, "encoder");
-    encoder_backward_cpu(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C);
+    if (tp.size() == 1) encoder_backward_cpu(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C);
+    else vocab_parallel_embedding_backward(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C, v0_, Vl_);
   }
   have_dlogits_ = false;
   if (grad_ready_) grad_ready_(0);

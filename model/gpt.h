@@ -19,9 +19,11 @@ class Communicator;
 
 class Gpt {
  public:
-  /// A model on the CPU (the CUDA backend adds a device); comm is the data-parallel group the
-  /// model's gradients will be reduced over (size 1 in a single process).
-  Gpt(const GptConfig& cfg, Communicator& comm);
+  /// A model on the CPU (the CUDA backend adds a device). comm is the data-parallel group the
+  /// gradients will be reduced over (size 1 in a single process); tp, when given, is the
+  /// tensor-parallel group this rank shares its layers with (Megatron-style: attention split by
+  /// heads, MLP by columns, embedding and LM head by vocabulary).
+  Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr);
   ~Gpt();
 
   const GptConfig& config() const { return cfg_; }
@@ -31,6 +33,7 @@ class Gpt {
   Tensor& params() { return params_; }
   Tensor& grads() { return grads_; }
   Communicator& comm() const { return comm_; }
+  Communicator& tp() const { return *tp_; }
   /// View of one parameter (or its gradient) by global name.
   Tensor param(const std::string& name) const;
   Tensor grad(const std::string& name) const;
@@ -46,9 +49,11 @@ class Gpt {
                 float dloss_scale = 1.0f);
   /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
   void backward();
-  /// Logits (padded vocabulary wide) of row r of the last forward; valid without targets only.
+  /// Logits of row r of the last forward (this rank's vocabulary columns under tensor
+  /// parallelism); valid without targets only.
   const float* logits_row(int64_t r) const;
-  /// Logits of the last position only: runs the blocks on B=1, T tokens and the head on one row.
+  /// Logits (the whole padded vocabulary) of the last position only: runs the blocks on B=1,
+  /// T tokens and the head on one row. Collective over the tp group.
   const float* forward_last_logits(const int32_t* tokens, int T);
 
   /// Called during backward() each time a further tail of the gradient buffer is final for this
@@ -69,7 +74,12 @@ class Gpt {
 
   GptConfig cfg_;
   Communicator& comm_;
+  std::unique_ptr<Communicator> own_tp_;  // a size-1 group when no tp group is given
+  Communicator* tp_;
   ParameterTable table_;
+  int Cl_, NHl_, Fl_;  // this rank's attention channels, heads and MLP width
+  int64_t Vl_, v0_;    // this rank's vocabulary columns [v0_, v0_ + Vl_)
+  Tensor full_logits_; // gathered last-position logits for sampling under tensor parallelism
   Tensor params_, grads_;
   ParamPointers p_, g_;
   std::unique_ptr<Acts> acts_;

@@ -33,10 +33,16 @@ AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges)
   v_ = Tensor::zeros({ranges_numel(ranges_)});
 }
 
-double AdamW::sum_squares(const Tensor& grads) const {
-  double s = 0.0;
-  for (auto [b, e] : ranges_) s += sum_squares_cpu(grads.f32() + b, e - b);
-  return s;
+double AdamW::sum_squares(const Tensor& grads, bool count_replicated) const {
+  double sum = 0.0;
+  const bool skip = !count_replicated && table_.tp_size() > 1;
+  for (auto [b, e] : ranges_)
+    for (const auto& s : table_.specs()) {
+      int64_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel);
+      if (lo >= hi || (skip && s.shard == ShardKind::replicated)) continue;
+      sum += sum_squares_cpu(grads.f32() + lo, hi - lo);
+    }
+  return sum;
 }
 
 float AdamW::clip_scale(double norm) const {

@@ -36,7 +36,9 @@ class AdamW {
   /// Single-process step: norm over all of grads, clipping, update. Returns the norm before clipping.
   float step(Tensor& params, const Tensor& grads, float lr);
   /// Sum of squared gradients over this optimizer's ranges (in double, thread-count independent).
-  double sum_squares(const Tensor& grads) const;
+  /// With count_replicated false, parameters every tp rank holds whole are left out, so that a sum
+  /// over the tp group counts them once.
+  double sum_squares(const Tensor& grads, bool count_replicated = true) const;
   /// Clipping factor for a global gradient norm.
   float clip_scale(double norm) const;
   /// AdamW on this optimizer's ranges with gradients multiplied by grad_scale.

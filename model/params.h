@@ -1,6 +1,7 @@
-// The parameter table: every GPT-2 parameter's global name, global shape, offset in the one flat
-// parameter buffer, how it is initialised and whether weight decay applies. Gradients and optimizer
-// moments use the same table and offsets, so one allocation each holds them all.
+// The parameter table: every GPT-2 parameter's global name, global shape, this rank's shard of it
+// under tensor parallelism, its offset in the one flat parameter buffer, how it is initialised and
+// whether weight decay applies. Gradients and optimizer moments use the same table and offsets, so
+// one allocation each holds them all.
 #pragma once
 
 #include <cstdint>
@@ -14,33 +15,60 @@ namespace meshtrain {
 
 enum class ParamInit { normal, normal_residual, zeros, ones };
 
+/// How a parameter is split over the tp ranks (Megatron-style).
+enum class ShardKind {
+  replicated,  // every rank holds the whole tensor (LayerNorms, wpe, row-parallel biases)
+  rows,        // dim 0 split in tp equal blocks (vocab-parallel wte; column-parallel fc weight/bias)
+  rows3,       // dim 0 is [q | k | v], each part split by heads (column-parallel c_attn)
+  cols,        // dim 1 split in tp equal blocks (row-parallel projections)
+};
+
 struct ParamSpec {
-  std::string name;   // global name, e.g. "h.3.attn.c_attn.weight"
-  Shape shape;        // global shape
-  int64_t offset = 0; // elements from the start of the flat buffer
-  int64_t numel = 0;
+  std::string name;     // global name, e.g. "h.3.attn.c_attn.weight"
+  Shape global_shape;   // shape of the whole tensor (what checkpoints store)
+  Shape shape;          // shape of this rank's shard (= global_shape when replicated or tp = 1)
+  ShardKind shard = ShardKind::replicated;
+  int64_t offset = 0;   // elements from the start of the flat buffer
+  int64_t numel = 0;    // of the shard
   ParamInit init = ParamInit::zeros;
   bool decay = false;      // matrices get weight decay, vectors do not
-  int64_t init_rows = -1;  // rows that get random values (wte: the real vocabulary); -1 = all
+  int64_t init_rows = -1;  // global rows that get random values (wte: the real vocabulary); -1 = all
+};
+
+/// Where a row of a shard lives in the whole tensor: elements [global_offset, global_offset + len)
+/// of the row-major global tensor.
+struct RowSlice {
+  int64_t global_offset;
+  int64_t len;
 };
 
 class ParameterTable {
  public:
-  explicit ParameterTable(const GptConfig& cfg);
+  /// The table of tp rank tp_rank of tp_size; throws when the model does not split that way.
+  explicit ParameterTable(const GptConfig& cfg, int tp_size = 1, int tp_rank = 0);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& get(const std::string& name) const;
   int64_t total() const { return total_; }
+  int tp_size() const { return tp_size_; }
+  int tp_rank() const { return tp_rank_; }
+
+  /// Rows of a shard: a 2-D shard [r, c] has r rows of c elements; a 1-D shard [n] has n rows of 1.
+  static int64_t shard_rows(const ParamSpec& s);
+  /// Where row i of rank r's shard of s lives in the global tensor.
+  RowSlice shard_row(const ParamSpec& s, int rank, int64_t i) const;
 
   /// Fills params (total() floats) as GPT-2 does: normal(0, 0.02), residual projections scaled by
   /// 1/sqrt(2 n_layer), biases zero, LayerNorm gains one, padded vocabulary rows zero. Element i of a
-  /// parameter depends only on (seed, name, i).
+  /// parameter depends only on (seed, name, global index i), so every shard gets the values of its
+  /// slice of the whole tensor.
   void initialize(float* params, uint64_t seed) const;
 
  private:
-  void add(std::string name, Shape shape, ParamInit init, bool decay, int64_t init_rows = -1);
+  void add(std::string name, Shape shape, ShardKind shard, ParamInit init, bool decay, int64_t init_rows = -1);
   std::vector<ParamSpec> specs_;
   int64_t total_ = 0;
   int n_layer_ = 0;
+  int tp_size_ = 1, tp_rank_ = 0;
 };
 
 /// The views of one layer's parameters (or gradients) inside a flat buffer.

@@ -6,9 +6,12 @@ namespace meshtrain {
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::avg: return "avg";
-    case ReduceOp::max: return "max";
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::avg:
+      return "avg";
+    case ReduceOp::max:
+      return "max";
   }
   return "?";
 }
@@ -33,8 +36,8 @@ void Communicator::check_reduce_scatter(const Tensor& in, const Tensor& out, Red
   MT_CHECK(in.dtype() == out.dtype(), "[reduce_scatter] {}: input is {} but output is {}; they must match", where(),
            dtype_name(in.dtype()), dtype_name(out.dtype()));
   MT_CHECK(in.numel() == out.numel() * size(),
-           "[reduce_scatter] {}: input has {} elements but must have output's {} x {} ranks = {}", where(),
-           in.numel(), out.numel(), size(), out.numel() * size());
+           "[reduce_scatter] {}: input has {} elements but must have output's {} x {} ranks = {}", where(), in.numel(),
+           out.numel(), size(), out.numel() * size());
 }
 
 void Communicator::check_all_gather(const Tensor& in, const Tensor& out) const {
@@ -48,13 +51,13 @@ void Communicator::check_all_gather(const Tensor& in, const Tensor& out) const {
 }
 
 void Communicator::check_root(const char* op, int root) const {
-  MT_CHECK(root >= 0 && root < size(), "[{}] {}: root {} is not a rank of this communicator (0..{})", op, where(),
-           root, size() - 1);
+  MT_CHECK(root >= 0 && root < size(), "[{}] {}: root {} is not a rank of this communicator (0..{})", op, where(), root,
+           size() - 1);
 }
 
 void Communicator::check_peer(const char* op, int peer, int tag, bool allow_self) const {
-  MT_CHECK(peer >= 0 && peer < size(), "[{}] {}: peer {} is not a rank of this communicator (0..{})", op, where(),
-           peer, size() - 1);
+  MT_CHECK(peer >= 0 && peer < size(), "[{}] {}: peer {} is not a rank of this communicator (0..{})", op, where(), peer,
+           size() - 1);
   MT_CHECK(allow_self || peer != rank(),
            "[{}] {}: peer {} is this rank; a blocking send or recv to oneself would deadlock (use isend/irecv)", op,
            where(), peer);

@@ -93,12 +93,16 @@ void DataParallel::finish() {
 float DataParallel::step(float lr) {
   Tensor& params = model_.params();
   const Tensor& grads = model_.grads();
-  double sq = opt_->sum_squares(grads);
-  if (cfg_.zero == 1 && comm_.size() > 1) {
+  // Global norm: tensor-parallel shards (replicated parameters once) and ZeRO-1 chunks add up.
+  Communicator& tp = model_.tp();
+  double sq = opt_->sum_squares(grads, tp.rank() == 0);
+  const bool over_dp = cfg_.zero == 1 && comm_.size() > 1;
+  if (tp.size() > 1 || over_dp) {
     double t0 = now_seconds();
     Tensor partial = Tensor::empty({1});
     partial.f32()[0] = static_cast<float>(sq);
-    comm_.all_reduce(partial, ReduceOp::sum);
+    if (tp.size() > 1) tp.all_reduce(partial, ReduceOp::sum);
+    if (over_dp) comm_.all_reduce(partial, ReduceOp::sum);
     sq = partial.f32()[0];
     exposed_ += now_seconds() - t0;
   }

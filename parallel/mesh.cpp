@@ -5,16 +5,20 @@ namespace meshtrain {
 
 const char* mesh_axis_name(MeshAxis axis) {
   switch (axis) {
-    case MeshAxis::dp: return "dp";
-    case MeshAxis::tp: return "tp";
-    case MeshAxis::pp: return "pp";
+    case MeshAxis::dp:
+      return "dp";
+    case MeshAxis::tp:
+      return "tp";
+    case MeshAxis::pp:
+      return "pp";
   }
   return "?";
 }
 
 void Mesh::check_shape(MeshShape s, int world_size) {
   MT_CHECK(s.dp >= 1 && s.tp >= 1 && s.pp >= 1,
-           "[mesh] parallel.dp, parallel.tp and parallel.pp must each be at least 1 (got {}, {}, {})", s.dp, s.tp, s.pp);
+           "[mesh] parallel.dp, parallel.tp and parallel.pp must each be at least 1 (got {}, {}, {})", s.dp, s.tp,
+           s.pp);
   MT_CHECK(int64_t{s.dp} * s.tp * s.pp == world_size,
            "[mesh] parallel.dp x parallel.tp x parallel.pp = {} x {} x {} = {} must equal the number of ranks ({})",
            s.dp, s.tp, s.pp, int64_t{s.dp} * s.tp * s.pp, world_size);
@@ -48,9 +52,12 @@ int Mesh::split_color(MeshShape s, MeshAxis axis, int world_rank) {
   MeshCoord c = coord_of(s, world_rank);
   // Number the groups by the two coordinates that stay fixed along the axis.
   switch (axis) {
-    case MeshAxis::dp: return c.pp * s.tp + c.tp;
-    case MeshAxis::tp: return c.pp * s.dp + c.dp;
-    case MeshAxis::pp: return c.dp * s.tp + c.tp;
+    case MeshAxis::dp:
+      return c.pp * s.tp + c.tp;
+    case MeshAxis::tp:
+      return c.pp * s.dp + c.dp;
+    case MeshAxis::pp:
+      return c.dp * s.tp + c.tp;
   }
   return -1;
 }

@@ -4,93 +4,27 @@
 // division, unpacking chunked gathers, copying staged results back to the device).
 #include "parallel/mpi_communicator.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <vector>
 
 #include "core/bf16.h"
 #include "parallel/mpi_runtime.h"
+#include "parallel/mpi_work.h"
 
 namespace meshtrain {
+
+// MPI_CHECK for the calls an operation makes: the message names the operation and this rank.
+#define MPI_OP_CHECK(op, call)                                                                          \
+  do {                                                                                                  \
+    int mt_mpi_err_ = (call);                                                                           \
+    if (mt_mpi_err_ != MPI_SUCCESS)                                                                     \
+      throw_mpi_error(__FILE__, __LINE__, fmt::format("[{}] {}: {}", op, where(), #call), mt_mpi_err_); \
+  } while (0)
+
 namespace {
-
-// A set of MPI requests plus what to do once all are complete, in order.
-class MpiWork final : public Work {
- public:
-  MpiWork(const char* op, std::string where, MPI_Datatype type) : op_(op), where_(std::move(where)), type_(type) {}
-  ~MpiWork() override {
-    if (done_) return;
-    try {
-      wait();
-    } catch (...) {
-      // Destructors never throw; the error was for whoever waited, and nobody did.
-    }
-  }
-  /// A slot for one request; expect >= 0 makes completion check that a receive got that many elements.
-  MPI_Request* add_request(int expect = -1) {
-    expect_.push_back(expect);
-    return &requests_.emplace_back(MPI_REQUEST_NULL);
-  }
-  void keep(const Tensor& t) { keep_.push_back(t); }
-  void then(std::function<void()> step) { steps_.push_back(std::move(step)); }
-
-  void wait() override {
-    if (done_) return;
-    std::vector<MPI_Status> statuses(requests_.size());
-    std::vector<int> codes(requests_.size());
-    // One MPI_Wait per request rather than MPI_Waitall: Open MPI 4.1's MPI_Waitall never returns
-    // when a receive is truncated while MPI runs with thread support (MPI_THREAD_FUNNELED).
-    for (size_t i = 0; i < requests_.size(); ++i) codes[i] = MPI_Wait(&requests_[i], &statuses[i]);
-    finish(codes, statuses);
-  }
-
-  bool test() override {
-    if (done_) return true;
-    int flag = 0;
-    std::vector<MPI_Status> statuses(requests_.size());
-    int rc = requests_.empty() ? MPI_SUCCESS
-                               : MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &flag, statuses.data());
-    if (rc == MPI_SUCCESS && !flag && !requests_.empty()) return false;
-    std::vector<int> codes(requests_.size(), rc);
-    for (size_t i = 0; i < codes.size(); ++i) codes[i] = rc == MPI_ERR_IN_STATUS ? statuses[i].MPI_ERROR : rc;
-    finish(codes, statuses);
-    return true;
-  }
-
- private:
-  void finish(const std::vector<int>& codes, std::vector<MPI_Status>& statuses) {
-    done_ = true;  // even if a step throws: the requests are complete and must not be waited on again
-    for (size_t i = 0; i < statuses.size(); ++i) {
-      int error_class = MPI_SUCCESS;
-      if (codes[i] != MPI_SUCCESS) MPI_Error_class(codes[i], &error_class);
-      MT_CHECK(error_class != MPI_ERR_TRUNCATE,
-               "[{}] {}: a message from rank {} (tag {}) is longer than the {} elements expected; sender and "
-               "receiver must agree on the element count",
-               op_, where_, statuses[i].MPI_SOURCE, statuses[i].MPI_TAG, expect_[i]);
-      if (codes[i] != MPI_SUCCESS) throw_mpi_error(__FILE__, __LINE__, op_, codes[i]);
-      if (expect_[i] < 0) continue;
-      int count = 0;
-      MPI_Get_count(&statuses[i], type_, &count);
-      MT_CHECK(count == expect_[i],
-               "[{}] {}: received {} elements from rank {} (tag {}) into a tensor of {}; sender and receiver must "
-               "agree on the element count",
-               op_, where_, count, statuses[i].MPI_SOURCE, statuses[i].MPI_TAG, expect_[i]);
-    }
-    for (auto& step : steps_) step();
-    keep_.clear();
-  }
-
-  const char* op_;
-  std::string where_;
-  MPI_Datatype type_;
-  std::vector<MPI_Request> requests_;
-  std::vector<int> expect_;
-  std::vector<Tensor> keep_;  // buffers MPI is reading or writing stay alive until completion
-  std::vector<std::function<void()>> steps_;
-  bool done_ = false;
-};
 
 // bf16 reductions: MPI has no bfloat16, so ops of our own widen to float, combine, round back.
 void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
@@ -218,11 +152,16 @@ void MpiCommunicator::set_max_message_elements(int64_t n) {
 
 MPI_Datatype MpiCommunicator::mpi_type(DType dt) const {
   switch (dt) {
-    case DType::f32: return MPI_FLOAT;
-    case DType::bf16: return bf16_type_;
-    case DType::i32: return MPI_INT32_T;
-    case DType::u16: return MPI_UINT16_T;
-    case DType::u8: return MPI_UINT8_T;
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::bf16:
+      return bf16_type_;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::u16:
+      return MPI_UINT16_T;
+    case DType::u8:
+      return MPI_UINT8_T;
   }
   MT_FAIL("[mpi] {}: no MPI type for dtype {}", where(), static_cast<int>(dt));
 }
@@ -230,10 +169,14 @@ MPI_Datatype MpiCommunicator::mpi_type(DType dt) const {
 MPI_Op MpiCommunicator::mpi_op(DType dt, ReduceOp op) const {
   if (op == ReduceOp::max) return dt == DType::bf16 ? bf16_max_ : MPI_MAX;
   switch (dt) {  // sum, and avg, which divides after the sum
-    case DType::bf16: return bf16_sum_;
-    case DType::u16: return MPI_SUM;
-    case DType::u8: return u8_sum_;
-    default: return MPI_SUM;
+    case DType::bf16:
+      return bf16_sum_;
+    case DType::u16:
+      return u16_sum_;
+    case DType::u8:
+      return u8_sum_;
+    default:
+      return MPI_SUM;
   }
 }
 
@@ -250,8 +193,10 @@ std::unique_ptr<Work> MpiCommunicator::start_all_reduce(Tensor& t, ReduceOp op, 
   size_t es = dtype_size(t.dtype());
   for_each_chunk(h.numel(), max_message_elements_, [&](int64_t first, int n) {
     char* p = bytes(h) + first * es;
-    if (blocking) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, n, type, mop, comm_));
-    else MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, p, n, type, mop, comm_, work->add_request()));
+    if (blocking)
+      MPI_OP_CHECK("all_reduce", MPI_Allreduce(MPI_IN_PLACE, p, n, type, mop, comm_));
+    else
+      MPI_OP_CHECK("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, p, n, type, mop, comm_, work->add_request()));
   });
   if (op == ReduceOp::avg) work->then([h, n = size_] { divide(h, n); });
   copy_back(*work, t, h);
@@ -259,8 +204,7 @@ std::unique_ptr<Work> MpiCommunicator::start_all_reduce(Tensor& t, ReduceOp op, 
   return work;
 }
 
-std::unique_ptr<Work> MpiCommunicator::start_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
-                                                            bool blocking) {
+std::unique_ptr<Work> MpiCommunicator::start_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, bool blocking) {
   check_reduce_scatter(in, out, op);
   MPI_Datatype type = mpi_type(in.dtype());
   MPI_Op mop = mpi_op(in.dtype(), op);
@@ -282,8 +226,13 @@ std::unique_ptr<Work> MpiCommunicator::start_reduce_scatter(const Tensor& in, Te
       src = bytes(packed);
     }
     char* dst = bytes(hout) + first * es;
-    if (blocking) MPI_CHECK(MPI_Reduce_scatter_block(src, dst, len, type, mop, comm_));
-    else MPI_CHECK(MPI_Ireduce_scatter_block(src, dst, len, type, mop, comm_, work->add_request()));
+    // Blocking: MPI_Reduce_scatter with equal counts, which Open MPI 4.1 runs 2-3x faster than the
+    // equivalent MPI_Reduce_scatter_block (measured with 2 ranks, 64Ki-4Mi floats).
+    std::vector<int> counts(blocking ? size_ : 0, len);
+    if (blocking)
+      MPI_OP_CHECK("reduce_scatter", MPI_Reduce_scatter(src, dst, counts.data(), type, mop, comm_));
+    else
+      MPI_OP_CHECK("reduce_scatter", MPI_Ireduce_scatter_block(src, dst, len, type, mop, comm_, work->add_request()));
   });
   if (op == ReduceOp::avg) work->then([hout, n = size_] { divide(hout, n); });
   copy_back(*work, out, hout);
@@ -312,8 +261,10 @@ std::unique_ptr<Work> MpiCommunicator::start_all_gather(const Tensor& in, Tensor
       }
     }
     int count = static_cast<int>(n);
-    if (blocking) MPI_CHECK(MPI_Allgather(src, count, type, hout.raw(), count, type, comm_));
-    else MPI_CHECK(MPI_Iallgather(src, count, type, hout.raw(), count, type, comm_, work->add_request()));
+    if (blocking)
+      MPI_OP_CHECK("all_gather", MPI_Allgather(src, count, type, hout.raw(), count, type, comm_));
+    else
+      MPI_OP_CHECK("all_gather", MPI_Iallgather(src, count, type, hout.raw(), count, type, comm_, work->add_request()));
   } else {
     // Rank r's piece [first, first + len) belongs at r * n + first in out: gather the pieces side by
     // side, then move them into place once every call is complete (out is not touched before, so
@@ -322,8 +273,11 @@ std::unique_ptr<Work> MpiCommunicator::start_all_gather(const Tensor& in, Tensor
       Tensor gathered = Tensor::empty({static_cast<int64_t>(len) * size_}, in.dtype());
       work->keep(gathered);
       const char* src = bytes(hin) + first * es;
-      if (blocking) MPI_CHECK(MPI_Allgather(src, len, type, gathered.raw(), len, type, comm_));
-      else MPI_CHECK(MPI_Iallgather(src, len, type, gathered.raw(), len, type, comm_, work->add_request()));
+      if (blocking)
+        MPI_OP_CHECK("all_gather", MPI_Allgather(src, len, type, gathered.raw(), len, type, comm_));
+      else
+        MPI_OP_CHECK("all_gather",
+                     MPI_Iallgather(src, len, type, gathered.raw(), len, type, comm_, work->add_request()));
       work->then([=, size = size_] {
         for (int r = 0; r < size; ++r)
           std::memcpy(bytes(hout) + (r * n + first) * es, bytes(gathered) + int64_t{r} * len * es, len * es);
@@ -357,7 +311,7 @@ void MpiCommunicator::broadcast(Tensor& t, int root) {
   Tensor h = host_copy(t);
   size_t es = dtype_size(t.dtype());
   for_each_chunk(h.numel(), max_message_elements_, [&](int64_t first, int n) {
-    MPI_CHECK(MPI_Bcast(bytes(h) + first * es, n, type, root, comm_));
+    MPI_OP_CHECK("broadcast", MPI_Bcast(bytes(h) + first * es, n, type, root, comm_));
   });
   if (t.device() != Device::cpu) t.copy_from(h);
 }
@@ -378,8 +332,10 @@ std::unique_ptr<Work> MpiCommunicator::start_send(const Tensor& t, int dst, int 
   // Chunks of one tensor share a tag; MPI delivers messages between two ranks on one tag in order.
   for_each_chunk(h.numel(), max_message_elements_, [&](int64_t first, int n) {
     char* p = bytes(h) + first * es;
-    if (blocking) MPI_CHECK(MPI_Send(p, n, type, dst, tag, comm_));
-    else MPI_CHECK(MPI_Isend(p, n, type, dst, tag, comm_, work->add_request()));
+    if (blocking)
+      MPI_OP_CHECK("send", MPI_Send(p, n, type, dst, tag, comm_));
+    else
+      MPI_OP_CHECK("isend", MPI_Isend(p, n, type, dst, tag, comm_, work->add_request()));
   });
   if (blocking) work->wait();
   return work;
@@ -399,7 +355,7 @@ std::unique_ptr<Work> MpiCommunicator::start_recv(Tensor& t, int src, int tag, b
   for_each_chunk(h.numel(), max_message_elements_, [&](int64_t first, int n) {
     char* p = bytes(h) + first * es;
     if (!blocking) {
-      MPI_CHECK(MPI_Irecv(p, n, type, src, tag, comm_, work->add_request(n)));
+      MPI_OP_CHECK("irecv", MPI_Irecv(p, n, type, src, tag, comm_, work->add_request(n)));
       return;
     }
     MPI_Status status;
@@ -410,7 +366,7 @@ std::unique_ptr<Work> MpiCommunicator::start_recv(Tensor& t, int src, int tag, b
              "[recv] {}: the message from rank {} (tag {}) is longer than the {} elements of the receive tensor; "
              "sender and receiver must agree on the element count",
              where(), src, tag, h.numel());
-    if (rc != MPI_SUCCESS) throw_mpi_error(__FILE__, __LINE__, "MPI_Recv", rc);
+    if (rc != MPI_SUCCESS) throw_mpi_error(__FILE__, __LINE__, fmt::format("[recv] {}: MPI_Recv", where()), rc);
     int count = 0;
     MPI_Get_count(&status, type, &count);
     MT_CHECK(count == n,
@@ -432,11 +388,11 @@ std::unique_ptr<Work> MpiCommunicator::irecv(Tensor& t, int src, int tag) { retu
 
 // ---- groups ----
 
-void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() { MPI_OP_CHECK("barrier", MPI_Barrier(comm_)); }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   MPI_Comm child = MPI_COMM_NULL;
-  MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &child));
+  MPI_OP_CHECK("split", MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &child));
   if (child == MPI_COMM_NULL) return nullptr;
   return std::unique_ptr<Communicator>(new MpiCommunicator(Adopt{}, child, name() + "/split", max_message_elements_));
 }

@@ -13,11 +13,11 @@
 
 namespace meshtrain {
 
-void throw_mpi_error(const char* file, int line, const char* call, int code) {
+void throw_mpi_error(const char* file, int line, const std::string& what, int code) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
-  throw_error(file, line, fmt::format("[mpi] {} failed: {} (error {})", call, std::string_view(text, len), code));
+  throw_error(file, line, fmt::format("{} failed: {} (MPI error {})", what, std::string_view(text, len), code));
 }
 
 namespace {
@@ -36,10 +36,10 @@ bool env_set(const char* name) { return env_int(name).has_value(); }
 }  // namespace
 
 bool MpiRuntime::launched_by_mpi() {
-  return env_set("OMPI_COMM_WORLD_SIZE")                          // Open MPI's mpirun
-         || env_set("PMIX_RANK")                                  // PMIx launchers (prterun, srun --mpi=pmix)
-         || (env_set("PMI_SIZE") && env_set("PMI_RANK"))          // MPICH's hydra, srun --mpi=pmi2
-         || env_set("MV2_COMM_WORLD_SIZE")                        // MVAPICH
+  return env_set("OMPI_COMM_WORLD_SIZE")                           // Open MPI's mpirun
+         || env_set("PMIX_RANK")                                   // PMIx launchers (prterun, srun --mpi=pmix)
+         || (env_set("PMI_SIZE") && env_set("PMI_RANK"))           // MPICH's hydra, srun --mpi=pmi2
+         || env_set("MV2_COMM_WORLD_SIZE")                         // MVAPICH
          || (env_set("SLURM_NTASKS") && env_set("SLURM_PROCID"));  // srun
 }
 
@@ -49,7 +49,8 @@ std::unique_ptr<MpiRuntime> MpiRuntime::init_if_launched(int* argc, char*** argv
 }
 
 std::optional<int> MpiRuntime::local_rank_from_env() {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+  for (const char* name :
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
     if (auto v = env_int(name)) return v;
   return std::nullopt;
 }
@@ -77,7 +78,8 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
     // memory with us. Every rank of one launch sees the same variables, so all take the same branch
     // and the collective split below is entered by all or none.
     auto env_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK"), env_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE");
-    if (!env_rank || !env_size) env_rank = env_int("MV2_COMM_WORLD_LOCAL_RANK"), env_size = env_int("MV2_COMM_WORLD_LOCAL_SIZE");
+    if (!env_rank || !env_size)
+      env_rank = env_int("MV2_COMM_WORLD_LOCAL_RANK"), env_size = env_int("MV2_COMM_WORLD_LOCAL_SIZE");
     if (env_rank && env_size) {
       local_rank_ = *env_rank;
       local_size_ = *env_size;

@@ -13,24 +13,27 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "core/error.h"
 #include "parallel/communicator.h"
 
 /// Throws meshtrain::Error naming the failing MPI call and MPI's description of the error.
-#define MPI_CHECK(call)                                                        \
-  do {                                                                         \
-    int mt_mpi_err_ = (call);                                                  \
-    if (mt_mpi_err_ != MPI_SUCCESS) ::meshtrain::throw_mpi_error(__FILE__, __LINE__, #call, mt_mpi_err_); \
+#define MPI_CHECK(call)                                                                                            \
+  do {                                                                                                             \
+    int mt_mpi_err_ = (call);                                                                                      \
+    if (mt_mpi_err_ != MPI_SUCCESS) ::meshtrain::throw_mpi_error(__FILE__, __LINE__, "[mpi] " #call, mt_mpi_err_); \
   } while (0)
 
 namespace meshtrain {
 
-[[noreturn]] void throw_mpi_error(const char* file, int line, const char* call, int code);
+/// Throws "<what> failed: <MPI's text for code> (MPI error <code>)".
+[[noreturn]] void throw_mpi_error(const char* file, int line, const std::string& what, int code);
 
 class MpiRuntime {
  public:
-  /// Initialises MPI with MPI_THREAD_FUNNELED or better (throws if the library offers less). If MPI
+  /// Initialises MPI with MPI_THREAD_FUNNELED or better (throws if the library offers less), so
+  /// MPI calls must all come from the thread that created the runtime. If MPI
   /// is already initialised this object does not own it and will not finalize it. Collective over
   /// MPI_COMM_WORLD (it also finds which ranks share this node).
   explicit MpiRuntime(int* argc = nullptr, char*** argv = nullptr);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/device.h"
 #include "core/rng.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
@@ -32,36 +33,55 @@ double input_value(DType dt, uint64_t id, int rank, int64_t i) {
   CounterRng rng(id, static_cast<uint64_t>(rank), static_cast<uint64_t>(i));
   float u = rng.uniform();
   switch (dt) {
-    case DType::f32: return u < 0.5f ? -0.25f - u : u;  // [-0.75, -0.25) u [0.5, 1): no zeros
+    case DType::f32:
+      return u < 0.5f ? -0.25f - u : u;  // [-0.75, -0.25) u [0.5, 1): no zeros
     case DType::bf16: {
       int k = static_cast<int>(u * 32);
       return (k < 16 ? k - 16 : k - 15) / 8.0;
     }
-    case DType::i32: return std::floor(u * 2e6) - 1e6 + (u < 0.5f ? 0 : 1);
-    case DType::u16: return std::floor(u * 65535) + 1;
-    case DType::u8: return std::floor(u * 255) + 1;
+    case DType::i32:
+      return std::floor(u * 2e6) - 1e6 + (u < 0.5f ? 0 : 1);
+    case DType::u16:
+      return std::floor(u * 65535) + 1;
+    case DType::u8:
+      return std::floor(u * 255) + 1;
   }
   return 0;
 }
 
 double get(const Tensor& t, int64_t i) {
   switch (t.dtype()) {
-    case DType::f32: return t.data<float>()[i];
-    case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(t.raw())[i]);
-    case DType::i32: return t.data<int32_t>()[i];
-    case DType::u16: return t.data<uint16_t>()[i];
-    case DType::u8: return t.data<uint8_t>()[i];
+    case DType::f32:
+      return t.data<float>()[i];
+    case DType::bf16:
+      return bf16_to_float(static_cast<const uint16_t*>(t.raw())[i]);
+    case DType::i32:
+      return t.data<int32_t>()[i];
+    case DType::u16:
+      return t.data<uint16_t>()[i];
+    case DType::u8:
+      return t.data<uint8_t>()[i];
   }
   return 0;
 }
 
 void set(const Tensor& t, int64_t i, double v) {
   switch (t.dtype()) {
-    case DType::f32: t.data<float>()[i] = static_cast<float>(v); break;
-    case DType::bf16: static_cast<uint16_t*>(t.raw())[i] = float_to_bf16(static_cast<float>(v)); break;
-    case DType::i32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
-    case DType::u16: t.data<uint16_t>()[i] = static_cast<uint16_t>(v); break;
-    case DType::u8: t.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
+    case DType::f32:
+      t.data<float>()[i] = static_cast<float>(v);
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(t.raw())[i] = float_to_bf16(static_cast<float>(v));
+      break;
+    case DType::i32:
+      t.data<int32_t>()[i] = static_cast<int32_t>(v);
+      break;
+    case DType::u16:
+      t.data<uint16_t>()[i] = static_cast<uint16_t>(v);
+      break;
+    case DType::u8:
+      t.data<uint8_t>()[i] = static_cast<uint8_t>(v);
+      break;
   }
 }
 
@@ -144,10 +164,13 @@ void check_all_reduce(Communicator& c, std::initializer_list<int64_t> counts, ui
         for (bool async : {false, true}) {
           ++id;
           Tensor t = make_input(dt, n, id, c.rank());
-          if (async) c.all_reduce_async(t, op)->wait();
-          else c.all_reduce(t, op);
-          expect_values(t, [&](int64_t i) { return reduce_expected(dt, op, id, c.size(), i); },
-                        describe("all_reduce", dt, n, async, op));
+          if (async)
+            c.all_reduce_async(t, op)->wait();
+          else
+            c.all_reduce(t, op);
+          expect_values(
+              t, [&](int64_t i) { return reduce_expected(dt, op, id, c.size(), i); },
+              describe("all_reduce", dt, n, async, op));
         }
     }
 }
@@ -164,10 +187,13 @@ void check_reduce_scatter(Communicator& c, std::initializer_list<int64_t> counts
           Tensor in = make_input(dt, m * size, id, me);
           Guarded out(dt, m);
           Tensor target = mode == 2 ? in.view(me * m, {m}) : out.view;
-          if (mode == 1) c.reduce_scatter_async(in, target, op)->wait();
-          else c.reduce_scatter(in, target, op);
-          expect_values(target, [&](int64_t i) { return reduce_expected(dt, op, id, size, me * m + i); },
-                        describe(mode == 2 ? "reduce_scatter_in_place" : "reduce_scatter", dt, m, mode == 1, op));
+          if (mode == 1)
+            c.reduce_scatter_async(in, target, op)->wait();
+          else
+            c.reduce_scatter(in, target, op);
+          expect_values(
+              target, [&](int64_t i) { return reduce_expected(dt, op, id, size, me * m + i); },
+              describe(mode == 2 ? "reduce_scatter_in_place" : "reduce_scatter", dt, m, mode == 1, op));
           EXPECT_TRUE(out.guards_intact()) << describe("reduce_scatter", dt, m, mode == 1, op);
         }
     }
@@ -186,10 +212,13 @@ void check_all_gather(Communicator& c, std::initializer_list<int64_t> counts, ui
           out.view.view(me * m, {m}).copy_from(in);
           in = out.view.view(me * m, {m});
         }
-        if (mode == 1) c.all_gather_async(in, out.view)->wait();
-        else c.all_gather(in, out.view);
-        expect_values(out.view, [&](int64_t i) { return input_value(dt, id, static_cast<int>(i / m), i % m); },
-                      describe(mode == 2 ? "all_gather_in_place" : "all_gather", dt, m, mode == 1));
+        if (mode == 1)
+          c.all_gather_async(in, out.view)->wait();
+        else
+          c.all_gather(in, out.view);
+        expect_values(
+            out.view, [&](int64_t i) { return input_value(dt, id, static_cast<int>(i / m), i % m); },
+            describe(mode == 2 ? "all_gather_in_place" : "all_gather", dt, m, mode == 1));
         EXPECT_TRUE(out.guards_intact()) << describe("all_gather", dt, m, mode == 1);
       }
 }
@@ -203,8 +232,9 @@ void check_broadcast(Communicator& c, std::initializer_list<int64_t> counts, uin
         Guarded t(dt, n);
         if (c.rank() == root) t.view.copy_from(make_input(dt, n, id, root));
         c.broadcast(t.view, root);
-        expect_values(t.view, [&](int64_t i) { return input_value(dt, id, root, i); },
-                      fmt::format("broadcast from {} {} x{}", root, dtype_name(dt), n));
+        expect_values(
+            t.view, [&](int64_t i) { return input_value(dt, id, root, i); },
+            fmt::format("broadcast from {} {} x{}", root, dtype_name(dt), n));
         EXPECT_TRUE(t.guards_intact());
       }
 }
@@ -219,15 +249,18 @@ void check_point_to_point(Communicator& c, std::initializer_list<int64_t> counts
       ++id;
       Tensor mine = make_input(dt, n, id, me);
       Guarded got(dt, n);
-      if (me % 2 == 0) {
+      if (size == 1) {
+        got.view.copy_from(mine);  // a blocking ring of one rank would be a send to oneself
+      } else if (me % 2 == 0) {
         c.send(mine, next, 3);
         c.recv(got.view, prev, 3);
       } else {
         c.recv(got.view, prev, 3);
         c.send(mine, next, 3);
       }
-      expect_values(got.view, [&](int64_t i) { return input_value(dt, id, prev, i); },
-                    fmt::format("send/recv ring {} x{}", dtype_name(dt), n));
+      expect_values(
+          got.view, [&](int64_t i) { return input_value(dt, id, prev, i); },
+          fmt::format("send/recv ring {} x{}", dtype_name(dt), n));
       EXPECT_TRUE(got.guards_intact());
 
       Guarded from_prev(dt, n), from_next(dt, n), from_self(dt, n);
@@ -244,9 +277,12 @@ void check_point_to_point(Communicator& c, std::initializer_list<int64_t> counts
       s2->wait();
       s3->wait();
       std::string what = fmt::format("isend/irecv {} x{}", dtype_name(dt), n);
-      expect_values(from_prev.view, [&](int64_t i) { return input_value(dt, id, prev, i); }, what + " from prev");
-      expect_values(from_next.view, [&](int64_t i) { return input_value(dt, id, next, i); }, what + " from next");
-      expect_values(from_self.view, [&](int64_t i) { return input_value(dt, id, me, i); }, what + " from self");
+      expect_values(
+          from_prev.view, [&](int64_t i) { return input_value(dt, id, prev, i); }, what + " from prev");
+      expect_values(
+          from_next.view, [&](int64_t i) { return input_value(dt, id, next, i); }, what + " from next");
+      expect_values(
+          from_self.view, [&](int64_t i) { return input_value(dt, id, me, i); }, what + " from self");
       EXPECT_TRUE(from_prev.guards_intact() && from_next.guards_intact() && from_self.guards_intact()) << what;
     }
 }
@@ -294,9 +330,11 @@ TEST_F(Comm, WorkTestPollsToCompletionAndDestructorWaits) {
   }
   EXPECT_TRUE(work->test());
   work->wait();  // a no-op once complete
-  expect_values(a, [&](int64_t i) { return reduce_expected(DType::f32, ReduceOp::sum, 11, size, i); }, "polled");
+  expect_values(
+      a, [&](int64_t i) { return reduce_expected(DType::f32, ReduceOp::sum, 11, size, i); }, "polled");
   { auto dropped = world_->all_reduce_async(b, ReduceOp::max); }
-  expect_values(b, [&](int64_t i) { return reduce_expected(DType::f32, ReduceOp::max, 12, size, i); }, "dropped");
+  expect_values(
+      b, [&](int64_t i) { return reduce_expected(DType::f32, ReduceOp::max, 12, size, i); }, "dropped");
 }
 
 TEST_F(Comm, ManyOutstandingAsyncCollectivesFinishInAnyOrder) {
@@ -310,8 +348,9 @@ TEST_F(Comm, ManyOutstandingAsyncCollectivesFinishInAnyOrder) {
   }
   for (int b = 5; b >= 0; --b) {
     works[b]->wait();
-    expect_values(buckets[b], [&](int64_t i) { return reduce_expected(DType::bf16, ReduceOp::avg, 20 + b, size, i); },
-                  fmt::format("bucket {}", b));
+    expect_values(
+        buckets[b], [&](int64_t i) { return reduce_expected(DType::bf16, ReduceOp::avg, 20 + b, size, i); },
+        fmt::format("bucket {}", b));
   }
 }
 
@@ -421,13 +460,14 @@ TEST_F(Comm, MisuseThrowsNamedErrors) {
   expect_error([&] { world_->set_max_message_elements(0); }, {"max_message_elements"});
 
   MeshShape wrong = size == 4 ? MeshShape{3, 1, 1} : MeshShape{2, 2, 1};
-  std::string product = fmt::format("parallel.dp x parallel.tp x parallel.pp = {} x {} x {} = {} must equal the "
-                                    "number of ranks ({})",
-                                    wrong.dp, wrong.tp, wrong.pp, wrong.size(), size);
+  std::string product = fmt::format(
+      "parallel.dp x parallel.tp x parallel.pp = {} x {} x {} = {} must equal the "
+      "number of ranks ({})",
+      wrong.dp, wrong.tp, wrong.pp, wrong.size(), size);
   expect_error([&] { Mesh mesh(*world_, wrong); }, {"[mesh]", product.c_str()});
 
   // Receives that disagree with the sender on the element count: shorter, longer, non-blocking.
-  if (me == 0) {
+  if (me == 0 && size > 1) {
     world_->send(make_input(DType::i32, 5, 31, me), 1, 7);
     world_->send(make_input(DType::i32, 7, 32, me), 1, 8);
     world_->isend(make_input(DType::i32, 9, 33, me), 1, 9)->wait();
@@ -440,11 +480,48 @@ TEST_F(Comm, MisuseThrowsNamedErrors) {
   world_->barrier();
 }
 
+TEST_F(Comm, CudaTensorsAreStagedThroughHostMemory) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or CUDA not built): device staging not exercised";
+  int me = world_->rank(), size = world_->size(), n = 1001;
+  auto on_device = [](const Tensor& host) {
+    Tensor d = Tensor::empty(host.shape(), host.dtype(), Device::cuda);
+    d.copy_from(host);
+    return d;
+  };
+  auto on_host = [](const Tensor& device) {
+    Tensor h = Tensor::empty(device.shape(), device.dtype());
+    h.copy_from(device);
+    return h;
+  };
+  Tensor t = on_device(make_input(DType::bf16, n, 41, me));
+  world_->all_reduce_async(t, ReduceOp::avg)->wait();
+  expect_values(
+      on_host(t), [&](int64_t i) { return reduce_expected(DType::bf16, ReduceOp::avg, 41, size, i); },
+      "cuda all_reduce");
+  Tensor gathered = Tensor::empty({int64_t{n} * size}, DType::f32, Device::cuda);
+  world_->all_gather(on_device(make_input(DType::f32, n, 42, me)), gathered);
+  expect_values(
+      on_host(gathered), [&](int64_t i) { return input_value(DType::f32, 42, static_cast<int>(i / n), i % n); },
+      "cuda all_gather");
+  Tensor scattered = Tensor::empty({n}, DType::i32, Device::cuda);
+  world_->reduce_scatter(on_device(make_input(DType::i32, int64_t{n} * size, 43, me)), scattered, ReduceOp::sum);
+  expect_values(
+      on_host(scattered), [&](int64_t i) { return reduce_expected(DType::i32, ReduceOp::sum, 43, size, me * n + i); },
+      "cuda reduce_scatter");
+  Tensor received = Tensor::empty({n}, DType::u8, Device::cuda);
+  auto r = world_->irecv(received, (me + size - 1) % size, 0);
+  world_->isend(on_device(make_input(DType::u8, n, 44, me)), (me + 1) % size, 0)->wait();
+  r->wait();
+  expect_values(
+      on_host(received), [&](int64_t i) { return input_value(DType::u8, 44, (me + size - 1) % size, i); },
+      "cuda isend/irecv");
+}
+
 TEST(MpiRuntime, DetectsTheLaunchAndTheNode) {
-  EXPECT_TRUE(MpiRuntime::launched_by_mpi());
   int size = 0, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  EXPECT_TRUE(MpiRuntime::launched_by_mpi() || size == 1);  // a singleton when run without mpiexec
   {
     MpiRuntime again;  // MPI is initialised already: this one must neither re-init nor finalize
     EXPECT_GE(again.thread_level(), MPI_THREAD_FUNNELED);
@@ -453,7 +530,9 @@ TEST(MpiRuntime, DetectsTheLaunchAndTheNode) {
     // One node: local ranks are world ranks.
     EXPECT_EQ(again.local_rank(), rank);
     EXPECT_EQ(again.local_size(), size);
-    EXPECT_EQ(MpiRuntime::local_rank_from_env(), rank);
+    if (std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) {  // Open MPI's mpiexec (not a singleton)
+      EXPECT_EQ(MpiRuntime::local_rank_from_env(), rank);
+    }
     EXPECT_GE(again.threads_per_rank(), 1);
     auto world = world_communicator(&again);
     EXPECT_NE(dynamic_cast<MpiCommunicator*>(world.get()), nullptr);
@@ -476,6 +555,16 @@ TEST(MpiRuntime, DetectsTheLaunchAndTheNode) {
   int finalized = 1;
   MPI_Finalized(&finalized);
   EXPECT_FALSE(finalized);
+}
+
+// Checks the harness itself (mpi_test_main.cpp): run by the CTest entry comm_test_failure_propagates
+// with MESHTRAIN_TEST_FAIL_RANK set, which expects the whole run to fail and name that rank.
+TEST(Harness, FailsOnTheChosenRankOnly) {
+  const char* fail_rank = std::getenv("MESHTRAIN_TEST_FAIL_RANK");
+  if (!fail_rank) GTEST_SKIP() << "set MESHTRAIN_TEST_FAIL_RANK=r to check that a failure on rank r fails every rank";
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  EXPECT_NE(rank, std::atoi(fail_rank)) << "deliberate failure";
 }
 
 TEST(Bf16, RoundsToNearestEvenAndKeepsSpecials) {

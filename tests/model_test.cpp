@@ -305,3 +305,35 @@ TEST(Gpt, GradReadyHookReportsFinalSuffixesInOrder) {
   for (const auto& [from, snap] : snapshots)
     for (size_t i = 0; i < snap.size(); ++i) ASSERT_EQ(snap[i], final_g[from + i]) << "gradient changed after ready";
 }
+
+TEST(Params, TensorParallelShardsTileTheWholeTensorAndInitialiseAsIt) {
+  GptConfig c = tiny_config();  // vocab 37 -> 128 padded, so some vocabulary shards are all padding
+  c.n_head = 4;
+  ParameterTable whole(c);
+  std::vector<float> w(whole.total());
+  whole.initialize(w.data(), 13);
+  for (int t : {2, 4}) {
+    for (const auto& s : whole.specs()) {
+      std::vector<int> covered(s.numel, 0);
+      for (int r = 0; r < t; ++r) {
+        ParameterTable shard(c, t, r);
+        const ParamSpec& ss = shard.get(s.name);
+        std::vector<float> p(shard.total());
+        shard.initialize(p.data(), 13);
+        for (int64_t i = 0; i < ParameterTable::shard_rows(ss); ++i) {
+          RowSlice slice = shard.shard_row(ss, r, i);
+          for (int64_t j = 0; j < slice.len; ++j) {
+            ASSERT_EQ(p[ss.offset + i * slice.len + j], w[s.offset + slice.global_offset + j])
+                << s.name << " tp " << t << " rank " << r;
+            if (ss.shard != ShardKind::replicated) covered[slice.global_offset + j]++;
+          }
+        }
+      }
+      if (t > 1 && s.name != "wpe" && s.name.find("ln_") == std::string::npos &&
+          s.name.find("c_proj.bias") == std::string::npos) {
+        for (int64_t i = 0; i < s.numel; ++i) ASSERT_EQ(covered[i], 1) << s.name << " element " << i;
+      }
+    }
+  }
+  EXPECT_THROW(ParameterTable(c, 3, 0), Error) << "4 heads do not split over 3 ranks";
+}

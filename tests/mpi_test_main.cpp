@@ -14,17 +14,22 @@ namespace {
 class RankTagger : public ::testing::EmptyTestEventListener {
  public:
   explicit RankTagger(int rank) : rank_(rank) {}
+  // The test's name is kept here because gtest holds its own lock while reporting a result, so
+  // asking UnitTest for the current test from OnTestPartResult would deadlock.
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    test_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { test_ = "(outside a test)"; }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string test = info ? std::string(info->test_suite_name()) + "." + info->name() : "(outside a test)";
-    std::fprintf(stderr, "[rank %d] %s %s:%d: %s\n", rank_, test.c_str(), result.file_name() ? result.file_name() : "?",
-                 result.line_number(), result.message());
+    std::fprintf(stderr, "[rank %d] %s %s:%d: %s\n", rank_, test_.c_str(),
+                 result.file_name() ? result.file_name() : "?", result.line_number(), result.message());
     std::fflush(stderr);
   }
 
  private:
   int rank_;
+  std::string test_ = "(outside a test)";
 };
 
 int run(meshtrain::MpiRuntime& runtime) {

@@ -1,6 +1,6 @@
-// Data parallelism end to end: `mpiexec -n N meshtrain train` on every data-parallel layout, with
-// and without ZeRO-1, trains the same model as one process (per-step losses and final parameters
-// within 1e-5), and a rank that fails brings the whole job down with its message.
+// The parallel layouts end to end: `mpiexec -n N meshtrain train` on data- and tensor-parallel
+// layouts, with and without ZeRO-1, trains the same model as one process (per-step losses and final
+// parameters within 1e-5), and a rank that fails brings the whole job down with its message.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -52,7 +52,7 @@ std::vector<double> losses(const std::string& metrics) {
   return out;
 }
 
-class DataParallelTrain : public ::testing::Test {
+class ParallelLayouts : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = fs::temp_directory_path() / ("meshtrain_dp_test_" + std::to_string(::getpid()));
@@ -67,7 +67,7 @@ class DataParallelTrain : public ::testing::Test {
   static std::string args(const std::string& out) {
     return fmt::format(
         "train --set data.train={0}/shards/train_*.bin --set data.tokenizer={0}/tok --set model.n_layer=2 "
-        "--set model.n_head=2 --set model.n_embd=32 --set model.seq_len=16 --set train.batch_size=8 "
+        "--set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 --set train.batch_size=8 "
         "--set train.grad_accum=1 --set train.steps=10 --set train.checkpoint_every=0 --set train.sample_every=0 "
         "--set train.eval_every=0 --set train.threads=1 --set train.warmup_steps=2 --set parallel.bucket_mb=0.02 "
         "--set train.out_dir={0}/{1}",
@@ -119,19 +119,26 @@ class DataParallelTrain : public ::testing::Test {
 
   static fs::path root_;
 };
-fs::path DataParallelTrain::root_;
+fs::path ParallelLayouts::root_;
 
 }  // namespace
 
-TEST_F(DataParallelTrain, Dp2MatchesOneProcess) { run_layout(2, "--set parallel.dp=2", "dp2"); }
-TEST_F(DataParallelTrain, Dp2Zero1MatchesOneProcess) { run_layout(2, "--set parallel.zero=1", "dp2z1"); }
-TEST_F(DataParallelTrain, Dp4MatchesOneProcess) { run_layout(4, "", "dp4"); }
-TEST_F(DataParallelTrain, Dp4Zero1MatchesOneProcess) { run_layout(4, "--set parallel.zero=1", "dp4z1"); }
-TEST_F(DataParallelTrain, Dp2WithTwoMicroBatchesMatchesOneProcess) {
+TEST_F(ParallelLayouts, Dp2MatchesOneProcess) { run_layout(2, "--set parallel.dp=2", "dp2"); }
+TEST_F(ParallelLayouts, Dp2Zero1MatchesOneProcess) { run_layout(2, "--set parallel.zero=1", "dp2z1"); }
+TEST_F(ParallelLayouts, Dp4MatchesOneProcess) { run_layout(4, "", "dp4"); }
+TEST_F(ParallelLayouts, Dp4Zero1MatchesOneProcess) { run_layout(4, "--set parallel.zero=1", "dp4z1"); }
+TEST_F(ParallelLayouts, Dp2WithTwoMicroBatchesMatchesOneProcess) {
   run_layout(2, "--set parallel.microbatches=2 --set parallel.zero=1", "dp2m2");
 }
 
-TEST_F(DataParallelTrain, ZeroOneShardsOptimizerState) {
+TEST_F(ParallelLayouts, Tp2MatchesOneProcess) { run_layout(2, "--set parallel.tp=2", "tp2"); }
+TEST_F(ParallelLayouts, Tp4MatchesOneProcess) { run_layout(4, "--set parallel.tp=4", "tp4"); }
+TEST_F(ParallelLayouts, Dp2Tp2MatchesOneProcess) { run_layout(4, "--set parallel.tp=2", "dp2tp2"); }
+TEST_F(ParallelLayouts, Dp2Tp2Zero1MatchesOneProcess) {
+  run_layout(4, "--set parallel.tp=2 --set parallel.zero=1", "dp2tp2z1");
+}
+
+TEST_F(ParallelLayouts, ZeroOneShardsOptimizerState) {
   auto r1 = run(fmt::format("{} -n 2 {} {} --set parallel.zero=0 --set train.steps=1", MESHTRAIN_MPIEXEC, kBinary,
                             args("mem0")));
   auto r2 = run(fmt::format("{} -n 2 {} {} --set parallel.zero=1 --set train.steps=1", MESHTRAIN_MPIEXEC, kBinary,
@@ -147,13 +154,17 @@ TEST_F(DataParallelTrain, ZeroOneShardsOptimizerState) {
   EXPECT_NEAR(bytes(r2.output), bytes(r1.output) / 2, 0.01 * bytes(r1.output));
 }
 
-TEST_F(DataParallelTrain, BadLayoutsAndFailingRanksEndTheJobWithAMessage) {
+TEST_F(ParallelLayouts, BadLayoutsAndFailingRanksEndTheJobWithAMessage) {
   auto r = run(fmt::format("{} -n 3 {} {} --set parallel.dp=2", MESHTRAIN_MPIEXEC, kBinary, args("bad1")));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("must equal the number of ranks (3)"), std::string::npos) << r.output;
   r = run(fmt::format("{} -n 2 {} {} --set train.batch_size=3", MESHTRAIN_MPIEXEC, kBinary, args("bad2")));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("must divide by parallel.dp 2"), std::string::npos) << r.output;
+  r = run(fmt::format("{} -n 4 {} {} --set parallel.tp=4 --set model.n_head=2 --set model.n_embd=32",
+                      MESHTRAIN_MPIEXEC, kBinary, args("bad4")));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("model.n_head = 2 must divide by parallel.tp = 4"), std::string::npos) << r.output;
   // Rank 1 gets a different configuration: it fails, and the job ends instead of hanging.
   r = run(fmt::format("{0} -n 1 {1} {2} : -n 1 {1} {2} --set train.lr=0.5", MESHTRAIN_MPIEXEC, kBinary,
                       args("bad3")));
