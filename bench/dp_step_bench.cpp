@@ -87,7 +87,8 @@ Options parse(int argc, char** argv) {
   }
   validate_config(o.cfg);
   o.cfg.model.validate();
-  MT_CHECK(o.steps > 0 && o.warmup >= 0 && o.threads > 0, "[dp_step_bench] --steps and --threads must be > 0");
+  MT_CHECK(o.steps > 0 && o.warmup >= 0 && o.threads > 0,
+           "[dp_step_bench] --steps and --threads must be > 0, --warmup >= 0");
   return o;
 }
 

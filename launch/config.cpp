@@ -117,6 +117,10 @@ const std::vector<Key>& schema() {
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
                          &ParallelConfig::tp, 1));
+    k.push_back(make_key("parallel.pp", Kind::integer, "pipeline stages (at most model.n_layer)", &C::parallel,
+                         &ParallelConfig::pp, 1));
+    k.push_back(make_key("parallel.schedule", Kind::string, "pipeline schedule: gpipe or 1f1b", &C::parallel,
+                         &ParallelConfig::schedule));
     k.push_back(make_key("parallel.zero", Kind::integer, "0 = replicated optimizer, 1 = ZeRO-1 (sharded state)",
                          &C::parallel, &ParallelConfig::zero, 0));
     k.push_back(make_key("parallel.bucket_mb", Kind::number, "gradient bucket size (MiB) for overlapped reduction",
@@ -293,6 +297,8 @@ void validate_config(const Config& cfg) {
   MT_CHECK(!t.out_dir.empty(), "[config] train.out_dir must not be empty");
   const auto& p = cfg.parallel;
   MT_CHECK(p.zero <= 1, "[config] parallel.zero must be 0 or 1 (got {})", p.zero);
+  MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",
+           p.schedule);
   MT_CHECK(p.bucket_mb > 0.0, "[config] parallel.bucket_mb must be > 0 (got {})", p.bucket_mb);
 }
 

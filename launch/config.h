@@ -41,6 +41,8 @@ struct TrainConfig {
 struct ParallelConfig {
   int dp = 0;               // data-parallel ranks; 0 = the ranks left after tp
   int tp = 1;               // tensor-parallel ranks
+  int pp = 1;               // pipeline stages
+  std::string schedule = "1f1b";  // pipeline schedule: gpipe or 1f1b
   int zero = 0;             // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 4.0;   // gradient bucket size for the overlapped reduction
   int microbatches = 0;     // micro-batches per rank and step; 0 = train.grad_accum

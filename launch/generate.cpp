@@ -22,14 +22,21 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const std::string& prom
 
 std::vector<int32_t> stream_sample(Gpt& model, const Tokenizer& tok, std::vector<int32_t> context,
                                    const SampleOptions& opt, CounterRng& rng, std::FILE* out) {
+  LogitsFn logits = [&](const int32_t* tokens, int T) { return model.forward_last_logits(tokens, T); };
+  return stream_sample(logits, model.config(), tok, std::move(context), opt, rng, out);
+}
+
+std::vector<int32_t> stream_sample(const LogitsFn& last_logits, const GptConfig& cfg, const Tokenizer& tok,
+                                   std::vector<int32_t> context, const SampleOptions& opt, CounterRng& rng,
+                                   std::FILE* out) {
   MT_CHECK(!context.empty(), "[generate] empty context");
-  const int T = model.config().seq_len, V = model.config().vocab_size;
+  const int T = cfg.seq_len, V = cfg.vocab_size;
   for (int32_t id : context)
     MT_CHECK(id >= 0 && id < V, "[generate] prompt token {} outside the model's vocabulary of {}", id, V);
   std::vector<int32_t> produced;
   for (int i = 0; i < opt.max_new_tokens; ++i) {
     int n = static_cast<int>(std::min<size_t>(context.size(), static_cast<size_t>(T)));
-    const float* logits = model.forward_last_logits(context.data() + context.size() - n, n);
+    const float* logits = last_logits(context.data() + context.size() - n, n);
     int32_t next = sample_token(logits, V, opt.temperature, opt.top_k, rng);
     context.push_back(next);
     produced.push_back(next);

@@ -3,10 +3,12 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "model/gpt_config.h"
 
 namespace meshtrain {
 
@@ -19,9 +21,17 @@ struct SampleOptions {
   int top_k = 40;
 };
 
-/// Extends context by up to max_new_tokens sampled tokens, writing each token's text to out as it
-/// is produced (<|endoftext|> is written as a blank line). The context window slides once it is
-/// longer than the model's seq_len. Returns the new tokens.
+/// Whole-vocabulary logits of the last position of (tokens, T): a whole model's
+/// forward_last_logits, or a pipeline's last_logits.
+using LogitsFn = std::function<const float*(const int32_t* tokens, int T)>;
+
+/// Extends context by up to max_new_tokens sampled tokens, writing each token's text to out (when
+/// not null) as it is produced (<|endoftext|> is written as a blank line). The context window
+/// slides once it is longer than the model's seq_len. Returns the new tokens.
+std::vector<int32_t> stream_sample(const LogitsFn& logits, const GptConfig& cfg, const Tokenizer& tok,
+                                   std::vector<int32_t> context, const SampleOptions& opt, CounterRng& rng,
+                                   std::FILE* out);
+/// The same over a whole model.
 std::vector<int32_t> stream_sample(Gpt& model, const Tokenizer& tok, std::vector<int32_t> context,
                                    const SampleOptions& opt, CounterRng& rng, std::FILE* out);
 

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <sstream>
 
@@ -26,6 +27,7 @@
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/mesh.h"
+#include "parallel/pipeline.h"
 
 namespace fs = std::filesystem;
 
@@ -34,6 +36,15 @@ namespace meshtrain {
 namespace {
 
 constexpr int kBuiltinVocab = 4096;
+
+/// Rows of T + 1 tokens -> inputs (the first T) and targets (the last T).
+void split_windows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt) {
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      inp[b * T + t] = rows[b * (T + 1) + t];
+      tgt[b * T + t] = rows[b * (T + 1) + t + 1];
+    }
+}
 
 std::string resolve_resume(const std::string& resume, const Config& cfg) {
   if (resume.empty()) return "";
@@ -46,7 +57,9 @@ std::string resolve_resume(const std::string& resume, const Config& cfg) {
   return resume;
 }
 
-double evaluate(Gpt& model, const std::vector<std::string>& val_paths, const Config& cfg) {
+using LossFn = std::function<double(const int32_t* inputs, const int32_t* targets, int B, int T)>;
+
+double evaluate(const LossFn& loss, const std::vector<std::string>& val_paths, const Config& cfg) {
   // Always the same first eval_batches windows, so values are comparable across steps and runs.
   const int B = cfg.train.batch_size, T = cfg.model.seq_len;
   DataLoader val(val_paths, T, false, 0);
@@ -56,12 +69,8 @@ double evaluate(Gpt& model, const std::vector<std::string>& val_paths, const Con
   double sum = 0.0;
   for (int i = 0; i < n; ++i) {
     val.next_batch(B, 0, 1, batch.data());
-    for (int b = 0; b < B; ++b)
-      for (int t = 0; t < T; ++t) {
-        inp[b * T + t] = batch[b * (T + 1) + t];
-        tgt[b * T + t] = batch[b * (T + 1) + t + 1];
-      }
-    sum += model.forward(inp.data(), tgt.data(), B, T);
+    split_windows(batch.data(), B, T, inp.data(), tgt.data());
+    sum += loss(inp.data(), tgt.data(), B, T);
   }
   return sum / n;
 }
@@ -159,12 +168,17 @@ double run_train(const TrainArgs& args, Communicator& world) {
   std::vector<std::string> val_paths;
   if (!cfg.data.val.empty()) val_paths = expand_shard_paths(cfg.data.val);
   const int T = cfg.model.seq_len;
-  const int tp_size = cfg.parallel.tp;
-  MT_CHECK(world.size() % tp_size == 0, "[train] parallel.tp = {} must divide the number of ranks ({})", tp_size,
+  const int tp_size = cfg.parallel.tp, pp_size = cfg.parallel.pp;
+  MT_CHECK(world.size() % (tp_size * pp_size) == 0,
+           "[train] parallel.tp x parallel.pp = {} x {} must divide the number of ranks ({})", tp_size, pp_size,
            world.size());
-  const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / tp_size;
-  Mesh mesh(world, MeshShape{dp_size, tp_size, 1});
+  const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / (tp_size * pp_size);
+  Mesh mesh(world, MeshShape{dp_size, tp_size, pp_size});
   Communicator& dp = mesh.dp();
+  // The first and last stage both hold the tied token embedding; their copies' gradients are summed.
+  const bool holds_wte = pp_size > 1 && (mesh.pp_rank() == 0 || mesh.pp_rank() == pp_size - 1);
+  std::unique_ptr<Communicator> tied =
+      world.split(holds_wte ? mesh.dp_rank() * tp_size + mesh.tp_rank() : -1, mesh.pp_rank());
   // The global batch of a step, this rank's share, and its micro-batches.
   const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
   const int micro_count = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
@@ -175,11 +189,13 @@ double run_train(const TrainArgs& args, Communicator& world) {
   const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
-  Gpt model(cfg.model, dp, &mesh.tp());
+  Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
+  std::optional<Pipeline> pipe;
+  if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
-  DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg);
+  DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
   RunCounters counters;
   if (!resume_path.empty()) {
     MomentBuffers moments{Tensor::zeros({model.params().numel()}), Tensor::zeros({model.params().numel()})};
@@ -204,8 +220,12 @@ double run_train(const TrainArgs& args, Communicator& world) {
                "x {}; {} threads per rank\n", loader.num_windows(), T + 1, global_rows, dp_size, micro_count, B,
                threads);
     if (world.size() > 1)
-      fmt::print("[train] mesh dp {} x tp {}: {} gradient buckets, {}\n", dp_size, tp_size, ddp.num_buckets(),
-                 cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
+      fmt::print("[train] mesh dp {} x tp {} x pp {}: {} gradient buckets, {}\n", dp_size, tp_size, pp_size,
+                 ddp.num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
+    if (pp_size > 1)
+      fmt::print("[train] pipeline: {} stages, {} schedule, {} micro-batches per step: bubble (p-1)/(m+p-1) = {:.1f}% "
+                 "of pipeline time\n", pp_size, cfg.parallel.schedule, micro_count,
+                 100.0 * Pipeline::bubble_fraction(pp_size, micro_count));
     fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB)\n", ddp.optimizer().state_bytes(),
                ddp.optimizer().state_bytes() / 1048576.0);
     std::fflush(stdout);
@@ -222,7 +242,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
     if (!tokenizer || args.quiet_samples) return;
     if (lead) log->message(fmt::format("---- sample ({}) ----", title));
     if (lead) log->clear_bar();
-    stream_sample(model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng, lead ? stdout : nullptr);
+    LogitsFn logits = [&](const int32_t* tokens, int T) {
+      return pipe ? pipe->last_logits(tokens, T) : model.forward_last_logits(tokens, T);
+    };
+    stream_sample(logits, cfg.model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng,
+                  lead ? stdout : nullptr);
     if (lead) log->message("\n--------------------");
   };
 
@@ -232,16 +256,23 @@ double run_train(const TrainArgs& args, Communicator& world) {
     model.zero_grad();
     loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
     Tensor loss = Tensor::zeros({1});
-    for (int micro = 0; micro < micro_count; ++micro) {
-      const int32_t* rows = batch.data() + static_cast<size_t>(micro) * B * (T + 1);
-      for (int b = 0; b < B; ++b)
-        for (int t = 0; t < T; ++t) {
-          inp[b * T + t] = rows[b * (T + 1) + t];
-          tgt[b * T + t] = rows[b * (T + 1) + t + 1];
-        }
-      if (micro == micro_count - 1) ddp.arm();  // gradients become final during this backward
-      loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, 1.0f / static_cast<float>(micro_count));
-      model.backward();
+    const float scale = 1.0f / static_cast<float>(micro_count);
+    auto fill = [&](int micro, int32_t* in, int32_t* tg) {
+      split_windows(batch.data() + static_cast<size_t>(micro) * B * (T + 1), B, T, in, tg);
+    };
+    if (pipe) {
+      loss.f32()[0] = static_cast<float>(pipe->train(micro_count, B, T, fill, scale, [&] { ddp.arm(); }));
+      if (tied) {
+        Tensor g = model.grad("wte");
+        tied->all_reduce(g, ReduceOp::sum);
+      }
+    } else {
+      for (int micro = 0; micro < micro_count; ++micro) {
+        fill(micro, inp.data(), tgt.data());
+        if (micro == micro_count - 1) ddp.arm();  // gradients become final during this backward
+        loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, scale);
+        model.backward();
+      }
     }
     ddp.finish();
     loss.f32()[0] /= static_cast<float>(micro_count);
@@ -262,7 +293,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
     bool last = step + 1 == total;
     // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
     if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
-      rec.val_loss = evaluate(model, val_paths, cfg);
+      rec.val_loss = evaluate(
+          [&](const int32_t* in, const int32_t* tg, int b, int t) {
+            return pipe ? pipe->loss(in, tg, b, t) : model.forward(in, tg, b, t);
+          },
+          val_paths, cfg);
     if (lead) log->record(rec);
     last_loss = rec.loss;
 
@@ -275,7 +310,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
       MomentBuffers moments{Tensor::empty({model.params().numel()}), Tensor::empty({model.params().numel()}),
                             ddp.optimizer().steps()};
       ddp.gather_moments(moments.m, moments.v);
-      std::string path = save_run(cfg, model, moments, counters, lead);
+      std::string path = save_run(cfg, model, moments, counters, lead,
+                                  pp_size > 1 && mesh.dp_rank() == 0 && mesh.tp_rank() == 0 ? &mesh.pp() : nullptr);
       if (lead) log->message(fmt::format("[train] checkpoint {}", path));
       world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
     }

@@ -42,15 +42,36 @@ void cut_shard(const ParameterTable& table, const ParamSpec& s, const Tensor& wh
 }  // namespace
 
 std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c,
-                     bool write) {
+                     bool write, Communicator* pp) {
   std::vector<CheckpointEntry> entries;
   const Tensor& params = const_cast<Gpt&>(model).params();
   const Tensor &m = moments.m, &v = moments.v;
   const ParameterTable& table = model.table();
   for (const auto& s : table.specs()) {
+    if (!table.first_stage() && s.name == "wte") continue;  // the tied copy: stage 0 saves wte
     entries.push_back({"model/" + s.name, gather_whole(table, s, params.view(s.offset, s.shape), model.tp())});
     entries.push_back({"optim/m/" + s.name, gather_whole(table, s, m.view(s.offset, s.shape), model.tp())});
     entries.push_back({"optim/v/" + s.name, gather_whole(table, s, v.view(s.offset, s.shape), model.tp())});
+  }
+  if (pp && pp->size() > 1) {
+    // Later stages send their whole tensors, in their table's order, to stage 0.
+    if (pp->rank() > 0) {
+      for (size_t i = 0; i < entries.size(); ++i) pp->send(entries[i].tensor, 0, static_cast<int>(i));
+      entries.clear();
+    } else {
+      for (int stage = 1; stage < pp->size(); ++stage) {
+        ParameterTable theirs(model.config(), table.tp_size(), table.tp_rank(), pp->size(), stage);
+        int tag = 0;
+        for (const auto& s : theirs.specs()) {
+          if (s.name == "wte") continue;
+          for (const char* group : {"model/", "optim/m/", "optim/v/"}) {
+            Tensor t = Tensor::empty(s.global_shape);
+            pp->recv(t, stage, tag++);
+            entries.push_back({group + s.name, t});
+          }
+        }
+      }
+    }
   }
   std::string path = checkpoint_path(cfg.train.out_dir, c.step);
   if (!write) return path;

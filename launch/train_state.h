@@ -13,6 +13,7 @@
 namespace meshtrain {
 
 class Gpt;
+class Communicator;
 
 struct RunCounters {
   int64_t step = 0;          // optimizer steps completed
@@ -27,9 +28,10 @@ struct MomentBuffers {
 };
 
 /// Writes out_dir/ckpt_<step>.h5 atomically and returns its path. Collective over the model's tp
-/// group (shards are gathered into whole tensors); only the rank with write = true writes.
+/// group (shards are gathered into whole tensors) and, when pp is given, over the pipeline stages
+/// (stage 0 receives the other stages' tensors); only the rank with write = true writes.
 std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters,
-                     bool write = true);
+                     bool write = true, Communicator* pp = nullptr);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the

@@ -29,6 +29,8 @@ struct Gpt::Acts {
   int B = 0, T = 0;  // capacity
   Tensor buffer;     // every activation below is a view into this one allocation
   std::vector<int32_t> tokens;
+  int last_B = 0, last_T = 0;  // shape of the last forward in this slot
+  bool grad_ready = false;     // a forward with compute_grad awaits its backward
   struct Layer {
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu;
   };
@@ -44,12 +46,14 @@ namespace {
 std::unique_ptr<Communicator> make_local() { return std::make_unique<LocalCommunicator>(); }
 }  // namespace
 
-Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp)
+Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size, int pp_stage)
     : cfg_(cfg),
       comm_(comm),
       own_tp_(tp ? nullptr : make_local()),
       tp_(tp ? tp : own_tp_.get()),
-      table_((cfg.validate(), cfg), tp_->size(), tp_->rank()) {
+      table_((cfg.validate(), cfg), tp_->size(), tp_->rank(), pp_size, pp_stage) {
+  n_local_ = table_.layer_end() - table_.layer_begin();
+  slots_.resize(1);
   const int t = tp_->size();
   Cl_ = cfg.n_embd / t;
   NHl_ = cfg.n_head / t;
@@ -63,6 +67,31 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp)
   grads_ = Tensor::zeros({padded});
   p_ = param_pointers(table_, cfg_, params_.f32());
   g_ = param_pointers(table_, cfg_, grads_.f32());
+  // With a pipeline, wte lives on the first and the last stage and its gradient is final only once
+  // the two copies' gradients are summed (by the trainer), so backward never reports it final.
+  if (pp_size > 1 && table_.find("wte")) tied_ready_ = table_.get("wte").offset + table_.get("wte").numel;
+}
+
+void Gpt::use_slot(int slot) {
+  MT_CHECK(slot >= 0 && slot < 1024, "[gpt] activation slot {} out of range", slot);
+  if (static_cast<size_t>(slot) >= slots_.size()) slots_.resize(slot + 1);
+  slot_ = slot;
+}
+
+Tensor Gpt::stage_input(int B, int T) {
+  ensure_acts(B, T);
+  Acts& a = acts();
+  return a.buffer.view(a.res[0] - a.buffer.f32(), {B, T, cfg_.n_embd});
+}
+
+Tensor Gpt::stage_output() const {
+  Acts& a = acts();
+  return a.buffer.view(a.res[n_local_] - a.buffer.f32(), {a.last_B, a.last_T, cfg_.n_embd});
+}
+
+Tensor Gpt::stage_output_grad() const {
+  Acts& a = acts();
+  return a.buffer.view(a.dres - a.buffer.f32(), {a.last_B, a.last_T, cfg_.n_embd});
 }
 
 Gpt::~Gpt() = default;
@@ -81,22 +110,28 @@ void Gpt::initialize(uint64_t seed) { table_.initialize(params_.f32(), seed); }
 
 void Gpt::zero_grad() { grads_.zero_(); }
 
-size_t Gpt::activation_bytes() const { return acts_ ? acts_->buffer.nbytes() : 0; }
+size_t Gpt::activation_bytes() const {
+  size_t n = 0;
+  for (const auto& a : slots_) n += a ? a->buffer.nbytes() : 0;
+  return n;
+}
 
 void Gpt::ensure_acts(int B, int T) {
   MT_CHECK(B >= 1 && T >= 1 && T <= cfg_.seq_len, "[gpt] batch {} x {} tokens: T must be in [1, seq_len={}]", B, T,
            cfg_.seq_len);
   // Every buffer is indexed from its start with the current B and T, so a smaller batch fits.
-  if (acts_ && B <= acts_->B && T <= acts_->T) return;
+  auto& slot = slots_.at(slot_);
+  if (slot && B <= slot->B && T <= slot->T) return;
   auto a = std::make_unique<Acts>();
   a->B = B;
   a->T = T;
-  const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = cfg_.n_layer;
+  const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = n_local_;
+  const int64_t Vl = table_.last_stage() ? Vl_ : 0;  // only the last stage has logits
   const int64_t Cl = Cl_, Fl = Fl_, att = static_cast<int64_t>(B) * NHl_ * T * T;
   // Sizes in floats, in the order they are carved out below.
   const int64_t per_layer = BT * C /*ln1*/ + 2 * BT + BT * 3 * Cl /*qkv*/ + BT * Cl /*atty*/ + att + BT * C /*res2*/ +
                             BT * C /*ln2*/ + 2 * BT + BT * Fl /*fch*/ + BT * Fl /*fch_gelu*/;
-  const int64_t total = (L + 1) * BT * C + L * per_layer + BT * C + 2 * BT + BT * Vl_ + BT +
+  const int64_t total = (L + 1) * BT * C + L * per_layer + BT * C + 2 * BT + BT * Vl + BT +
                         /*scratch*/ BT * C * 2 + BT * Cl + BT * C + BT * 3 * Cl + 2 * BT * Fl + att;
   a->buffer = Tensor::empty({total});
   float* cur = a->buffer.f32();
@@ -114,12 +149,12 @@ void Gpt::ensure_acts(int B, int T) {
     y.fch = take(BT * Fl); y.fch_gelu = take(BT * Fl);
   }
   a->lnf = take(BT * C); a->lnf_mean = take(BT); a->lnf_rstd = take(BT);
-  a->logits = take(BT * Vl_); a->losses = take(BT);
+  a->logits = take(BT * Vl); a->losses = take(BT);
   a->dres = take(BT * C); a->dln = take(BT * C); a->datty = take(BT * Cl); a->proj_out = take(BT * C);
   a->dqkv = take(BT * 3 * Cl); a->dfch = take(BT * Fl); a->dfch_gelu = take(BT * Fl);
   a->datt_scratch = take(att);
   MT_CHECK(cur == a->buffer.f32() + total, "[gpt] activation plan is inconsistent");
-  acts_ = std::move(a);
+  slot = std::move(a);
 }
 
 namespace {
@@ -146,19 +181,22 @@ void row_parallel_forward(Communicator& tp, const Tensor& buffer, float* out, co
 
 void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
   ensure_acts(B, T);
-  Acts& a = *acts_;
+  Acts& a = acts();
   const int C = cfg_.n_embd, BT = B * T;
   Communicator& tp = *tp_;
-  a.tokens.assign(tokens, tokens + BT);
-  for (int i = 0; i < BT; ++i)
-    MT_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[gpt] token id {} at position {} outside [0, {})",
-             tokens[i], i, cfg_.vocab_size);
-  {
+  a.last_B = B;
+  a.last_T = T;
+  if (table_.first_stage()) {
+    MT_CHECK(tokens, "[gpt] the first stage needs tokens");
+    a.tokens.assign(tokens, tokens + BT);
+    for (int i = 0; i < BT; ++i)
+      MT_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[gpt] token id {} at position {} outside [0, {})",
+               tokens[i], i, cfg_.vocab_size);
     ScopedTimer t(prof_, "encoder");
     if (tp.size() == 1) encoder_forward_cpu(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
     else vocab_parallel_embedding_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C, v0_, Vl_, tp);
   }
-  for (int l = 0; l < cfg_.n_layer; ++l) {
+  for (int l = 0; l < n_local_; ++l) {
     const LayerParams& w = p_.layers[l];
     auto& y = a.layers[l];
     {
@@ -202,19 +240,22 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
       residual_forward_cpu(a.res[l + 1], y.res2, a.proj_out, static_cast<int64_t>(BT) * C);
     }
   }
+  if (!table_.last_stage()) return;
   ScopedTimer t(prof_, "layernorm");
-  layernorm_forward_cpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.res[cfg_.n_layer], p_.lnf_w, p_.lnf_b, BT, C);
+  layernorm_forward_cpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.res[n_local_], p_.lnf_w, p_.lnf_b, BT, C);
 }
 
 float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, bool compute_grad,
                    float dloss_scale) {
   MT_CHECK(!compute_grad || targets, "[gpt] forward with compute_grad needs targets");
   forward_blocks(tokens, B, T);
-  Acts& a = *acts_;
+  Acts& a = acts();
   const int C = cfg_.n_embd, BT = B * T;
-  last_B_ = B;
-  last_T_ = T;
-  have_dlogits_ = false;
+  a.grad_ready = false;
+  if (!table_.last_stage()) {
+    a.grad_ready = compute_grad;
+    return 0.0f;
+  }
   {
     ScopedTimer t(prof_, "classifier");
     matmul_forward_cpu(a.logits, a.lnf, p_.wte, nullptr, BT, C, static_cast<int>(Vl_));
@@ -238,26 +279,28 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
     else
       vocab_parallel_crossentropy(a.losses, dlogits, a.logits, targets, BT, cfg_.vocab_size, Vl_, v0_, dloss, *tp_);
   }
-  have_dlogits_ = compute_grad;
+  a.grad_ready = compute_grad;
   double sum = 0.0;
   for (int i = 0; i < BT; ++i) sum += a.losses[i];
   return static_cast<float>(sum / static_cast<double>(counted));
 }
 
 const float* Gpt::logits_row(int64_t r) const {
-  MT_CHECK(acts_ && !have_dlogits_ && r >= 0 && r < static_cast<int64_t>(last_B_) * last_T_,
+  const Acts& a = acts();
+  MT_CHECK(table_.last_stage() && !a.grad_ready && r >= 0 && r < static_cast<int64_t>(a.last_B) * a.last_T,
            "[gpt] logits_row({}) without a matching forward", r);
-  return acts_->logits + r * Vl_;
+  return a.logits + r * Vl_;
 }
 
 const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
+  MT_CHECK(table_.pp_size() == 1, "[gpt] forward_last_logits runs a whole model; pipeline stages use forward()");
   forward_blocks(tokens, 1, T);
-  Acts& a = *acts_;
+  Acts& a = acts();
   const int C = cfg_.n_embd;
   matmul_forward_cpu(a.logits, a.lnf + static_cast<int64_t>(T - 1) * C, p_.wte, nullptr, 1, C, static_cast<int>(Vl_));
-  have_dlogits_ = false;
-  last_B_ = 1;
-  last_T_ = 1;
+  a.grad_ready = false;
+  a.last_B = 1;
+  a.last_T = 1;
   if (tp_->size() == 1) return a.logits;
   // Sampling needs the whole row: gather every rank's columns (rank order = vocabulary order).
   Tensor mine = Tensor::empty({Vl_});
@@ -268,25 +311,27 @@ const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
 }
 
 void Gpt::backward() {
-  MT_CHECK(have_dlogits_, "[gpt] backward() needs a forward(..., compute_grad = true) first");
-  Acts& a = *acts_;
+  Acts& a = acts();
+  MT_CHECK(a.grad_ready, "[gpt] backward() needs a forward(..., compute_grad = true) first");
   Communicator& tp = *tp_;
-  const int B = last_B_, T = last_T_, C = cfg_.n_embd, BT = B * T;
+  const int B = a.last_B, T = a.last_T, C = cfg_.n_embd, BT = B * T;
   const int64_t BTC = static_cast<int64_t>(BT) * C;
-  std::memset(a.dln, 0, BTC * sizeof(float));
-  {
-    ScopedTimer t(prof_, "classifier");
-    matmul_backward_cpu(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
-    tp_sum(tp, a.buffer, a.dln, BTC);  // each rank saw only its vocabulary columns
-  }
-  std::memset(a.dres, 0, BTC * sizeof(float));
-  {
-    ScopedTimer t(prof_, "layernorm");
-    layernorm_backward_cpu(a.dres, g_.lnf_w, g_.lnf_b, a.dln, a.res[cfg_.n_layer], p_.lnf_w, a.lnf_mean, a.lnf_rstd,
-                           BT, C);
-  }
-  if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
-  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+  if (table_.last_stage()) {
+    std::memset(a.dln, 0, BTC * sizeof(float));
+    {
+      ScopedTimer t(prof_, "classifier");
+      matmul_backward_cpu(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
+      tp_sum(tp, a.buffer, a.dln, BTC);  // each rank saw only its vocabulary columns
+    }
+    std::memset(a.dres, 0, BTC * sizeof(float));
+    {
+      ScopedTimer t(prof_, "layernorm");
+      layernorm_backward_cpu(a.dres, g_.lnf_w, g_.lnf_b, a.dln, a.res[n_local_], p_.lnf_w, a.lnf_mean, a.lnf_rstd,
+                             BT, C);
+    }
+    if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
+  }  // else a.dres already holds the gradient of this stage's output
+  for (int l = n_local_ - 1; l >= 0; --l) {
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
     auto& y = a.layers[l];
@@ -334,13 +379,13 @@ void Gpt::backward() {
     }
     if (grad_ready_) grad_ready_(gw.ln1_w - grads_.f32());
   }
-  {
+  if (table_.first_stage()) {
     ScopedTimer t(prof_, "encoder");
     if (tp.size() == 1) encoder_backward_cpu(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C);
     else vocab_parallel_embedding_backward(g_.wte, g_.wpe, a.dres, a.tokens.data(), B, T, C, v0_, Vl_);
-  }
-  have_dlogits_ = false;
-  if (grad_ready_) grad_ready_(0);
+  }  // else a.dres now holds the gradient of this stage's input
+  a.grad_ready = false;
+  if (grad_ready_) grad_ready_(tied_ready_);
 }
 
 }  // namespace meshtrain

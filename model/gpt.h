@@ -22,8 +22,9 @@ class Gpt {
   /// A model on the CPU (the CUDA backend adds a device). comm is the data-parallel group the
   /// gradients will be reduced over (size 1 in a single process); tp, when given, is the
   /// tensor-parallel group this rank shares its layers with (Megatron-style: attention split by
-  /// heads, MLP by columns, embedding and LM head by vocabulary).
-  Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr);
+  /// heads, MLP by columns, embedding and LM head by vocabulary). pp_size and pp_stage make it one
+  /// pipeline stage: its blocks, the embeddings on the first stage, the head on the last.
+  Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr, int pp_size = 1, int pp_stage = 0);
   ~Gpt();
 
   const GptConfig& config() const { return cfg_; }
@@ -45,10 +46,25 @@ class Gpt {
   /// Runs the model on tokens (B*T ids). With targets (B*T ids, negative = ignored) returns the mean
   /// loss over counted targets; with compute_grad the loss gradient scaled by dloss_scale is left in
   /// place of the logits for backward(). Without targets returns 0 and keeps logits.
+  /// As a pipeline stage: the first stage reads tokens, later stages read stage_input(); only the
+  /// last stage computes logits and the loss (others return 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T, bool compute_grad = false,
                 float dloss_scale = 1.0f);
   /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
+  /// As a stage other than the last, the gradient of stage_output() must be in stage_output_grad().
   void backward();
+
+  /// Pipeline micro-batches in flight each keep their activations in a slot of their own; forward
+  /// and backward work on the current slot (0 by default).
+  void use_slot(int slot);
+  /// This stage's input activations (B, T, C) in the current slot, to receive into before forward().
+  Tensor stage_input(int B, int T);
+  /// This stage's output activations of the current slot (after forward()).
+  Tensor stage_output() const;
+  /// Where the gradient of stage_output() goes before backward() (current slot).
+  Tensor stage_output_grad() const;
+  /// The gradient of stage_input() after backward() (current slot).
+  Tensor stage_input_grad() const { return stage_output_grad(); }
   /// Logits of row r of the last forward (this rank's vocabulary columns under tensor
   /// parallelism); valid without targets only.
   const float* logits_row(int64_t r) const;
@@ -70,6 +86,7 @@ class Gpt {
  private:
   struct Acts;
   void ensure_acts(int B, int T);
+  Acts& acts() const { return *slots_.at(slot_); }
   void forward_blocks(const int32_t* tokens, int B, int T);
 
   GptConfig cfg_;
@@ -82,10 +99,10 @@ class Gpt {
   Tensor full_logits_; // gathered last-position logits for sampling under tensor parallelism
   Tensor params_, grads_;
   ParamPointers p_, g_;
-  std::unique_ptr<Acts> acts_;
-  const int32_t* last_tokens_ = nullptr;
-  int last_B_ = 0, last_T_ = 0;
-  bool have_dlogits_ = false;
+  std::vector<std::unique_ptr<Acts>> slots_;
+  int slot_ = 0;
+  int n_local_ = 0;            // blocks of this stage
+  int64_t tied_ready_ = 0;     // where backward's last ready offset stops (after a tied wte, see backward)
   Profiler* prof_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
 };

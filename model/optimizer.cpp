@@ -33,13 +33,12 @@ AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges)
   v_ = Tensor::zeros({ranges_numel(ranges_)});
 }
 
-double AdamW::sum_squares(const Tensor& grads, bool count_replicated) const {
+double AdamW::sum_squares(const Tensor& grads, const std::function<bool(const ParamSpec&)>& counted) const {
   double sum = 0.0;
-  const bool skip = !count_replicated && table_.tp_size() > 1;
   for (auto [b, e] : ranges_)
     for (const auto& s : table_.specs()) {
       int64_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel);
-      if (lo >= hi || (skip && s.shard == ShardKind::replicated)) continue;
+      if (lo >= hi || (counted && !counted(s))) continue;
       sum += sum_squares_cpu(grads.f32() + lo, hi - lo);
     }
   return sum;

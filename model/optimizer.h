@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -35,10 +36,10 @@ class AdamW {
   AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges = {});
   /// Single-process step: norm over all of grads, clipping, update. Returns the norm before clipping.
   float step(Tensor& params, const Tensor& grads, float lr);
-  /// Sum of squared gradients over this optimizer's ranges (in double, thread-count independent).
-  /// With count_replicated false, parameters every tp rank holds whole are left out, so that a sum
-  /// over the tp group counts them once.
-  double sum_squares(const Tensor& grads, bool count_replicated = true) const;
+  /// Sum of squared gradients over this optimizer's ranges (in double, thread-count independent),
+  /// of the parameters counted() accepts (all by default): a sum over tp and pp groups counts
+  /// replicated and tied parameters once when only one rank counts them.
+  double sum_squares(const Tensor& grads, const std::function<bool(const ParamSpec&)>& counted = {}) const;
   /// Clipping factor for a global gradient norm.
   float clip_scale(double norm) const;
   /// AdamW on this optimizer's ranges with gradients multiplied by grad_scale.

@@ -4,24 +4,32 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "core/rng.h"
 
 namespace meshtrain {
 
-ParameterTable::ParameterTable(const GptConfig& cfg, int tp_size, int tp_rank)
-    : n_layer_(cfg.n_layer), tp_size_(tp_size), tp_rank_(tp_rank) {
+ParameterTable::ParameterTable(const GptConfig& cfg, int tp_size, int tp_rank, int pp_size, int pp_stage)
+    : n_layer_(cfg.n_layer), tp_size_(tp_size), tp_rank_(tp_rank), pp_size_(pp_size), pp_stage_(pp_stage) {
   MT_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, "[params] tp rank {} of {}", tp_rank, tp_size);
+  MT_CHECK(pp_size >= 1 && pp_stage >= 0 && pp_stage < pp_size, "[params] pipeline stage {} of {}", pp_stage,
+           pp_size);
   MT_CHECK(cfg.n_head % tp_size == 0, "[params] model.n_head = {} must divide by parallel.tp = {}", cfg.n_head,
            tp_size);
   MT_CHECK(cfg.padded_vocab() % tp_size == 0,
            "[params] the padded vocabulary ({} = model.vocab_size {} rounded up to a multiple of 128) must divide by "
            "parallel.tp = {}", cfg.padded_vocab(), cfg.vocab_size, tp_size);
+  MT_CHECK(pp_size <= cfg.n_layer, "[params] parallel.pp = {} stages need at least as many blocks (model.n_layer = {})",
+           pp_size, cfg.n_layer);
+  std::tie(layer_begin_, layer_end_) = stage_layers(cfg.n_layer, pp_size, pp_stage);
   const int64_t C = cfg.n_embd, V = cfg.padded_vocab();
   using K = ShardKind;
-  add("wte", {V, C}, K::rows, ParamInit::normal, true, cfg.vocab_size);
-  add("wpe", {cfg.seq_len, C}, K::replicated, ParamInit::normal, true);
-  for (int l = 0; l < cfg.n_layer; ++l) {
+  // First stage: the embeddings; last stage: the head's copy of the tied embedding (same name, same
+  // initial values, gradients summed between the two stages).
+  if (first_stage() || last_stage()) add("wte", {V, C}, K::rows, ParamInit::normal, true, cfg.vocab_size);
+  if (first_stage()) add("wpe", {cfg.seq_len, C}, K::replicated, ParamInit::normal, true);
+  for (int l = layer_begin_; l < layer_end_; ++l) {
     std::string p = "h." + std::to_string(l) + ".";
     add(p + "ln_1.weight", {C}, K::replicated, ParamInit::ones, false);
     add(p + "ln_1.bias", {C}, K::replicated, ParamInit::zeros, false);
@@ -36,8 +44,16 @@ ParameterTable::ParameterTable(const GptConfig& cfg, int tp_size, int tp_rank)
     add(p + "mlp.c_proj.weight", {C, 4 * C}, K::cols, ParamInit::normal_residual, true);
     add(p + "mlp.c_proj.bias", {C}, K::replicated, ParamInit::zeros, false);
   }
-  add("ln_f.weight", {C}, K::replicated, ParamInit::ones, false);
-  add("ln_f.bias", {C}, K::replicated, ParamInit::zeros, false);
+  if (last_stage()) {
+    add("ln_f.weight", {C}, K::replicated, ParamInit::ones, false);
+    add("ln_f.bias", {C}, K::replicated, ParamInit::zeros, false);
+  }
+}
+
+std::pair<int, int> ParameterTable::stage_layers(int n_layer, int pp_size, int pp_stage) {
+  const int base = n_layer / pp_size, extra = n_layer % pp_size;
+  const int begin = pp_stage * base + std::min(pp_stage, extra);
+  return {begin, begin + base + (pp_stage < extra ? 1 : 0)};
 }
 
 void ParameterTable::add(std::string name, Shape shape, ShardKind shard, ParamInit init, bool decay,
@@ -59,10 +75,16 @@ void ParameterTable::add(std::string name, Shape shape, ShardKind shard, ParamIn
   specs_.push_back(std::move(s));
 }
 
-const ParamSpec& ParameterTable::get(const std::string& name) const {
+const ParamSpec* ParameterTable::find(const std::string& name) const {
   for (const auto& s : specs_)
-    if (s.name == name) return s;
-  MT_FAIL("[params] no parameter named '{}'", name);
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+const ParamSpec& ParameterTable::get(const std::string& name) const {
+  const ParamSpec* s = find(name);
+  MT_CHECK(s, "[params] no parameter named '{}' on this rank", name);
+  return *s;
 }
 
 int64_t ParameterTable::shard_rows(const ParamSpec& s) { return s.shape[0]; }
@@ -113,24 +135,32 @@ void ParameterTable::initialize(float* params, uint64_t seed) const {
 }
 
 ParamPointers param_pointers(const ParameterTable& table, const GptConfig& cfg, float* base) {
-  const auto& specs = table.specs();
+  (void)cfg;
+  auto at = [&](const std::string& name) -> float* {
+    const ParamSpec* s = table.find(name);
+    return s ? base + s->offset : nullptr;
+  };
+  auto need = [&](const std::string& name) {
+    float* p = at(name);
+    MT_CHECK(p, "[params] block parameter '{}' missing from the table", name);
+    return p;
+  };
   ParamPointers pp;
-  size_t i = 0;
-  auto next = [&]() { return base + specs.at(i++).offset; };
-  pp.wte = next();
-  pp.wpe = next();
-  pp.layers.resize(cfg.n_layer);
-  for (auto& L : pp.layers) {
-    L.ln1_w = next(); L.ln1_b = next();
-    L.qkv_w = next(); L.qkv_b = next();
-    L.attproj_w = next(); L.attproj_b = next();
-    L.ln2_w = next(); L.ln2_b = next();
-    L.fc_w = next(); L.fc_b = next();
-    L.fcproj_w = next(); L.fcproj_b = next();
+  pp.wte = at("wte");
+  pp.wpe = at("wpe");
+  for (int l = table.layer_begin(); l < table.layer_end(); ++l) {
+    std::string h = "h." + std::to_string(l) + ".";
+    LayerParams L;
+    L.ln1_w = need(h + "ln_1.weight"); L.ln1_b = need(h + "ln_1.bias");
+    L.qkv_w = need(h + "attn.c_attn.weight"); L.qkv_b = need(h + "attn.c_attn.bias");
+    L.attproj_w = need(h + "attn.c_proj.weight"); L.attproj_b = need(h + "attn.c_proj.bias");
+    L.ln2_w = need(h + "ln_2.weight"); L.ln2_b = need(h + "ln_2.bias");
+    L.fc_w = need(h + "mlp.c_fc.weight"); L.fc_b = need(h + "mlp.c_fc.bias");
+    L.fcproj_w = need(h + "mlp.c_proj.weight"); L.fcproj_b = need(h + "mlp.c_proj.bias");
+    pp.layers.push_back(L);
   }
-  pp.lnf_w = next();
-  pp.lnf_b = next();
-  MT_CHECK(i == specs.size(), "[params] table and pointer layout disagree");
+  pp.lnf_w = at("ln_f.weight");
+  pp.lnf_b = at("ln_f.bias");
   return pp;
 }
 

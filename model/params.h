@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -44,13 +45,27 @@ struct RowSlice {
 
 class ParameterTable {
  public:
-  /// The table of tp rank tp_rank of tp_size; throws when the model does not split that way.
-  explicit ParameterTable(const GptConfig& cfg, int tp_size = 1, int tp_rank = 0);
+  /// The table of tp rank tp_rank of tp_size in pipeline stage pp_stage of pp_size: the stage's
+  /// blocks, plus the embeddings on the first stage and the final LayerNorm on the last; the last
+  /// stage also holds the LM head's copy of the tied token embedding ("wte"). Throws when the model
+  /// does not split that way.
+  explicit ParameterTable(const GptConfig& cfg, int tp_size = 1, int tp_rank = 0, int pp_size = 1, int pp_stage = 0);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& get(const std::string& name) const;
+  /// The spec named name, or null when this rank does not hold it.
+  const ParamSpec* find(const std::string& name) const;
   int64_t total() const { return total_; }
   int tp_size() const { return tp_size_; }
   int tp_rank() const { return tp_rank_; }
+  int pp_size() const { return pp_size_; }
+  int pp_stage() const { return pp_stage_; }
+  /// Blocks [layer_begin(), layer_end()) belong to this stage.
+  int layer_begin() const { return layer_begin_; }
+  int layer_end() const { return layer_end_; }
+  bool first_stage() const { return pp_stage_ == 0; }
+  bool last_stage() const { return pp_stage_ == pp_size_ - 1; }
+  /// Contiguous, balanced block ranges: stage s of p gets [begin, end) of n_layer blocks.
+  static std::pair<int, int> stage_layers(int n_layer, int pp_size, int pp_stage);
 
   /// Rows of a shard: a 2-D shard [r, c] has r rows of c elements; a 1-D shard [n] has n rows of 1.
   static int64_t shard_rows(const ParamSpec& s);
@@ -69,6 +84,8 @@ class ParameterTable {
   int64_t total_ = 0;
   int n_layer_ = 0;
   int tp_size_ = 1, tp_rank_ = 0;
+  int pp_size_ = 1, pp_stage_ = 0;
+  int layer_begin_ = 0, layer_end_ = 0;
 };
 
 /// The views of one layer's parameters (or gradients) inside a flat buffer.
@@ -77,7 +94,8 @@ struct LayerParams {
   float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
 };
 
-/// Pointers to every parameter inside a flat buffer laid out by a ParameterTable.
+/// Pointers to every parameter this rank holds inside a flat buffer laid out by a ParameterTable
+/// (null for parameters of other pipeline stages); layers[i] is block layer_begin() + i.
 struct ParamPointers {
   float* wte = nullptr;
   float* wpe = nullptr;

@@ -10,8 +10,9 @@
 
 namespace meshtrain {
 
-DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg)
-    : model_(model), comm_(dp), cfg_(cfg) {
+DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg,
+                           Communicator* pp)
+    : model_(model), comm_(dp), pp_(pp && pp->size() > 1 ? pp : nullptr), cfg_(cfg) {
   MT_CHECK(cfg.zero == 0 || cfg.zero == 1, "[data_parallel] parallel.zero must be 0 or 1 (got {})", cfg.zero);
   MT_CHECK(cfg.bucket_mb > 0.0, "[data_parallel] parallel.bucket_mb must be > 0 (got {})", cfg.bucket_mb);
   const int64_t n = comm_.size(), total = model.grads().numel();
@@ -93,15 +94,21 @@ void DataParallel::finish() {
 float DataParallel::step(float lr) {
   Tensor& params = model_.params();
   const Tensor& grads = model_.grads();
-  // Global norm: tensor-parallel shards (replicated parameters once) and ZeRO-1 chunks add up.
+  // Global norm: tensor-parallel shards, pipeline stages and ZeRO-1 chunks add up; parameters held
+  // whole by every tp rank count on tp rank 0 only, the tied embedding on the first stage only.
   Communicator& tp = model_.tp();
-  double sq = opt_->sum_squares(grads, tp.rank() == 0);
+  const bool first_stage = model_.table().first_stage();
+  double sq = opt_->sum_squares(grads, [&](const ParamSpec& s) {
+    if (s.shard == ShardKind::replicated && tp.rank() != 0) return false;
+    return first_stage || s.name != "wte";
+  });
   const bool over_dp = cfg_.zero == 1 && comm_.size() > 1;
-  if (tp.size() > 1 || over_dp) {
+  if (tp.size() > 1 || pp_ || over_dp) {
     double t0 = now_seconds();
     Tensor partial = Tensor::empty({1});
     partial.f32()[0] = static_cast<float>(sq);
     if (tp.size() > 1) tp.all_reduce(partial, ReduceOp::sum);
+    if (pp_) pp_->all_reduce(partial, ReduceOp::sum);
     if (over_dp) comm_.all_reduce(partial, ReduceOp::sum);
     sq = partial.f32()[0];
     exposed_ += now_seconds() - t0;

@@ -29,7 +29,8 @@ struct BucketTiming {
 
 class DataParallel {
  public:
-  DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg);
+  /// pp, when the model is a pipeline stage, is the group of stages the gradient norm sums over.
+  DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg, Communicator* pp = nullptr);
   ~DataParallel();
 
   /// Call before the backward pass of a step's last micro-batch: buckets then start reducing as
@@ -67,6 +68,7 @@ class DataParallel {
 
   Gpt& model_;
   Communicator& comm_;
+  Communicator* pp_;
   DataParallelConfig cfg_;
   std::vector<Bucket> buckets_;  // ascending offsets; launched from the last
   std::vector<BucketTiming> timings_;

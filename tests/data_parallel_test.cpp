@@ -1,7 +1,6 @@
-// Multi-rank tests of DataParallel (bucketed, overlapped gradient reduction and ZeRO-1), run by CTest
-// under mpiexec -n 2 and 4 (tests/mpi_test_main.cpp is the main). Every rank draws the same global
-// batch from one seed and trains on its slice, so each rank can also compute the single-process
-// reference (a separate Gpt over a LocalCommunicator on the whole batch) by itself.
+// Multi-rank tests of DataParallel (overlapped bucket reductions, ZeRO-1), run by CTest under mpiexec -n 2
+// and 4 (main: tests/mpi_test_main.cpp). Every rank draws the same global batch, trains on its slice,
+// and computes the one-process reference (a Gpt over a LocalCommunicator on the whole batch) itself.
 #include "parallel/data_parallel.h"
 
 #include <gtest/gtest.h>

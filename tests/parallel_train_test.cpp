@@ -1,6 +1,7 @@
-// The parallel layouts end to end: `mpiexec -n N meshtrain train` on data- and tensor-parallel
-// layouts, with and without ZeRO-1, trains the same model as one process (per-step losses and final
-// parameters within 1e-5), and a rank that fails brings the whole job down with its message.
+// The parallel layouts end to end: `mpiexec -n N meshtrain train` on data-, tensor- and
+// pipeline-parallel layouts and their combinations, with and without ZeRO-1, with both pipeline
+// schedules, trains the same model as one process (per-step losses and final parameters within
+// 1e-5), and a rank that fails brings the whole job down with its message.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -66,7 +67,7 @@ class ParallelLayouts : public ::testing::Test {
   // Small bucket_mb gives many buckets, so the overlapped reduction path is exercised.
   static std::string args(const std::string& out) {
     return fmt::format(
-        "train --set data.train={0}/shards/train_*.bin --set data.tokenizer={0}/tok --set model.n_layer=2 "
+        "train --set data.train={0}/shards/train_*.bin --set data.tokenizer={0}/tok --set model.n_layer=4 "
         "--set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 --set train.batch_size=8 "
         "--set train.grad_accum=1 --set train.steps=10 --set train.checkpoint_every=0 --set train.sample_every=0 "
         "--set train.eval_every=0 --set train.threads=1 --set train.warmup_steps=2 --set parallel.bucket_mb=0.02 "
@@ -138,6 +139,30 @@ TEST_F(ParallelLayouts, Dp2Tp2Zero1MatchesOneProcess) {
   run_layout(4, "--set parallel.tp=2 --set parallel.zero=1", "dp2tp2z1");
 }
 
+// Pipelines run 4 micro-batches per step; the single-process run takes the step's 8 sequences at once.
+const std::string kMicro = " --set parallel.microbatches=4";
+TEST_F(ParallelLayouts, Pp2OneFOneBMatchesOneProcess) { run_layout(2, "--set parallel.pp=2" + kMicro, "pp2"); }
+TEST_F(ParallelLayouts, Pp2GpipeMatchesOneProcess) {
+  run_layout(2, "--set parallel.pp=2 --set parallel.schedule=gpipe" + kMicro, "pp2g");
+}
+TEST_F(ParallelLayouts, Pp4MatchesOneProcess) { run_layout(4, "--set parallel.pp=4" + kMicro, "pp4"); }
+TEST_F(ParallelLayouts, Pp4GpipeMatchesOneProcess) {
+  run_layout(4, "--set parallel.pp=4 --set parallel.schedule=gpipe" + kMicro, "pp4g");
+}
+TEST_F(ParallelLayouts, Dp2Pp2Zero1MatchesOneProcess) {
+  run_layout(4, "--set parallel.pp=2 --set parallel.zero=1" + kMicro, "dp2pp2z1");
+}
+TEST_F(ParallelLayouts, Tp2Pp2MatchesOneProcess) {
+  run_layout(4, "--set parallel.tp=2 --set parallel.pp=2" + kMicro, "tp2pp2");
+}
+TEST_F(ParallelLayouts, Dp2Tp2Pp2MatchesOneProcess) {
+  run_layout(8, "--set parallel.tp=2 --set parallel.pp=2 --set parallel.microbatches=2", "dp2tp2pp2");
+}
+TEST_F(ParallelLayouts, Dp2Tp2Pp2Zero1GpipeMatchesOneProcess) {
+  run_layout(8, "--set parallel.tp=2 --set parallel.pp=2 --set parallel.zero=1 --set parallel.schedule=gpipe "
+                "--set parallel.microbatches=2", "dp2tp2pp2z1");
+}
+
 TEST_F(ParallelLayouts, ZeroOneShardsOptimizerState) {
   auto r1 = run(fmt::format("{} -n 2 {} {} --set parallel.zero=0 --set train.steps=1", MESHTRAIN_MPIEXEC, kBinary,
                             args("mem0")));
@@ -161,6 +186,10 @@ TEST_F(ParallelLayouts, BadLayoutsAndFailingRanksEndTheJobWithAMessage) {
   r = run(fmt::format("{} -n 2 {} {} --set train.batch_size=3", MESHTRAIN_MPIEXEC, kBinary, args("bad2")));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("must divide by parallel.dp 2"), std::string::npos) << r.output;
+  r = run(fmt::format("{} -n 2 {} {} --set parallel.pp=2 --set model.n_layer=1", MESHTRAIN_MPIEXEC, kBinary,
+                      args("bad5")));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("parallel.pp = 2 stages need at least as many blocks"), std::string::npos) << r.output;
   r = run(fmt::format("{} -n 4 {} {} --set parallel.tp=4 --set model.n_head=2 --set model.n_embd=32",
                       MESHTRAIN_MPIEXEC, kBinary, args("bad4")));
   EXPECT_NE(r.code, 0);

@@ -1,0 +1,65 @@
+// Pipeline parallelism: a model cut into stages (contiguous blocks per rank of the pp group, the
+// embeddings on the first stage, the head on the last) runs a step's micro-batches in one of two
+// schedules. GPipe: every forward, then every backward. 1F1B: stage s runs min(p - s - 1, m)
+// forwards to fill the pipeline, then alternates one forward and one backward, then drains the
+// remaining backwards, so at most p - s micro-batches keep activations at once. Activations go
+// forward and their gradients backward by point-to-point messages; sends are non-blocking so two
+// neighbours sending to each other never wait on one another.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+#include "parallel/communicator.h"
+
+namespace meshtrain {
+
+class Gpt;
+
+enum class PipelineSchedule { gpipe, one_f_one_b };
+
+/// Parses "gpipe" or "1f1b"; throws naming the key otherwise.
+PipelineSchedule parse_schedule(const std::string& name);
+
+class Pipeline {
+ public:
+  /// model is this rank's stage; pp the group of stages (rank = stage).
+  Pipeline(Gpt& model, Communicator& pp, PipelineSchedule schedule);
+  ~Pipeline();
+
+  /// Fills the tokens (B*T inputs and B*T targets) of micro-batch i.
+  using FillFn = std::function<void(int micro, int32_t* inputs, int32_t* targets)>;
+  /// Forward and backward of m micro-batches of B x T tokens, gradients accumulated into the model;
+  /// before_last_backward runs just before the step's last backward on this stage. Returns the sum
+  /// of the micro-batches' losses on every stage.
+  double train(int m, int B, int T, const FillFn& fill, float dloss_scale,
+               const std::function<void()>& before_last_backward);
+  /// Mean loss of one batch without gradients, on every stage.
+  double loss(const int32_t* inputs, const int32_t* targets, int B, int T);
+  /// Whole-vocabulary logits of the last position of tokens (1 x T), identical on every stage.
+  const float* last_logits(const int32_t* tokens, int T);
+
+  /// Bubble of the schedule: idle fraction (p - 1) / (m + p - 1) of a step's pipeline time.
+  static double bubble_fraction(int p, int m) { return p > 1 ? double(p - 1) / double(m + p - 1) : 0.0; }
+  /// Seconds spent waiting for activations and gradients from neighbours in the last train().
+  double wait_seconds() const { return wait_s_; }
+
+ private:
+  void forward(int micro, int slot, int B, int T, const int32_t* inp, const int32_t* tgt, bool grad, float scale,
+               double& loss_sum);
+  void backward(int micro, int slot);
+  void wait_sends(int slot);
+
+  Gpt& model_;
+  Communicator& pp_;
+  PipelineSchedule schedule_;
+  int stage_, stages_;
+  std::vector<std::vector<std::unique_ptr<Work>>> sends_;  // in flight, per activation slot
+  Tensor logits_;
+  double wait_s_ = 0.0;
+};
+
+}  // namespace meshtrain
