@@ -89,6 +89,10 @@ int run_cli(int argc, char** argv) {
   gen->add_option("--seed", gargs.seed, "sampling seed")->capture_default_str();
   gen->add_option("--tokenizer", gargs.tokenizer, "tokenizer folder (default: the one the run used)");
   gen->add_option("--threads", gargs.threads, "CPU threads (0 = all available)")->capture_default_str();
+  gen->add_option("--tp", gargs.tp, "tensor-parallel ranks when run under mpirun")->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  gen->add_option("--pp", gargs.pp, "pipeline stages when run under mpirun")->check(CLI::Range(1, 4096))
+      ->capture_default_str();
 
   std::string tok_dir, out_dir;
   std::vector<std::string> inputs;
@@ -121,10 +125,13 @@ int run_cli(int argc, char** argv) {
   std::unique_ptr<MpiRuntime> runtime;
   std::unique_ptr<Communicator> world;
   try {
-    if (*train) {
+    if (*train || *gen) {
       runtime = MpiRuntime::init_if_launched(&argc, &argv);
       world = world_communicator(runtime.get());
       if (runtime) targs.default_threads = runtime->threads_per_rank();
+      if (runtime && gargs.threads == 0) gargs.threads = runtime->threads_per_rank();
+    }
+    if (*train) {
       if (print_reference) {
         fmt::print("Configuration keys (TOML sections [model], [data], [train], [parallel]; or --set section.key=value):\n{}",
                    config_reference());
@@ -136,7 +143,7 @@ int run_cli(int argc, char** argv) {
       }
       run_train(targs, *world);
     } else if (*gen) {
-      run_generate(gargs);
+      run_generate(gargs, *world);
     } else if (*tokenize) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);
     } else if (*bpe) {

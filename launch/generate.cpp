@@ -2,6 +2,7 @@
 #include "launch/generate.h"
 
 #include <filesystem>
+#include <optional>
 
 #include "core/threads.h"
 #include "launch/config.h"
@@ -11,6 +12,8 @@
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
 #include "parallel/communicator.h"
+#include "parallel/mesh.h"
+#include "parallel/pipeline.h"
 
 namespace meshtrain {
 
@@ -49,7 +52,8 @@ std::vector<int32_t> stream_sample(const LogitsFn& last_logits, const GptConfig&
   return produced;
 }
 
-void run_generate(const GenerateArgs& args) {
+void run_generate(const GenerateArgs& args, Communicator& world) {
+  const bool lead = world.rank() == 0;
   std::string path = args.checkpoint;
   if (std::filesystem::is_directory(path)) {
     std::string latest = find_latest_checkpoint(path);
@@ -65,14 +69,24 @@ void run_generate(const GenerateArgs& args) {
   MT_CHECK(tok.vocab_size() == cfg.model.vocab_size,
            "[generate] tokenizer '{}' has {} tokens but the model was trained with {}", tok_dir, tok.vocab_size(),
            cfg.model.vocab_size);
-  LocalCommunicator comm;
-  Gpt model(cfg.model, comm);
+  // Under mpirun the model is laid out over tp x pp ranks (any layout loads any checkpoint); every
+  // rank samples the same tokens from the same logits and rank 0 prints them.
+  MT_CHECK(world.size() % (args.tp * args.pp) == 0, "[generate] --tp {} x --pp {} must divide the number of ranks ({})",
+           args.tp, args.pp, world.size());
+  Mesh mesh(world, MeshShape{world.size() / (args.tp * args.pp), args.tp, args.pp});
+  Gpt model(cfg.model, mesh.dp(), &mesh.tp(), args.pp, mesh.pp_rank());
   load_run(path, model, nullptr);
+  std::optional<Pipeline> pipe;
+  if (args.pp > 1) pipe.emplace(model, mesh.pp(), PipelineSchedule::gpipe);
+  LogitsFn logits = [&](const int32_t* tokens, int T) {
+    return pipe ? pipe->last_logits(tokens, T) : model.forward_last_logits(tokens, T);
+  };
   CounterRng rng(static_cast<uint64_t>(args.seed), 2);
   auto context = prompt_tokens(tok, args.prompt);
-  std::fwrite(args.prompt.data(), 1, args.prompt.size(), stdout);
-  stream_sample(model, tok, context, args.sample, rng, stdout);
-  std::fputc('\n', stdout);
+  std::FILE* out = lead ? stdout : nullptr;
+  if (out) std::fwrite(args.prompt.data(), 1, args.prompt.size(), out);
+  stream_sample(logits, cfg.model, tok, context, args.sample, rng, out);
+  if (out) std::fputc('\n', out);
 }
 
 }  // namespace meshtrain

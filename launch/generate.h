@@ -45,9 +45,13 @@ struct GenerateArgs {
   SampleOptions sample;
   int64_t seed = 1337;
   int threads = 0;
+  int tp = 1;  // tensor-parallel ranks (under mpirun)
+  int pp = 1;  // pipeline stages (under mpirun)
 };
 
-/// The `generate` command.
-void run_generate(const GenerateArgs& args);
+class Communicator;
+
+/// The `generate` command, on the ranks of world laid out as (world / (tp x pp), tp, pp).
+void run_generate(const GenerateArgs& args, Communicator& world);
 
 }  // namespace meshtrain

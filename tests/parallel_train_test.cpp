@@ -202,3 +202,17 @@ TEST_F(ParallelLayouts, BadLayoutsAndFailingRanksEndTheJobWithAMessage) {
   EXPECT_NE(r.output.find("different configuration"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("train.lr"), std::string::npos) << r.output;
 }
+
+TEST_F(ParallelLayouts, GenerateOnTensorAndPipelineLayoutsMatchesOneProcess) {
+  const std::string gen = kBinary + " generate --checkpoint " + (root_ / "single").string() +
+                          " --prompt 'the cat' --max-new-tokens 12 --seed 5";
+  auto one = run(gen);
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_EQ(one.output.rfind("the cat", 0), 0u) << one.output;
+  for (const auto& [np, layout] : std::vector<std::pair<int, std::string>>{
+           {2, "--tp 2"}, {2, "--pp 2"}, {4, "--tp 2 --pp 2"}, {4, "--pp 4"}}) {
+    auto r = run(fmt::format("{} -n {} {} {}", MESHTRAIN_MPIEXEC, np, gen, layout));
+    ASSERT_EQ(r.code, 0) << layout << "\n" << r.output;
+    EXPECT_EQ(r.output, one.output) << layout;
+  }
+}
