@@ -78,7 +78,13 @@ void StepLog::record(const StepRecord& r) {
     j["grad_norm"] = r.grad_norm;
     j["ms"] = r.ms;
     j["tokens_per_s"] = r.tokens_per_s;
-    j["comm_ms"] = r.comm_ms;
+    if (r.parallel) {
+      j["compute_ms"] = r.compute_ms;
+      j["dp_comm_ms"] = r.dp_comm_ms;
+      j["tp_comm_ms"] = r.tp_comm_ms;
+      j["pp_wait_ms"] = r.pp_wait_ms;
+      j["max_ms"] = r.max_ms;
+    }
     if (r.val_loss) j["val_loss"] = *r.val_loss;
     std::string line = j.dump() + "\n";
     std::fputs(line.c_str(), metrics_);
@@ -90,7 +96,9 @@ void StepLog::record(const StepRecord& r) {
     int64_t done = r.step - first_;
     double eta = elapsed / static_cast<double>(done) * static_cast<double>(total_ - r.step);
     std::string val = r.val_loss ? fmt::format(" | val {:.4f}", *r.val_loss) : "";
-    std::string comm = r.comm_ms > 0.0 ? fmt::format(" ({:.0f} comm)", r.comm_ms) : "";
+    std::string comm = r.parallel ? fmt::format(" (compute {:.0f} + dp {:.0f} + tp {:.0f} + pp {:.0f})", r.compute_ms,
+                                                r.dp_comm_ms, r.tp_comm_ms, r.pp_wait_ms)
+                                  : "";
     std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms{} | {:.0f} tok/s",
                                    r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, comm, r.tokens_per_s);
     if (!tty_) text += " | ETA " + format_duration(eta);

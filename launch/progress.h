@@ -16,7 +16,11 @@ struct StepRecord {
   double ms = 0.0;
   double tokens_per_s = 0.0;
   std::optional<double> val_loss;
-  double comm_ms = 0.0;  // time this rank spent blocked on communication (exposed, not overlapped)
+  // Where the step's time went, averaged over ranks (multi-rank runs only): exposed data-parallel
+  // communication, tensor-parallel all-reduces, pipeline waits, and the rest (compute).
+  bool parallel = false;
+  double compute_ms = 0.0, dp_comm_ms = 0.0, tp_comm_ms = 0.0, pp_wait_ms = 0.0;
+  double max_ms = 0.0;  // the slowest rank's step
 };
 
 class StepLog {

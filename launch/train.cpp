@@ -254,6 +254,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
   for (int64_t step = counters.step; step < total; ++step) {
     double t0 = now_seconds();
     model.zero_grad();
+    model.take_tp_comm_seconds();  // restart the count (evaluations between steps add to it)
     loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
     Tensor loss = Tensor::zeros({1});
     const float scale = 1.0f / static_cast<float>(micro_count);
@@ -289,7 +290,24 @@ double run_train(const TrainArgs& args, Communicator& world) {
     rec.grad_norm = norm;
     rec.ms = dt * 1e3;
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
-    rec.comm_ms = ddp.exposed_comm_seconds() * 1e3;
+    if (world.size() > 1) {
+      // Mean over ranks of where the time went, and the slowest rank's step.
+      Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
+      float* v = split.f32();
+      v[0] = static_cast<float>(ddp.exposed_comm_seconds() * 1e3);
+      v[1] = static_cast<float>(model.take_tp_comm_seconds() * 1e3);
+      v[2] = static_cast<float>(pipe ? pipe->wait_seconds() * 1e3 : 0.0);
+      v[3] = static_cast<float>(dt * 1e3) - v[0] - v[1] - v[2];
+      slowest.f32()[0] = static_cast<float>(dt * 1e3);
+      world.all_reduce(split, ReduceOp::avg);
+      world.all_reduce(slowest, ReduceOp::max);
+      rec.parallel = true;
+      rec.dp_comm_ms = v[0];
+      rec.tp_comm_ms = v[1];
+      rec.pp_wait_ms = v[2];
+      rec.compute_ms = v[3];
+      rec.max_ms = slowest.f32()[0];
+    }
     bool last = step + 1 == total;
     // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
     if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))

@@ -159,19 +159,22 @@ void Gpt::ensure_acts(int B, int T) {
 
 namespace {
 
-/// All-reduces (sums) n floats at x, which lie inside the activation buffer, over the tp group.
-void tp_sum(Communicator& tp, const Tensor& buffer, float* x, int64_t n) {
+/// All-reduces (sums) n floats at x, which lie inside the activation buffer, over the tp group,
+/// adding the time it took to seconds.
+void tp_sum(Communicator& tp, const Tensor& buffer, float* x, int64_t n, double& seconds) {
   if (tp.size() == 1) return;
+  double t0 = now_seconds();
   Tensor view = buffer.view(x - buffer.f32(), {n});
   tp.all_reduce(view, ReduceOp::sum);
+  seconds += now_seconds() - t0;
 }
 
 /// Row-parallel linear layer: out = inp @ W^T, summed over the tp group, then + bias (added once).
 void row_parallel_forward(Communicator& tp, const Tensor& buffer, float* out, const float* inp, const float* w,
-                          const float* bias, int N, int C_in, int C_out) {
+                          const float* bias, int N, int C_in, int C_out, double& seconds) {
   if (tp.size() == 1) return matmul_forward_cpu(out, inp, w, bias, N, C_in, C_out);
   matmul_forward_cpu(out, inp, w, nullptr, N, C_in, C_out);
-  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out);
+  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, seconds);
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; ++i)
     for (int c = 0; c < C_out; ++c) out[static_cast<int64_t>(i) * C_out + c] += bias[c];
@@ -213,7 +216,7 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
     }
     {
       ScopedTimer t(prof_, "matmul");
-      row_parallel_forward(tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C);
+      row_parallel_forward(tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_comm_s_);
     }
     {
       ScopedTimer t(prof_, "residual");
@@ -233,7 +236,7 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
     }
     {
       ScopedTimer t(prof_, "matmul");
-      row_parallel_forward(tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C);
+      row_parallel_forward(tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_comm_s_);
     }
     {
       ScopedTimer t(prof_, "residual");
@@ -321,7 +324,7 @@ void Gpt::backward() {
     {
       ScopedTimer t(prof_, "classifier");
       matmul_backward_cpu(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
-      tp_sum(tp, a.buffer, a.dln, BTC);  // each rank saw only its vocabulary columns
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);  // each rank saw only its vocabulary columns
     }
     std::memset(a.dres, 0, BTC * sizeof(float));
     {
@@ -350,7 +353,7 @@ void Gpt::backward() {
     {
       ScopedTimer t(prof_, "matmul");
       matmul_backward_cpu(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
-      tp_sum(tp, a.buffer, a.dln, BTC);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);
     }
     {
       ScopedTimer t(prof_, "layernorm");
@@ -371,7 +374,7 @@ void Gpt::backward() {
     {
       ScopedTimer t(prof_, "matmul");
       matmul_backward_cpu(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
-      tp_sum(tp, a.buffer, a.dln, BTC);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);
     }
     {
       ScopedTimer t(prof_, "layernorm");

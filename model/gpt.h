@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -82,6 +83,8 @@ class Gpt {
   void set_profiler(Profiler* p) { prof_ = p; }
   /// Bytes held by the activation buffers.
   size_t activation_bytes() const;
+  /// Seconds spent in tensor-parallel all-reduces since the last call (then restarts from zero).
+  double take_tp_comm_seconds() { return std::exchange(tp_comm_s_, 0.0); }
 
  private:
   struct Acts;
@@ -105,6 +108,7 @@ class Gpt {
   int64_t tied_ready_ = 0;     // where backward's last ready offset stops (after a tied wte, see backward)
   Profiler* prof_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
+  double tp_comm_s_ = 0.0;
 };
 
 }  // namespace meshtrain

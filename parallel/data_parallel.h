@@ -51,7 +51,8 @@ class DataParallel {
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   const std::vector<BucketTiming>& last_timings() const { return timings_; }
-  /// Seconds spent blocked on communication during the last step (the exposed part).
+  /// Seconds of the last step spent on communication that did not overlap compute: MPI work inside
+  /// backward's hooks, waiting in finish(), and ZeRO-1's norm all-reduce and parameter all-gather.
   double exposed_comm_seconds() const { return exposed_; }
   int zero() const { return cfg_.zero; }
 
