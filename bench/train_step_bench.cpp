@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   const int B = cfg.train.batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
   LocalCommunicator comm;
   Gpt model(cfg.model, comm);
+  model.set_recompute(parse_recompute(cfg.train.recompute));
   model.initialize(1);
   AdamW opt(model.table(), AdamWConfig{});
   CounterRng rng(42, 0);
@@ -47,9 +48,10 @@ int main(int argc, char** argv) {
   }
   Profiler prof;
   double flops = cfg.model.flops_per_token(T) * B * T;
-  std::printf("model: L=%d H=%d C=%d T=%d B=%d vocab=%d (padded %d), %.2fM params, %.1f GFLOP/step, %d threads\n",
-              cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, B, V, cfg.model.padded_vocab(),
-              cfg.model.num_params() / 1e6, flops / 1e9, threads);
+  std::printf("model: L=%d H=%d C=%d T=%d B=%d vocab=%d (padded %d), %.2fM params, %.1f GFLOP/step, %d threads, "
+              "recompute %s\n", cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, B, V,
+              cfg.model.padded_vocab(), cfg.model.num_params() / 1e6, flops / 1e9, threads,
+              cfg.train.recompute.c_str());
   double best = 1e30, sum = 0.0;
   for (int s = -1; s < steps; ++s) {  // step -1 warms up (allocations, page faults)
     if (s == 0) prof.clear();

@@ -113,6 +113,9 @@ const std::vector<Key>& schema() {
                          &TrainConfig::log_every, 1));
     k.push_back(make_key("train.shuffle", Kind::boolean, "shuffle training windows each epoch", &C::train,
                          &TrainConfig::shuffle));
+    k.push_back(make_key("train.recompute", Kind::string,
+                         "activation recomputation: none, selective (attention, GELU) or full (whole blocks)",
+                         &C::train, &TrainConfig::recompute));
     k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
@@ -295,6 +298,8 @@ void validate_config(const Config& cfg) {
   MT_CHECK(t.weight_decay >= 0.0, "[config] train.weight_decay must be >= 0 (got {})", t.weight_decay);
   MT_CHECK(t.grad_clip >= 0.0, "[config] train.grad_clip must be >= 0 (got {})", t.grad_clip);
   MT_CHECK(!t.out_dir.empty(), "[config] train.out_dir must not be empty");
+  MT_CHECK(t.recompute == "none" || t.recompute == "selective" || t.recompute == "full",
+           "[config] train.recompute must be none, selective or full (got '{}')", t.recompute);
   const auto& p = cfg.parallel;
   MT_CHECK(p.zero <= 1, "[config] parallel.zero must be 0 or 1 (got {})", p.zero);
   MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",

@@ -36,6 +36,7 @@ struct TrainConfig {
   int threads = 0;          // 0 = the cores available to the process
   int log_every = 10;       // plain log lines every N steps (and the first and last)
   bool shuffle = true;
+  std::string recompute = "none";  // activation recomputation: none, selective or full
 };
 
 struct ParallelConfig {

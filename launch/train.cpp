@@ -190,6 +190,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
   Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
+  model.set_recompute(parse_recompute(cfg.train.recompute));
   std::optional<Pipeline> pipe;
   if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
   AdamWConfig ocfg;

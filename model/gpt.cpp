@@ -72,6 +72,18 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
   if (pp_size > 1 && table_.find("wte")) tied_ready_ = table_.get("wte").offset + table_.get("wte").numel;
 }
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "selective") return Recompute::selective;
+  if (name == "full") return Recompute::full;
+  MT_FAIL("[config] train.recompute must be none, selective or full (got '{}')", name);
+}
+
+void Gpt::set_recompute(Recompute mode) {
+  recompute_ = mode;
+  for (auto& slot : slots_) slot.reset();
+}
+
 void Gpt::use_slot(int slot) {
   MT_CHECK(slot >= 0 && slot < 1024, "[gpt] activation slot {} out of range", slot);
   if (static_cast<size_t>(slot) >= slots_.size()) slots_.resize(slot + 1);
@@ -128,10 +140,17 @@ void Gpt::ensure_acts(int B, int T) {
   const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = n_local_;
   const int64_t Vl = table_.last_stage() ? Vl_ : 0;  // only the last stage has logits
   const int64_t Cl = Cl_, Fl = Fl_, att = static_cast<int64_t>(B) * NHl_ * T * T;
-  // Sizes in floats, in the order they are carved out below.
-  const int64_t per_layer = BT * C /*ln1*/ + 2 * BT + BT * 3 * Cl /*qkv*/ + BT * Cl /*atty*/ + att + BT * C /*res2*/ +
-                            BT * C /*ln2*/ + 2 * BT + BT * Fl /*fch*/ + BT * Fl /*fch_gelu*/;
-  const int64_t total = (L + 1) * BT * C + L * per_layer + BT * C + 2 * BT + BT * Vl + BT +
+  // What a block keeps for backward depends on the recomputation mode: everything (none);
+  // everything but the attention probabilities and the GELU output, which live in one buffer shared
+  // by all blocks and are recomputed (selective); nothing but its input res[l], every block sharing
+  // one set that backward refills by running the block again (full).
+  const int64_t kept_att = recompute_ == Recompute::selective ? 0 : att;
+  const int64_t kept_gelu = recompute_ == Recompute::selective ? 0 : BT * Fl;
+  const int64_t per_layer = BT * C /*ln1*/ + 2 * BT + BT * 3 * Cl /*qkv*/ + BT * Cl /*atty*/ + kept_att +
+                            BT * C /*res2*/ + BT * C /*ln2*/ + 2 * BT + BT * Fl /*fch*/ + kept_gelu;
+  const int64_t stored_layers = recompute_ == Recompute::full ? 1 : L;
+  const int64_t shared = recompute_ == Recompute::selective ? att + BT * Fl : 0;
+  const int64_t total = (L + 1) * BT * C + stored_layers * per_layer + shared + BT * C + 2 * BT + BT * Vl + BT +
                         /*scratch*/ BT * C * 2 + BT * Cl + BT * C + BT * 3 * Cl + 2 * BT * Fl + att;
   a->buffer = Tensor::empty({total});
   float* cur = a->buffer.f32();
@@ -141,12 +160,19 @@ void Gpt::ensure_acts(int B, int T) {
     return p;
   };
   for (int64_t l = 0; l <= L; ++l) a->res.push_back(take(BT * C));
+  float* shared_att = recompute_ == Recompute::selective ? take(att) : nullptr;
+  float* shared_gelu = recompute_ == Recompute::selective ? take(BT * Fl) : nullptr;
   a->layers.resize(L);
-  for (auto& y : a->layers) {
+  for (int64_t l = 0; l < L; ++l) {
+    auto& y = a->layers[l];
+    if (l > 0 && recompute_ == Recompute::full) {
+      y = a->layers[0];
+      continue;
+    }
     y.ln1 = take(BT * C); y.ln1_mean = take(BT); y.ln1_rstd = take(BT);
-    y.qkv = take(BT * 3 * Cl); y.atty = take(BT * Cl); y.att = take(att);
+    y.qkv = take(BT * 3 * Cl); y.atty = take(BT * Cl); y.att = shared_att ? shared_att : take(att);
     y.res2 = take(BT * C); y.ln2 = take(BT * C); y.ln2_mean = take(BT); y.ln2_rstd = take(BT);
-    y.fch = take(BT * Fl); y.fch_gelu = take(BT * Fl);
+    y.fch = take(BT * Fl); y.fch_gelu = shared_gelu ? shared_gelu : take(BT * Fl);
   }
   a->lnf = take(BT * C); a->lnf_mean = take(BT); a->lnf_rstd = take(BT);
   a->logits = take(BT * Vl); a->losses = take(BT);
@@ -182,6 +208,54 @@ void row_parallel_forward(Communicator& tp, const Tensor& buffer, float* out, co
 
 }  // namespace
 
+void Gpt::block_forward(int l, int B, int T) {
+  Acts& a = acts();
+  const int C = cfg_.n_embd, BT = B * T;
+  Communicator& tp = *tp_;
+  const LayerParams& w = p_.layers[l];
+  auto& y = a.layers[l];
+  {
+    ScopedTimer t(prof_, "layernorm");
+    layernorm_forward_cpu(y.ln1, y.ln1_mean, y.ln1_rstd, a.res[l], w.ln1_w, w.ln1_b, BT, C);
+  }
+  {
+    ScopedTimer t(prof_, "matmul");
+    matmul_forward_cpu(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * Cl_);
+  }
+  {
+    ScopedTimer t(prof_, "attention");
+    attention_forward_cpu(y.atty, y.att, y.qkv, B, T, Cl_, NHl_);
+  }
+  {
+    ScopedTimer t(prof_, "matmul");
+    row_parallel_forward(tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_comm_s_);
+  }
+  {
+    ScopedTimer t(prof_, "residual");
+    residual_forward_cpu(y.res2, a.res[l], a.proj_out, static_cast<int64_t>(BT) * C);
+  }
+  {
+    ScopedTimer t(prof_, "layernorm");
+    layernorm_forward_cpu(y.ln2, y.ln2_mean, y.ln2_rstd, y.res2, w.ln2_w, w.ln2_b, BT, C);
+  }
+  {
+    ScopedTimer t(prof_, "matmul");
+    matmul_forward_cpu(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_);
+  }
+  {
+    ScopedTimer t(prof_, "gelu");
+    gelu_forward_cpu(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
+  }
+  {
+    ScopedTimer t(prof_, "matmul");
+    row_parallel_forward(tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_comm_s_);
+  }
+  {
+    ScopedTimer t(prof_, "residual");
+    residual_forward_cpu(a.res[l + 1], y.res2, a.proj_out, static_cast<int64_t>(BT) * C);
+  }
+}
+
 void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
   ensure_acts(B, T);
   Acts& a = acts();
@@ -199,50 +273,7 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
     if (tp.size() == 1) encoder_forward_cpu(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
     else vocab_parallel_embedding_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C, v0_, Vl_, tp);
   }
-  for (int l = 0; l < n_local_; ++l) {
-    const LayerParams& w = p_.layers[l];
-    auto& y = a.layers[l];
-    {
-      ScopedTimer t(prof_, "layernorm");
-      layernorm_forward_cpu(y.ln1, y.ln1_mean, y.ln1_rstd, a.res[l], w.ln1_w, w.ln1_b, BT, C);
-    }
-    {
-      ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * Cl_);
-    }
-    {
-      ScopedTimer t(prof_, "attention");
-      attention_forward_cpu(y.atty, y.att, y.qkv, B, T, Cl_, NHl_);
-    }
-    {
-      ScopedTimer t(prof_, "matmul");
-      row_parallel_forward(tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_comm_s_);
-    }
-    {
-      ScopedTimer t(prof_, "residual");
-      residual_forward_cpu(y.res2, a.res[l], a.proj_out, static_cast<int64_t>(BT) * C);
-    }
-    {
-      ScopedTimer t(prof_, "layernorm");
-      layernorm_forward_cpu(y.ln2, y.ln2_mean, y.ln2_rstd, y.res2, w.ln2_w, w.ln2_b, BT, C);
-    }
-    {
-      ScopedTimer t(prof_, "matmul");
-      matmul_forward_cpu(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_);
-    }
-    {
-      ScopedTimer t(prof_, "gelu");
-      gelu_forward_cpu(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
-    }
-    {
-      ScopedTimer t(prof_, "matmul");
-      row_parallel_forward(tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_comm_s_);
-    }
-    {
-      ScopedTimer t(prof_, "residual");
-      residual_forward_cpu(a.res[l + 1], y.res2, a.proj_out, static_cast<int64_t>(BT) * C);
-    }
-  }
+  for (int l = 0; l < n_local_; ++l) block_forward(l, B, T);
   if (!table_.last_stage()) return;
   ScopedTimer t(prof_, "layernorm");
   layernorm_forward_cpu(a.lnf, a.lnf_mean, a.lnf_rstd, a.res[n_local_], p_.lnf_w, p_.lnf_b, BT, C);
@@ -338,6 +369,16 @@ void Gpt::backward() {
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
     auto& y = a.layers[l];
+    if (recompute_ != Recompute::none) {
+      // Bring back what forward did not keep; the same kernels on the same inputs give the same bits.
+      ScopedTimer t(prof_, "recompute");
+      if (recompute_ == Recompute::full) {
+        block_forward(l, B, T);
+      } else {
+        attention_forward_cpu(y.atty, y.att, y.qkv, B, T, Cl_, NHl_);
+        gelu_forward_cpu(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
+      }
+    }
     // a.dres holds d(res[l+1]); the residual passes it unchanged to res2.
     std::memset(a.dfch_gelu, 0, static_cast<int64_t>(BT) * Fl_ * sizeof(float));
     {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -17,6 +18,13 @@
 namespace meshtrain {
 
 class Communicator;
+
+/// Activation recomputation: what forward keeps for backward. none: everything; selective: all but
+/// the attention probabilities and the GELU outputs (recomputed per block in backward); full: only
+/// each block's input (the whole block runs again in backward).
+enum class Recompute { none, selective, full };
+/// Parses "none", "selective" or "full"; throws naming train.recompute otherwise.
+Recompute parse_recompute(const std::string& name);
 
 class Gpt {
  public:
@@ -55,6 +63,9 @@ class Gpt {
   /// As a stage other than the last, the gradient of stage_output() must be in stage_output_grad().
   void backward();
 
+  /// Sets the recomputation mode (before the first forward of a batch shape; frees activations).
+  void set_recompute(Recompute mode);
+
   /// Pipeline micro-batches in flight each keep their activations in a slot of their own; forward
   /// and backward work on the current slot (0 by default).
   void use_slot(int slot);
@@ -91,6 +102,7 @@ class Gpt {
   void ensure_acts(int B, int T);
   Acts& acts() const { return *slots_.at(slot_); }
   void forward_blocks(const int32_t* tokens, int B, int T);
+  void block_forward(int l, int B, int T);
 
   GptConfig cfg_;
   Communicator& comm_;
@@ -109,6 +121,7 @@ class Gpt {
   Profiler* prof_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
   double tp_comm_s_ = 0.0;
+  Recompute recompute_ = Recompute::none;
 };
 
 }  // namespace meshtrain
