@@ -105,6 +105,8 @@ const std::vector<Key>& schema() {
                          &TrainConfig::sample_tokens, 1));
     k.push_back(make_key("train.checkpoint_every", Kind::integer, "steps between checkpoints; 0 = at the end",
                          &C::train, &TrainConfig::checkpoint_every, 0));
+    k.push_back(make_key("train.keep_checkpoints", Kind::integer, "keep the newest K checkpoints; 0 = all",
+                         &C::train, &TrainConfig::keep_checkpoints, 0));
     k.push_back(make_key("train.out_dir", Kind::string, "folder for checkpoints (and the built-in corpus)", &C::train,
                          &TrainConfig::out_dir));
     k.push_back(make_key("train.threads", Kind::integer, "CPU threads; 0 = the cores available", &C::train,

@@ -32,6 +32,7 @@ struct TrainConfig {
   int sample_every = 200;   // 0 = only at the end
   int sample_tokens = 96;
   int checkpoint_every = 200;  // 0 = only at the end
+  int keep_checkpoints = 0;    // keep the newest K checkpoints; 0 = all
   std::string out_dir = "runs/default";
   int threads = 0;          // 0 = the cores available to the process
   int log_every = 10;       // plain log lines every N steps (and the first and last)

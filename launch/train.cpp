@@ -331,7 +331,12 @@ double run_train(const TrainArgs& args, Communicator& world) {
       ddp.gather_moments(moments.m, moments.v);
       std::string path = save_run(cfg, model, moments, counters, lead,
                                   pp_size > 1 && mesh.dp_rank() == 0 && mesh.tp_rank() == 0 ? &mesh.pp() : nullptr);
-      if (lead) log->message(fmt::format("[train] checkpoint {}", path));
+      if (lead) {
+        update_latest(cfg.train.out_dir, path);  // last: only a complete checkpoint becomes "latest"
+        auto removed = prune_checkpoints(cfg.train.out_dir, cfg.train.keep_checkpoints);
+        log->message(fmt::format("[train] checkpoint {}{}", path,
+                                 removed.empty() ? "" : fmt::format(" (removed {} older)", removed.size())));
+      }
       world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
     }
   }

@@ -3,14 +3,18 @@
 // changes the hyperslab window and the property lists (MPI-IO, collective transfers).
 #include "parallel/checkpoint.h"
 
+#include <zlib.h>
+
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <string_view>
 
@@ -71,6 +75,20 @@ h5::Dataspace select_window(hid_t file_space, const Hyperslab& window) {
   return h5::Dataspace(H5_CHECK(H5Screate_simple(static_cast<int>(window.count.size()), window.count.data(), nullptr)));
 }
 
+/// CRC-32 (zlib's) of a float buffer, fed in pieces zlib's 32-bit lengths can take.
+int64_t crc32_of(const float* data, int64_t n) {
+  const auto* bytes = reinterpret_cast<const Bytef*>(data);
+  size_t left = static_cast<size_t>(n) * sizeof(float);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  while (left > 0) {
+    uInt piece = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
+    crc = crc32(crc, bytes, piece);
+    bytes += piece;
+    left -= piece;
+  }
+  return static_cast<int64_t>(crc);
+}
+
 void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, const Tensor& tensor) {
   std::vector<hsize_t> dims(tensor.shape().begin(), tensor.shape().end());
   h5::Dataspace file_space(dims.empty()
@@ -86,6 +104,8 @@ void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, co
   }
   h5::Dataspace mem_space = select_window(file_space.get(), whole(dims));
   H5_CHECK(H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), dxpl, host.f32()));
+  // Integrity: the tensor's CRC-32, checked whenever the whole tensor is read back.
+  h5::write_attribute(dset.get(), kChecksumAttribute, crc32_of(host.f32(), host.numel()));
 }
 
 void write_file(const std::string& tmp, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta) {
@@ -265,6 +285,15 @@ void CheckpointReader::read(const std::string& dataset_path, Tensor& dst) const 
     if (dst.device() != Device::cpu) host = Tensor::empty(dst.shape(), DType::f32, Device::cpu);
     h5::Dataspace mem_space = select_window(file_space.get(), whole(dims));
     H5_CHECK(H5Dread(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, host.f32()));
+    std::map<std::string, int64_t> ints;
+    std::map<std::string, std::string> strings;
+    h5::read_scalar_attributes(dset.get(), ints, strings);
+    if (auto stored = ints.find(kChecksumAttribute); stored != ints.end()) {
+      int64_t computed = crc32_of(host.f32(), host.numel());
+      MT_CHECK(computed == stored->second,
+               "[checkpoint] dataset '{}' in '{}' fails its checksum (stored crc32 {:08x}, data {:08x}): the file is "
+               "corrupt", dataset_path, path_, stored->second, computed);
+    }
     if (dst.device() != Device::cpu) dst.copy_from(host);
   });
 }
@@ -279,12 +308,14 @@ std::string checkpoint_path(const std::string& out_dir, int64_t step) {
   return fmt::format("{}/ckpt_{:06d}.h5", out_dir, step);
 }
 
-std::string find_latest_checkpoint(const std::string& out_dir) {
+namespace {
+
+/// Every complete checkpoint of out_dir as (step, path), in no particular order.
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& out_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
   fs::directory_iterator it(out_dir, ec);
-  if (ec) return "";
-  std::string best;
-  int64_t best_step = -1;
+  if (ec) return found;
   // Explicit increments with an error code: a folder that changes or fails mid-listing ends the
   // search instead of throwing from the range-for's operator++.
   for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -301,12 +332,61 @@ std::string find_latest_checkpoint(const std::string& out_dir) {
     if (err != std::errc() || end != digits.data() + digits.size()) continue;
     std::error_code type_ec;
     if (!entry.is_regular_file(type_ec)) continue;
+    found.emplace_back(step, entry.path().string());
+  }
+  return found;
+}
+
+std::string read_latest_pointer(const std::string& out_dir) {
+  std::ifstream f(fs::path(out_dir) / "latest");
+  std::string name;
+  if (!f || !std::getline(f, name) || name.empty() || name.find('/') != std::string::npos) return "";
+  fs::path p = fs::path(out_dir) / name;
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) ? p.string() : "";
+}
+
+}  // namespace
+
+std::string find_latest_checkpoint(const std::string& out_dir) {
+  if (std::string p = read_latest_pointer(out_dir); !p.empty()) return p;
+  std::string best;
+  int64_t best_step = -1;
+  for (const auto& [step, path] : list_checkpoints(out_dir))
     if (step > best_step) {
       best_step = step;
-      best = entry.path().string();
+      best = path;
     }
-  }
   return best;
+}
+
+void update_latest(const std::string& out_dir, const std::string& checkpoint) {
+  const fs::path target = fs::path(out_dir) / "latest", tmp = fs::path(out_dir) / "latest.tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << fs::path(checkpoint).filename().string() << "\n";
+    f.flush();
+    MT_CHECK(f.good(), "[checkpoint] cannot write '{}'", tmp.string());
+  }
+  fsync_path(tmp.string(), false);
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  MT_CHECK(!ec, "[checkpoint] cannot rename '{}' to '{}': {}", tmp.string(), target.string(), ec.message());
+  fsync_path(out_dir, true);
+}
+
+std::vector<std::string> prune_checkpoints(const std::string& out_dir, int keep) {
+  std::vector<std::string> removed;
+  if (keep <= 0) return removed;
+  auto all = list_checkpoints(out_dir);
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  const std::string latest = read_latest_pointer(out_dir);
+  for (size_t i = static_cast<size_t>(keep); i < all.size(); ++i) {
+    if (all[i].second == latest) continue;
+    std::error_code ec;
+    if (fs::remove(all[i].second, ec)) removed.push_back(all[i].second);
+  }
+  return removed;
 }
 
 }  // namespace meshtrain

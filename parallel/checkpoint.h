@@ -17,6 +17,8 @@ namespace meshtrain {
 
 inline constexpr const char* kCheckpointFormat = "meshtrain-checkpoint";
 inline constexpr int64_t kCheckpointVersion = 1;
+/// Attribute of every dataset: the CRC-32 (zlib) of its little-endian float32 data.
+inline constexpr const char* kChecksumAttribute = "crc32";
 
 /// Scalars and strings stored beside the tensors (step, RNG counters, loader position, config).
 struct CheckpointMeta {
@@ -63,7 +65,14 @@ class CheckpointReader {
 
 /// Checkpoint file name for a step inside out_dir: out_dir/ckpt_000010.h5.
 std::string checkpoint_path(const std::string& out_dir, int64_t step);
-/// The newest complete checkpoint in out_dir (highest step), or "" when there is none.
+/// The checkpoint out_dir/latest names, when that file exists and names an existing checkpoint;
+/// otherwise the newest complete checkpoint in out_dir (highest step), or "" when there is none.
 std::string find_latest_checkpoint(const std::string& out_dir);
+/// Makes out_dir/latest name checkpoint_path (atomically: temporary file, fsync, rename). Called
+/// last, after the checkpoint itself is complete.
+void update_latest(const std::string& out_dir, const std::string& checkpoint_path);
+/// Deletes all but the newest keep checkpoints of out_dir (never the one latest names); keep <= 0
+/// keeps everything. Returns the paths removed.
+std::vector<std::string> prune_checkpoints(const std::string& out_dir, int keep);
 
 }  // namespace meshtrain

@@ -426,5 +426,42 @@ TEST(H5Helpers, CheckNamesTheFailingCallAndHandlesClose) {
   b.close();                      // closing an empty handle is a no-op
 }
 
+TEST(Checkpoint, CorruptedTensorDataFailsItsChecksum) {
+  ScratchDir dir("ckpt");
+  const std::string path = dir.str("ckpt_000001.h5");
+  Sample s = make_sample(11);
+  save_checkpoint(path, s.entries, s.meta);
+  // Find where wpe's data sit in the file and flip one bit there.
+  haddr_t offset = HADDR_UNDEF;
+  {
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "model/wpe", H5P_DEFAULT);
+    offset = H5Dget_offset(d);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  ASSERT_NE(offset, HADDR_UNDEF);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset + 13));
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(static_cast<std::streamoff>(offset + 13));
+    f.write(&c, 1);
+  }
+  CheckpointReader r(path);
+  Tensor wpe = Tensor::empty({6, 8});
+  try {
+    r.read("model/wpe", wpe);
+    FAIL() << "a flipped bit was not detected";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'model/wpe'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("fails its checksum"), std::string::npos) << e.what();
+  }
+  Tensor wte = Tensor::empty({11, 8});
+  EXPECT_NO_THROW(r.read("model/wte", wte)) << "other tensors still read";
+}
+
 }  // namespace
 }  // namespace meshtrain

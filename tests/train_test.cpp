@@ -2,8 +2,11 @@
 // metrics file, generation, the tokenizer commands, and clear errors with a non-zero exit for bad
 // input — with existing checkpoints left untouched.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -15,6 +18,7 @@
 #include "core/rng.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
+#include "parallel/checkpoint.h"
 #include "test_util.h"
 #include "tiny_corpus.h"
 
@@ -224,6 +228,67 @@ TEST_F(TrainCli, BadCheckpointsFailWithoutTouchingExistingOnes) {
   EXPECT_NE(done.output.find("already at step 10"), std::string::npos) << done.output;
   EXPECT_EQ(slurp(dir("K/ckpt_000005.h5")), good5);
   EXPECT_EQ(slurp(dir("K/ckpt_000010.h5")), good10);
-  for (const auto& e : fs::directory_iterator(dir("K")))
-    EXPECT_EQ(e.path().extension(), e.is_directory() ? "" : ".h5") << "left behind: " << e.path();
+  for (const auto& e : fs::directory_iterator(dir("K"))) {
+    if (e.is_directory() || e.path().filename() == "latest") continue;
+    EXPECT_EQ(e.path().extension(), ".h5") << "left behind: " << e.path();
+  }
+  EXPECT_EQ(slurp(dir("K/latest")), "ckpt_000010.h5\n");
+}
+
+TEST_F(TrainCli, KeepCheckpointsAndTheLatestPointer) {
+  auto t = run(base_args(dir("KEEP")) + " --set train.steps=12 --set train.checkpoint_every=3 "
+                                        "--set train.keep_checkpoints=2");
+  ASSERT_EQ(t.code, 0) << t.output;
+  EXPECT_FALSE(fs::exists(dir("KEEP/ckpt_000003.h5")));
+  EXPECT_FALSE(fs::exists(dir("KEEP/ckpt_000006.h5")));
+  EXPECT_TRUE(fs::exists(dir("KEEP/ckpt_000009.h5")));
+  EXPECT_TRUE(fs::exists(dir("KEEP/ckpt_000012.h5")));
+  EXPECT_EQ(slurp(dir("KEEP/latest")), "ckpt_000012.h5\n");
+}
+
+// A process killed with SIGKILL while it writes a checkpoint leaves the previous one as latest,
+// complete and loadable, and the run resumes from it.
+TEST_F(TrainCli, KilledDuringASaveLeavesTheLastCheckpointLoadable) {
+  // A model whose checkpoints take long enough to write that the kill lands inside a save.
+  std::string args = base_args(dir("KILL")) +
+                     " --set model.n_embd=384 --set model.n_head=4 --set model.n_layer=4 --set train.steps=40 "
+                     "--set train.checkpoint_every=1 --set train.batch_size=1 --set train.eval_every=0";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl("/bin/sh", "sh", "-c", ("exec " + kBinary + " " + args).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  bool killed_mid_save = false;
+  for (int i = 0; i < 20000 && !killed_mid_save; ++i) {  // up to 20 s
+    for (int step = 2; step <= 40; ++step)
+      if (fs::exists(dir(fmt::format("KILL/ckpt_{:06d}.h5.tmp", step)))) {
+        ::kill(pid, SIGKILL);
+        killed_mid_save = true;
+        break;
+      }
+    if (!killed_mid_save) ::usleep(1000);
+  }
+  int status = 0;
+  if (!killed_mid_save) ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(killed_mid_save) << "never saw a save in progress";
+  ASSERT_TRUE(WIFSIGNALED(status));
+  std::string latest = find_latest_checkpoint(dir("KILL"));
+  ASSERT_FALSE(latest.empty());
+  EXPECT_EQ(fs::path(latest).filename().string() + "\n", slurp(dir("KILL/latest")));
+  {
+    CheckpointReader r(latest);  // complete: every tensor reads back and passes its checksum
+    for (const auto& name : r.list()) {
+      Tensor t = Tensor::empty(r.shape(name));
+      r.read(name, t);
+    }
+  }
+  int64_t step = CheckpointReader(latest).get_int("step");
+  auto resumed = run("train --resume latest --set train.out_dir=" + dir("KILL") +
+                     fmt::format(" --set train.steps={}", step + 1));
+  EXPECT_EQ(resumed.code, 0) << resumed.output;
 }
