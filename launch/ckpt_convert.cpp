@@ -47,6 +47,7 @@ void write_meshtrain_checkpoint(const std::string& path, const ModelWeights& w, 
   meta.ints["adam_steps"] = 0;
   meta.strings["config"] = config_to_toml(run);
   meta.strings["tokenizer"] = run.data.tokenizer;
+  meta.strings["layout"] = "single process";
   if (!source.empty()) meta.strings["converted_from"] = source;
   save_checkpoint(path, entries, meta);
 }

@@ -106,7 +106,7 @@ void check_model_weights(const ModelWeights& w, const std::string& what) {
 }
 
 std::string checkpoint_info(const std::string& path) {
-  std::string out, model, layout;
+  std::string out, model;
   std::vector<DatasetRow> rows;
   CheckpointMeta meta;
   {

@@ -170,8 +170,9 @@ double run_train(const TrainArgs& args, Communicator& world) {
   const int T = cfg.model.seq_len;
   const int tp_size = cfg.parallel.tp, pp_size = cfg.parallel.pp;
   MT_CHECK(world.size() % (tp_size * pp_size) == 0,
-           "[train] parallel.tp x parallel.pp = {} x {} must divide the number of ranks ({})", tp_size, pp_size,
-           world.size());
+           "[train] parallel.tp x parallel.pp = {} x {} must divide the number of ranks ({}); a resumed run keeps "
+           "the layout it was saved with unless --set parallel.dp=, parallel.tp=, parallel.pp= say otherwise",
+           tp_size, pp_size, world.size());
   const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / (tp_size * pp_size);
   Mesh mesh(world, MeshShape{dp_size, tp_size, pp_size});
   Communicator& dp = mesh.dp();
@@ -329,8 +330,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
       MomentBuffers moments{Tensor::empty({model.params().numel()}), Tensor::empty({model.params().numel()}),
                             ddp.optimizer().steps()};
       ddp.gather_moments(moments.m, moments.v);
-      std::string path = save_run(cfg, model, moments, counters, lead,
-                                  pp_size > 1 && mesh.dp_rank() == 0 && mesh.tp_rank() == 0 ? &mesh.pp() : nullptr);
+      std::string path =
+          world.size() == 1
+              ? save_run(cfg, model, moments, counters)
+              : save_run_sharded(cfg, model, moments, counters, world, mesh.dp_rank(),
+                                 fmt::format("dp={} tp={} pp={} zero={}", dp_size, tp_size, pp_size, cfg.parallel.zero));
       if (lead) {
         update_latest(cfg.train.out_dir, path);  // last: only a complete checkpoint becomes "latest"
         auto removed = prune_checkpoints(cfg.train.out_dir, cfg.train.keep_checkpoints);

@@ -1,6 +1,7 @@
 // Training-run checkpoints over parallel/checkpoint.h. Tensors are stored whole under their global
-// names whatever the layout: tensor-parallel shards are gathered into whole tensors before the save
-// and cut back out of them on load (so any tp size loads any checkpoint).
+// names whatever the layout: on several ranks each rank writes its own blocks of them (tp shards of
+// its pipeline stage; data-parallel replicas write nothing), and on load each rank cuts its shard
+// out of the whole tensors, so any layout loads any checkpoint.
 #include "launch/train_state.h"
 
 #include <cstring>
@@ -8,27 +9,44 @@
 #include "model/gpt.h"
 #include "parallel/checkpoint.h"
 #include "parallel/communicator.h"
+#include "parallel/sharded_checkpoint.h"
 
 namespace meshtrain {
 
 namespace {
 
-/// The whole tensor of one parameter (or moment) from every tp rank's shard; collective over tp.
-Tensor gather_whole(const ParameterTable& table, const ParamSpec& s, const Tensor& shard, Communicator& tp) {
-  Tensor whole = Tensor::empty(s.global_shape);
-  if (s.shard == ShardKind::replicated) {
-    whole.copy_from(shard);
-    return whole;
-  }
-  Tensor all = Tensor::empty({s.numel * tp.size()});
-  tp.all_gather(shard, all);
-  for (int r = 0; r < tp.size(); ++r)
-    for (int64_t i = 0, rows = ParameterTable::shard_rows(s); i < rows; ++i) {
-      RowSlice slice = table.shard_row(s, r, i);
-      std::memcpy(whole.f32() + slice.global_offset, all.f32() + r * s.numel + i * slice.len,
-                  slice.len * sizeof(float));
+/// This rank's blocks of a parameter in the global tensor, in the order of its shard's elements.
+std::vector<TensorBlock> shard_blocks(const ParamSpec& s, int tp_rank) {
+  const Shape& g = s.global_shape;
+  const bool matrix = g.size() == 2;
+  auto box = [&](int64_t row, int64_t col, int64_t rows, int64_t cols) {
+    return matrix ? TensorBlock{{row, col}, {rows, cols}} : TensorBlock{{row}, {rows}};
+  };
+  const int64_t cols = matrix ? g[1] : 1, rows = s.shape[0];
+  switch (s.shard) {
+    case ShardKind::replicated: return {box(0, 0, g[0], cols)};
+    case ShardKind::rows: return {box(tp_rank * rows, 0, rows, cols)};
+    case ShardKind::rows3: {
+      std::vector<TensorBlock> out;
+      for (int part = 0; part < 3; ++part) out.push_back(box(part * g[0] / 3 + tp_rank * rows / 3, 0, rows / 3, cols));
+      return out;
     }
-  return whole;
+    case ShardKind::cols: return {box(0, tp_rank * s.shape[1], g[0], s.shape[1])};
+  }
+  return {};
+}
+
+CheckpointMeta run_meta(const Config& cfg, const MomentBuffers& moments, const RunCounters& c) {
+  CheckpointMeta meta;
+  meta.ints["step"] = c.step;
+  meta.ints["seed"] = cfg.train.seed;
+  meta.ints["rng_counter"] = c.rng_counter;
+  meta.ints["loader_epoch"] = static_cast<int64_t>(c.loader.epoch);
+  meta.ints["loader_cursor"] = static_cast<int64_t>(c.loader.cursor);
+  meta.ints["adam_steps"] = moments.adam_steps;
+  meta.strings["config"] = config_to_toml(cfg);
+  meta.strings["tokenizer"] = cfg.data.tokenizer;
+  return meta;
 }
 
 /// Copies this rank's shard out of a whole tensor.
@@ -41,50 +59,51 @@ void cut_shard(const ParameterTable& table, const ParamSpec& s, const Tensor& wh
 
 }  // namespace
 
-std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c,
-                     bool write, Communicator* pp) {
+std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c) {
+  const ParameterTable& table = model.table();
+  MT_CHECK(table.tp_size() == 1 && table.pp_size() == 1,
+           "[checkpoint] a sharded model saves with save_run_sharded");
   std::vector<CheckpointEntry> entries;
   const Tensor& params = const_cast<Gpt&>(model).params();
-  const Tensor &m = moments.m, &v = moments.v;
-  const ParameterTable& table = model.table();
   for (const auto& s : table.specs()) {
-    if (!table.first_stage() && s.name == "wte") continue;  // the tied copy: stage 0 saves wte
-    entries.push_back({"model/" + s.name, gather_whole(table, s, params.view(s.offset, s.shape), model.tp())});
-    entries.push_back({"optim/m/" + s.name, gather_whole(table, s, m.view(s.offset, s.shape), model.tp())});
-    entries.push_back({"optim/v/" + s.name, gather_whole(table, s, v.view(s.offset, s.shape), model.tp())});
+    entries.push_back({"model/" + s.name, params.view(s.offset, s.shape)});
+    entries.push_back({"optim/m/" + s.name, moments.m.view(s.offset, s.shape)});
+    entries.push_back({"optim/v/" + s.name, moments.v.view(s.offset, s.shape)});
   }
-  if (pp && pp->size() > 1) {
-    // Later stages send their whole tensors, in their table's order, to stage 0.
-    if (pp->rank() > 0) {
-      for (size_t i = 0; i < entries.size(); ++i) pp->send(entries[i].tensor, 0, static_cast<int>(i));
-      entries.clear();
-    } else {
-      for (int stage = 1; stage < pp->size(); ++stage) {
-        ParameterTable theirs(model.config(), table.tp_size(), table.tp_rank(), pp->size(), stage);
-        int tag = 0;
-        for (const auto& s : theirs.specs()) {
-          if (s.name == "wte") continue;
-          for (const char* group : {"model/", "optim/m/", "optim/v/"}) {
-            Tensor t = Tensor::empty(s.global_shape);
-            pp->recv(t, stage, tag++);
-            entries.push_back({group + s.name, t});
-          }
-        }
+  std::string path = checkpoint_path(cfg.train.out_dir, c.step);
+  CheckpointMeta meta = run_meta(cfg, moments, c);
+  meta.strings["layout"] = "single process";
+  save_checkpoint(path, entries, meta);
+  return path;
+}
+
+std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c,
+                             Communicator& world, int dp_rank, const std::string& layout) {
+  const ParameterTable& mine = model.table();
+  const ParameterTable whole(model.config());  // every global name and shape, in the canonical order
+  const Tensor& params = const_cast<Gpt&>(model).params();
+  std::vector<ShardedEntry> entries;
+  for (const auto& g : whole.specs()) {
+    const ParamSpec* s = mine.find(g.name);
+    // Data-parallel replicas write nothing; of the tp ranks, one writes what all hold; the last
+    // stage's copy of the tied embedding is stage 0's.
+    const bool writes = s && dp_rank == 0 && (s->shard != ShardKind::replicated || mine.tp_rank() == 0) &&
+                        (g.name != "wte" || mine.first_stage());
+    const Tensor* sources[] = {&params, &moments.m, &moments.v};
+    const char* groups[] = {"model/", "optim/m/", "optim/v/"};
+    for (int k = 0; k < 3; ++k) {
+      ShardedEntry e{groups[k] + g.name, g.global_shape, {}, Tensor()};
+      if (writes) {
+        e.blocks = shard_blocks(*s, mine.tp_rank());
+        e.data = sources[k]->view(s->offset, {s->numel});
       }
+      entries.push_back(std::move(e));
     }
   }
   std::string path = checkpoint_path(cfg.train.out_dir, c.step);
-  if (!write) return path;
-  CheckpointMeta meta;
-  meta.ints["step"] = c.step;
-  meta.ints["seed"] = cfg.train.seed;
-  meta.ints["rng_counter"] = c.rng_counter;
-  meta.ints["loader_epoch"] = static_cast<int64_t>(c.loader.epoch);
-  meta.ints["loader_cursor"] = static_cast<int64_t>(c.loader.cursor);
-  meta.ints["adam_steps"] = moments.adam_steps;
-  meta.strings["config"] = config_to_toml(cfg);
-  meta.strings["tokenizer"] = cfg.data.tokenizer;
-  save_checkpoint(path, entries, meta);
+  CheckpointMeta meta = run_meta(cfg, moments, c);
+  meta.strings["layout"] = layout;
+  save_checkpoint_sharded(path, entries, meta, world);
   return path;
 }
 

@@ -27,11 +27,12 @@ struct MomentBuffers {
   int64_t adam_steps = 0;
 };
 
-/// Writes out_dir/ckpt_<step>.h5 atomically and returns its path. Collective over the model's tp
-/// group (shards are gathered into whole tensors) and, when pp is given, over the pipeline stages
-/// (stage 0 receives the other stages' tensors); only the rank with write = true writes.
-std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters,
-                     bool write = true, Communicator* pp = nullptr);
+/// Writes out_dir/ckpt_<step>.h5 atomically and returns its path (one process, whole model).
+std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters);
+/// The same on several ranks, collective over world: each rank writes its own blocks of every
+/// tensor through parallel HDF5 (ranks with dp_rank > 0 write nothing); layout is recorded.
+std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBuffers& moments,
+                             const RunCounters& counters, Communicator& world, int dp_rank, const std::string& layout);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the

@@ -7,8 +7,10 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -175,6 +177,7 @@ TEST_F(CkptTools, LlmcRoundTripIsBitExactAndKeepsLogits) {
   CheckpointReader r(back);
   EXPECT_EQ(r.get_string("converted_from"), "llmc '" + bin + "'");
   EXPECT_EQ(r.get_string("tokenizer"), "");
+  EXPECT_EQ(r.get_string("layout"), "single process");
   EXPECT_EQ(r.get_int("loader_epoch"), 0);
   EXPECT_EQ(r.get_int("loader_cursor"), 0);
 }
@@ -275,7 +278,13 @@ TEST_F(CkptTools, SafetensorsReaderAcceptsHuggingFaceVariants) {
   std::string st = dir_.str("ours.safetensors"), hf = dir_.str("hf/model.safetensors");
   convert("meshtrain", "safetensors", ckpt_, st);
   StFile ours = split_st(st), theirs;
-  // "transformer." prefixes, the attention-mask buffers, no metadata, ln_f in BF16 and F16.
+  // "transformer." prefixes, the attention-mask buffers, no metadata, ln_f.weight in BF16 and
+  // ln_f.bias in F16 holding the awkward half-precision values (subnormals, extremes, infinities, NaN).
+  const uint16_t f16_bits[16] = {0x3c00, 0x0001, 0x03ff, 0x0400, 0x7bff, 0xfbff, 0x7c00, 0xfc00,
+                                 0x8000, 0xc000, 0x3555, 0x7e00, 0x4248, 0x5640, 0xb800, 0x0000};
+  const float inf = std::numeric_limits<float>::infinity();
+  const float f16_values[16] = {1.0f,  0x1p-24f, 1023 * 0x1p-24f, 0x1p-14f, 65504.0f,  -65504.0f, inf,   -inf,
+                                -0.0f, -2.0f,    0.333251953125f, NAN,      3.140625f, 100.0f,    -0.5f, 0.0f};
   for (const auto& [key, e] : ours.header.items()) {
     if (key == "__metadata__") continue;
     const uint64_t b = e["data_offsets"][0], end = e["data_offsets"][1];
@@ -286,7 +295,7 @@ TEST_F(CkptTools, SafetensorsReaderAcceptsHuggingFaceVariants) {
       for (size_t i = 0; i < bytes.size(); i += 4) {
         float v;
         std::memcpy(&v, bytes.data() + i, 4);
-        uint16_t h = key == "ln_f.weight" ? float_to_bf16(v) : 0x3c00;  // F16 1.0
+        uint16_t h = key == "ln_f.weight" ? float_to_bf16(v) : f16_bits[i / 4];
         narrow.append(reinterpret_cast<const char*>(&h), 2);
       }
       bytes = narrow;
@@ -314,7 +323,13 @@ TEST_F(CkptTools, SafetensorsReaderAcceptsHuggingFaceVariants) {
   const float* lnf = w.tensors.at("ln_f.weight").f32();
   for (int i = 0; i < 16; ++i) {
     EXPECT_EQ(lnf[i], bf16_to_float(float_to_bf16(model_->param("ln_f.weight").f32()[i])));
-    EXPECT_EQ(w.tensors.at("ln_f.bias").f32()[i], 1.0f);
+    const float got = w.tensors.at("ln_f.bias").f32()[i];
+    if (std::isnan(f16_values[i])) {
+      EXPECT_TRUE(std::isnan(got)) << i;
+    } else {
+      EXPECT_EQ(got, f16_values[i]) << "F16 bits 0x" << std::hex << f16_bits[i];
+      EXPECT_EQ(std::signbit(got), std::signbit(f16_values[i])) << i;
+    }
   }
   // config.json beside the file gives n_head; --n-head wins over it; a mismatched one is refused.
   write_bytes(dir_.str("hf/config.json"), R"({"n_head": 4, "n_embd": 16, "n_layer": 2, "n_positions": 8})");
