@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "core/timer.h"
+#include "launch/ckpt_tools.h"
 #include "launch/config.h"
 #include "launch/generate.h"
 #include "launch/train.h"
@@ -115,6 +116,9 @@ int run_cli(int argc, char** argv) {
   bpe->add_option("--input", bpe_inputs, "text files")->required();
   bpe->add_option("--output", bpe_out, "folder for encoder.json and vocab.bpe")->required();
 
+  std::function<void()> ckpt_action;
+  add_ckpt_commands(app, ckpt_action);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -148,6 +152,8 @@ int run_cli(int argc, char** argv) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);
     } else if (*bpe) {
       run_tokenizer_train(bpe_inputs, vocab_size, bpe_out);
+    } else if (ckpt_action) {
+      ckpt_action();
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);

@@ -153,7 +153,8 @@ TEST_F(TrainCli, TokenizerCommands) {
 }
 
 TEST_F(TrainCli, HelpOnEveryCommand) {
-  for (const char* cmd : {"--help", "train --help", "generate --help", "tokenize --help", "tokenizer train --help"}) {
+  for (const char* cmd : {"--help", "train --help", "generate --help", "tokenize --help", "tokenizer train --help",
+                          "ckpt info --help", "ckpt convert --help"}) {
     auto r = run(cmd);
     EXPECT_EQ(r.code, 0) << cmd << ": " << r.output;
     EXPECT_NE(r.output.find("Usage"), std::string::npos) << cmd;
