@@ -1,7 +1,7 @@
 // Sharded checkpoint writes: every rank writes only its own blocks of each global tensor into one
 // HDF5 file through MPI-IO (parallel HDF5), replicas write nothing, and the file is the same
 // whole-tensor schema a single process writes (docs/checkpoint-format.md), so any layout — and
-// h5py — reads it. Datasets are chunked with HDF5's fletcher32 checksum filter, verified on read.
+// h5py — reads it. Every dataset carries the CRC-32 of the whole tensor, verified on read.
 #pragma once
 
 #include <cstdint>
