@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
   world->barrier();
   double save_s = now_seconds() - t0;
   t0 = now_seconds();
-  load_run(path, model, &moments);
+  if (n == 1) load_run(path, model, &moments);
+  else load_run_sharded(path, model, &moments, *world, 0);
   world->barrier();
   double load_s = now_seconds() - t0;
   if (lead) {

@@ -75,7 +75,8 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
            args.tp, args.pp, world.size());
   Mesh mesh(world, MeshShape{world.size() / (args.tp * args.pp), args.tp, args.pp});
   Gpt model(cfg.model, mesh.dp(), &mesh.tp(), args.pp, mesh.pp_rank());
-  load_run(path, model, nullptr);
+  if (world.size() == 1) load_run(path, model, nullptr);
+  else load_run_sharded(path, model, nullptr, world, mesh.dp_rank());
   std::optional<Pipeline> pipe;
   if (args.pp > 1) pipe.emplace(model, mesh.pp(), PipelineSchedule::gpipe);
   LogitsFn logits = [&](const int32_t* tokens, int T) {

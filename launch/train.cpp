@@ -201,7 +201,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
   RunCounters counters;
   if (!resume_path.empty()) {
     MomentBuffers moments{Tensor::zeros({model.params().numel()}), Tensor::zeros({model.params().numel()})};
-    counters = load_run(resume_path, model, &moments);
+    counters = world.size() == 1 ? load_run(resume_path, model, &moments)
+                                 : load_run_sharded(resume_path, model, &moments, world, mesh.dp_rank());
     ddp.scatter_moments(moments.m, moments.v);
     ddp.optimizer().set_steps(moments.adam_steps);
     loader.set_state(counters.loader);

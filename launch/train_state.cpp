@@ -49,14 +49,6 @@ CheckpointMeta run_meta(const Config& cfg, const MomentBuffers& moments, const R
   return meta;
 }
 
-/// Copies this rank's shard out of a whole tensor.
-void cut_shard(const ParameterTable& table, const ParamSpec& s, const Tensor& whole, Tensor& shard) {
-  for (int64_t i = 0, rows = ParameterTable::shard_rows(s); i < rows; ++i) {
-    RowSlice slice = table.shard_row(s, table.tp_rank(), i);
-    std::memcpy(shard.f32() + i * slice.len, whole.f32() + slice.global_offset, slice.len * sizeof(float));
-  }
-}
-
 }  // namespace
 
 std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c) {
@@ -107,24 +99,75 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
   return path;
 }
 
+RunCounters load_run_sharded(const std::string& path, Gpt& model, MomentBuffers* moments, Communicator& world,
+                             int dp_rank) {
+  CheckpointReader r(path);
+  const ParameterTable& mine = model.table();
+  const ParameterTable whole(model.config());
+  const Tensor* sources[] = {&model.params(), moments ? &moments->m : nullptr, moments ? &moments->v : nullptr};
+  const char* groups[] = {"model/", "optim/m/", "optim/v/"};
+  std::vector<ShardedEntry> check;  // the pieces this rank vouches for, as in a save
+  for (const auto& g : whole.specs()) {
+    const ParamSpec* s = mine.find(g.name);
+    const bool writer = s && dp_rank == 0 && (s->shard != ShardKind::replicated || mine.tp_rank() == 0) &&
+                        (g.name != "wte" || mine.first_stage());
+    for (int k = 0; k < (moments ? 3 : 1); ++k) {
+      const std::string dataset = groups[k] + g.name;
+      MT_CHECK(r.has(dataset), "[checkpoint] '{}' has no dataset '{}'", path, dataset);
+      const Shape stored = r.shape(dataset);
+      MT_CHECK(stored == g.global_shape, "[checkpoint] dataset '{}' in '{}' has shape {}, but this model needs {}",
+               dataset, path, shape_str(stored), shape_str(g.global_shape));
+      ShardedEntry e{dataset, g.global_shape, {}, Tensor()};
+      if (s) {
+        std::vector<TensorBlock> blocks = shard_blocks(*s, mine.tp_rank());
+        std::vector<std::vector<int64_t>> offsets, counts;
+        for (const auto& b : blocks) {
+          offsets.push_back(b.offset);
+          counts.push_back(b.count);
+        }
+        Tensor dst = sources[k]->view(s->offset, {s->numel});
+        r.read_blocks(dataset, offsets, counts, dst);  // only this rank's window of the tensor
+        if (writer) {
+          e.blocks = std::move(blocks);
+          e.data = dst;
+        }
+      }
+      check.push_back(std::move(e));
+    }
+  }
+  // The windows the ranks read add up to every tensor once: their combined CRC must be the stored one.
+  const std::vector<int64_t> crcs = combined_crcs(check, world);
+  for (size_t i = 0; i < check.size(); ++i) {
+    int64_t stored = r.stored_crc(check[i].path);
+    MT_CHECK(stored < 0 || stored == crcs[i],
+             "[checkpoint] dataset '{}' in '{}' fails its checksum (stored crc32 {:08x}, data {:08x}): the file is "
+             "corrupt", check[i].path, path, stored, crcs[i]);
+  }
+  RunCounters c;
+  c.step = r.get_int("step");
+  c.rng_counter = r.get_int("rng_counter");
+  c.loader.epoch = static_cast<uint64_t>(r.get_int("loader_epoch"));
+  c.loader.cursor = static_cast<uint64_t>(r.get_int("loader_cursor"));
+  if (moments) moments->adam_steps = r.get_int("adam_steps");
+  return c;
+}
+
 Config read_run_config(const std::string& path) {
   CheckpointReader r(path);
   return config_from_toml(r.get_string("config"), path + ":config");
 }
 
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments) {
-  CheckpointReader r(path);
   const ParameterTable& table = model.table();
-  auto load = [&](const std::string& dataset, const ParamSpec& s, Tensor shard) {
-    Tensor whole = Tensor::empty(s.global_shape);
-    r.read(dataset, whole);
-    cut_shard(table, s, whole, shard);
-  };
+  MT_CHECK(table.tp_size() == 1 && table.pp_size() == 1, "[checkpoint] a sharded model loads with load_run_sharded");
+  CheckpointReader r(path);  // whole tensors, each checked against its stored CRC-32
   for (const auto& s : table.specs()) {
-    load("model/" + s.name, s, model.param(s.name));
+    Tensor p = model.param(s.name);
+    r.read("model/" + s.name, p);
     if (moments) {
-      load("optim/m/" + s.name, s, moments->m.view(s.offset, s.shape));
-      load("optim/v/" + s.name, s, moments->v.view(s.offset, s.shape));
+      Tensor m = moments->m.view(s.offset, s.shape), v = moments->v.view(s.offset, s.shape);
+      r.read("optim/m/" + s.name, m);
+      r.read("optim/v/" + s.name, v);
     }
   }
   RunCounters c;

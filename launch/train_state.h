@@ -36,7 +36,11 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the
-/// parameters) and counters; checks every tensor's shape.
+/// parameters) and counters into a whole model; checks every tensor's shape and checksum.
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments);
+/// The same on several ranks, collective over world: each rank reads only its window of every
+/// tensor, and the windows' checksums, combined over the ranks, are checked against the stored ones.
+RunCounters load_run_sharded(const std::string& path, Gpt& model, MomentBuffers* moments, Communicator& world,
+                             int dp_rank);
 
 }  // namespace meshtrain

@@ -298,6 +298,49 @@ void CheckpointReader::read(const std::string& dataset_path, Tensor& dst) const 
   });
 }
 
+void CheckpointReader::read_blocks(const std::string& dataset_path, const std::vector<std::vector<int64_t>>& offsets,
+                                   const std::vector<std::vector<int64_t>>& counts, Tensor& dst) const {
+  MT_CHECK(has(dataset_path), "[checkpoint] '{}' has no dataset '{}'", path_, dataset_path);
+  MT_CHECK(dst.defined() && dst.dtype() == DType::f32 && dst.device() == Device::cpu,
+           "[checkpoint] reading blocks of '{}' needs an f32 host tensor", dataset_path);
+  with_context(path_, fmt::format("reading blocks of dataset '{}'", dataset_path), [&] {
+    h5::Dataset dset(H5_CHECK(H5Dopen2(file_, normalize(dataset_path).c_str(), H5P_DEFAULT)));
+    h5::Dataspace file_space(H5_CHECK(H5Dget_space(dset.get())));
+    const std::vector<hsize_t> dims = h5::dataspace_dims(file_space.get());
+    int64_t n = 0;
+    for (size_t b = 0; b < offsets.size(); ++b) {
+      std::vector<hsize_t> off(offsets[b].begin(), offsets[b].end()), cnt(counts[b].begin(), counts[b].end());
+      MT_CHECK(off.size() == dims.size() && cnt.size() == dims.size(),
+               "[checkpoint] dataset '{}' in '{}' has shape {}, which a block of rank {} does not fit", dataset_path,
+               path_, shape_str(to_shape(dims)), off.size());
+      for (size_t d = 0; d < dims.size(); ++d)
+        MT_CHECK(off[d] + cnt[d] <= dims[d], "[checkpoint] dataset '{}' in '{}' has shape {}: too small for this model "
+                                             "(block ends at {} in dimension {})", dataset_path, path_,
+                 shape_str(to_shape(dims)), off[d] + cnt[d], d);
+      H5_CHECK(H5Sselect_hyperslab(file_space.get(), b == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, off.data(), nullptr,
+                                   cnt.data(), nullptr));
+      n += shape_numel(to_shape(cnt));
+    }
+    MT_CHECK(n == dst.numel(), "[checkpoint] blocks of '{}' hold {} elements, destination {}", dataset_path, n,
+             dst.numel());
+    if (n == 0) return;
+    const hsize_t mem_n = static_cast<hsize_t>(n);
+    h5::Dataspace mem_space(H5_CHECK(H5Screate_simple(1, &mem_n, nullptr)));
+    H5_CHECK(H5Dread(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, dst.f32()));
+  });
+}
+
+int64_t CheckpointReader::stored_crc(const std::string& dataset_path) const {
+  return with_context(path_, fmt::format("reading the checksum of '{}'", dataset_path), [&]() -> int64_t {
+    h5::Dataset dset(H5_CHECK(H5Dopen2(file_, normalize(dataset_path).c_str(), H5P_DEFAULT)));
+    std::map<std::string, int64_t> ints;
+    std::map<std::string, std::string> strings;
+    h5::read_scalar_attributes(dset.get(), ints, strings);
+    auto it = ints.find(kChecksumAttribute);
+    return it == ints.end() ? -1 : it->second;
+  });
+}
+
 std::vector<std::string> CheckpointReader::list() const {
   return with_context(path_, "listing datasets", [&] { return h5::dataset_paths(file_); });
 }

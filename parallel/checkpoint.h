@@ -53,6 +53,12 @@ class CheckpointReader {
   Shape shape(const std::string& dataset_path) const;
   /// Reads the dataset into dst, whose shape must equal the stored one.
   void read(const std::string& dataset_path, Tensor& dst) const;
+  /// Reads boxes of a dataset (offset and count per dimension, row-major, one after another) into
+  /// dst, which holds exactly their elements. No checksum check: see sharded_checkpoint.h.
+  void read_blocks(const std::string& dataset_path, const std::vector<std::vector<int64_t>>& offsets,
+                   const std::vector<std::vector<int64_t>>& counts, Tensor& dst) const;
+  /// The CRC-32 stored with a dataset, or -1 when it has none.
+  int64_t stored_crc(const std::string& dataset_path) const;
   /// Every dataset path in the file, sorted.
   std::vector<std::string> list() const;
   const std::string& path() const { return path_; }

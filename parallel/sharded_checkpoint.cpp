@@ -77,9 +77,11 @@ void add_runs(int64_t index, const ShardedEntry& e, std::vector<Run>& runs) {
   }
 }
 
-/// CRC-32 of every entry's whole tensor, combined from every rank's runs (the same on every rank).
-std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, const std::vector<Run>& mine,
-                                   Communicator& world) {
+}  // namespace
+
+std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, Communicator& world) {
+  std::vector<Run> mine;
+  for (size_t i = 0; i < entries.size(); ++i) add_runs(static_cast<int64_t>(i), entries[i], mine);
   Tensor count = Tensor::empty({world.size()}, DType::i32), one = Tensor::empty({1}, DType::i32);
   one.data<int32_t>()[0] = static_cast<int32_t>(mine.size());
   world.all_gather(one, count);
@@ -115,8 +117,6 @@ std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, con
   return crcs;
 }
 
-}  // namespace
-
 void save_checkpoint_sharded(const std::string& path, const std::vector<ShardedEntry>& entries,
                              const CheckpointMeta& meta, Communicator& world) {
   auto* mpi = dynamic_cast<MpiCommunicator*>(&world);
@@ -141,18 +141,16 @@ void save_checkpoint_sharded(const std::string& path, const std::vector<ShardedE
     h5::write_attribute(file.get(), "format_version", kCheckpointVersion);
     for (const auto& [key, value] : meta.ints) h5::write_attribute(file.get(), key, value);
     for (const auto& [key, value] : meta.strings) h5::write_attribute(file.get(), key, value);
-    std::vector<Run> runs;
     for (size_t i = 0; i < entries.size(); ++i) {
       try {
         write_dataset(file.get(), lcpl.get(), entries[i]);
-        add_runs(static_cast<int64_t>(i), entries[i], runs);
       } catch (const Error& err) {
         MT_FAIL("[checkpoint] rank {} cannot write dataset '{}' to '{}': {}", world.rank(), entries[i].path, tmp,
                 err.what());
       }
     }
     // Each tensor's checksum, combined from the pieces the ranks wrote, as a single writer stores it.
-    const std::vector<int64_t> crcs = combined_crcs(entries, runs, world);
+    const std::vector<int64_t> crcs = combined_crcs(entries, world);
     for (size_t i = 0; i < entries.size(); ++i) {
       h5::Dataset dset(H5_CHECK(H5Dopen2(file.get(), entries[i].path.c_str(), H5P_DEFAULT)));
       h5::write_attribute(dset.get(), kChecksumAttribute, crcs[i]);

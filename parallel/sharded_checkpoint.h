@@ -31,6 +31,10 @@ struct ShardedEntry {
   Tensor data;
 };
 
+/// CRC-32 of each entry's whole tensor, combined from the blocks every rank passes (collective over
+/// world; the same result on every rank). The ranks' blocks must tile each tensor exactly once.
+std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, Communicator& world);
+
 /// Collective over world (an MpiCommunicator): writes path + ".tmp" with every rank's blocks, then
 /// rank 0 makes it visible by rename. Throws (on the failing rank) naming the dataset.
 void save_checkpoint_sharded(const std::string& path, const std::vector<ShardedEntry>& entries,
