@@ -328,14 +328,20 @@ double run_train(const TrainArgs& args, Communicator& world) {
       counters.step = rec.step;
       counters.loader = loader.state();
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
-      MomentBuffers moments{Tensor::empty({model.params().numel()}), Tensor::empty({model.params().numel()}),
-                            ddp.optimizer().steps()};
-      ddp.gather_moments(moments.m, moments.v);
+      // ZeRO-1 shards of the moments are written by their owners; otherwise the moments are whole here.
+      const bool zero_shards = cfg.parallel.zero == 1 && dp_size > 1;
+      MomentBuffers moments{Tensor(), Tensor(), ddp.optimizer().steps()};
+      if (!zero_shards) {
+        moments.m = Tensor::empty({model.params().numel()});
+        moments.v = Tensor::empty({model.params().numel()});
+        ddp.gather_moments(moments.m, moments.v);
+      }
       std::string path =
           world.size() == 1
               ? save_run(cfg, model, moments, counters)
               : save_run_sharded(cfg, model, moments, counters, world, mesh.dp_rank(),
-                                 fmt::format("dp={} tp={} pp={} zero={}", dp_size, tp_size, pp_size, cfg.parallel.zero));
+                                 fmt::format("dp={} tp={} pp={} zero={}", dp_size, tp_size, pp_size, cfg.parallel.zero),
+                                 zero_shards ? &ddp.optimizer() : nullptr);
       if (lead) {
         update_latest(cfg.train.out_dir, path);  // last: only a complete checkpoint becomes "latest"
         auto removed = prune_checkpoints(cfg.train.out_dir, cfg.train.keep_checkpoints);

@@ -4,9 +4,11 @@
 // out of the whole tensors, so any layout loads any checkpoint.
 #include "launch/train_state.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "model/gpt.h"
+#include "model/optimizer.h"
 #include "parallel/checkpoint.h"
 #include "parallel/communicator.h"
 #include "parallel/sharded_checkpoint.h"
@@ -34,6 +36,37 @@ std::vector<TensorBlock> shard_blocks(const ParamSpec& s, int tp_rank) {
     case ShardKind::cols: return {box(0, tp_rank * s.shape[1], g[0], s.shape[1])};
   }
   return {};
+}
+
+/// The parts of parameter s's moment that lie in a ZeRO-1 optimizer's ranges: their blocks in the
+/// global tensor (in row-major order, consecutive rows merged) and their values, in the same order.
+void zero_pieces(const ParameterTable& table, const ParamSpec& s, const AdamW& opt, const Tensor& state,
+                 std::vector<TensorBlock>& blocks, std::vector<float>& values) {
+  const bool matrix = s.global_shape.size() == 2;
+  const int64_t cols = matrix ? s.shape[1] : 1, global_cols = matrix ? s.global_shape[1] : 1;
+  int64_t state_at = 0;  // where the current range's moments start in the optimizer's compact state
+  for (auto [b, e] : opt.ranges()) {
+    const int64_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel);
+    if (lo < hi) {
+      const float* src = state.f32() + state_at + (lo - b);
+      values.insert(values.end(), src, src + (hi - lo));
+      for (int64_t i = lo - s.offset, end = hi - s.offset; i < end;) {
+        const int64_t row = i / cols, c0 = i % cols, len = std::min(cols - c0, end - i);
+        const int64_t g = table.shard_row(s, table.tp_rank(), row).global_offset + c0;
+        TensorBlock next = matrix ? TensorBlock{{g / global_cols, g % global_cols}, {1, len}} : TensorBlock{{g}, {len}};
+        TensorBlock* prev = blocks.empty() ? nullptr : &blocks.back();
+        if (prev && matrix && prev->offset[1] == next.offset[1] && prev->count[1] == len &&
+            prev->offset[0] + prev->count[0] == next.offset[0])
+          prev->count[0] += 1;  // the next row of the same columns: grow the block
+        else if (prev && !matrix && prev->offset[0] + prev->count[0] == g)
+          prev->count[0] += len;
+        else
+          blocks.push_back(std::move(next));
+        i += len;
+      }
+    }
+    state_at += e - b;
+  }
 }
 
 CheckpointMeta run_meta(const Config& cfg, const MomentBuffers& moments, const RunCounters& c) {
@@ -70,7 +103,7 @@ std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& m
 }
 
 std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& c,
-                             Communicator& world, int dp_rank, const std::string& layout) {
+                             Communicator& world, int dp_rank, const std::string& layout, const AdamW* zero_shards) {
   const ParameterTable& mine = model.table();
   const ParameterTable whole(model.config());  // every global name and shape, in the canonical order
   const Tensor& params = const_cast<Gpt&>(model).params();
@@ -85,7 +118,17 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
     const char* groups[] = {"model/", "optim/m/", "optim/v/"};
     for (int k = 0; k < 3; ++k) {
       ShardedEntry e{groups[k] + g.name, g.global_shape, {}, Tensor()};
-      if (writes) {
+      if (k > 0 && zero_shards) {
+        // ZeRO-1: every data-parallel rank writes the moments it owns, and only those.
+        const bool owner = s && (s->shard != ShardKind::replicated || mine.tp_rank() == 0) &&
+                           (g.name != "wte" || mine.first_stage());
+        std::vector<float> values;
+        if (owner) zero_pieces(mine, *s, *zero_shards, k == 1 ? zero_shards->m() : zero_shards->v(), e.blocks, values);
+        if (!values.empty()) {
+          e.data = Tensor::empty({static_cast<int64_t>(values.size())});
+          std::copy(values.begin(), values.end(), e.data.f32());
+        }
+      } else if (writes) {
         e.blocks = shard_blocks(*s, mine.tp_rank());
         e.data = sources[k]->view(s->offset, {s->numel});
       }

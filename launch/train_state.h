@@ -13,6 +13,7 @@
 namespace meshtrain {
 
 class Gpt;
+class AdamW;
 class Communicator;
 
 struct RunCounters {
@@ -30,9 +31,12 @@ struct MomentBuffers {
 /// Writes out_dir/ckpt_<step>.h5 atomically and returns its path (one process, whole model).
 std::string save_run(const Config& cfg, const Gpt& model, const MomentBuffers& moments, const RunCounters& counters);
 /// The same on several ranks, collective over world: each rank writes its own blocks of every
-/// tensor through parallel HDF5 (ranks with dp_rank > 0 write nothing); layout is recorded.
+/// tensor through parallel HDF5 (ranks with dp_rank > 0 write no weights); layout is recorded.
+/// With zero_shards (a ZeRO-1 optimizer) each rank writes the AdamW moments it owns and moments
+/// is not used for them; otherwise data-parallel rank 0 writes them from moments.
 std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBuffers& moments,
-                             const RunCounters& counters, Communicator& world, int dp_rank, const std::string& layout);
+                             const RunCounters& counters, Communicator& world, int dp_rank, const std::string& layout,
+                             const AdamW* zero_shards = nullptr);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the

@@ -47,6 +47,8 @@ class AdamW {
 
   Tensor& m() { return m_; }
   Tensor& v() { return v_; }
+  const Tensor& m() const { return m_; }
+  const Tensor& v() const { return v_; }
   const FlatRanges& ranges() const { return ranges_; }
   /// Number of updates applied so far (the bias-correction step count).
   int64_t steps() const { return t_; }
