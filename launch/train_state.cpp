@@ -69,6 +69,17 @@ void zero_pieces(const ParameterTable& table, const ParamSpec& s, const AdamW& o
   }
 }
 
+/// The counters a run resumes from (and AdamW's step count, when moments are loaded).
+RunCounters read_counters(const CheckpointReader& r, MomentBuffers* moments) {
+  RunCounters c;
+  c.step = r.get_int("step");
+  c.rng_counter = r.get_int("rng_counter");
+  c.loader.epoch = static_cast<uint64_t>(r.get_int("loader_epoch"));
+  c.loader.cursor = static_cast<uint64_t>(r.get_int("loader_cursor"));
+  if (moments) moments->adam_steps = r.get_int("adam_steps");
+  return c;
+}
+
 CheckpointMeta run_meta(const Config& cfg, const MomentBuffers& moments, const RunCounters& c) {
   CheckpointMeta meta;
   meta.ints["step"] = c.step;
@@ -186,13 +197,7 @@ RunCounters load_run_sharded(const std::string& path, Gpt& model, MomentBuffers*
              "[checkpoint] dataset '{}' in '{}' fails its checksum (stored crc32 {:08x}, data {:08x}): the file is "
              "corrupt", check[i].path, path, stored, crcs[i]);
   }
-  RunCounters c;
-  c.step = r.get_int("step");
-  c.rng_counter = r.get_int("rng_counter");
-  c.loader.epoch = static_cast<uint64_t>(r.get_int("loader_epoch"));
-  c.loader.cursor = static_cast<uint64_t>(r.get_int("loader_cursor"));
-  if (moments) moments->adam_steps = r.get_int("adam_steps");
-  return c;
+  return read_counters(r, moments);
 }
 
 Config read_run_config(const std::string& path) {
@@ -213,13 +218,7 @@ RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments
       r.read("optim/v/" + s.name, v);
     }
   }
-  RunCounters c;
-  c.step = r.get_int("step");
-  c.rng_counter = r.get_int("rng_counter");
-  c.loader.epoch = static_cast<uint64_t>(r.get_int("loader_epoch"));
-  c.loader.cursor = static_cast<uint64_t>(r.get_int("loader_cursor"));
-  if (moments) moments->adam_steps = r.get_int("adam_steps");
-  return c;
+  return read_counters(r, moments);
 }
 
 }  // namespace meshtrain

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli_util.h"
 #include "test_util.h"
 #include "tiny_corpus.h"
 
@@ -19,33 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kBinary = std::string(MESHTRAIN_BINARY_DIR) + "/meshtrain";
-
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result run(const std::string& cmd) {
-  std::string log = (fs::temp_directory_path() / ("meshtrain_reshard_" + std::to_string(::getpid()) + ".log")).string();
-  std::string env =
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-      "OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_btl=self,vader ";
-  int status = std::system((env + "timeout 120 " + cmd + " > " + log + " 2>&1 < /dev/null").c_str());
-  std::ifstream f(log);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  fs::remove(log);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
-}
-
-std::vector<double> losses(const std::string& metrics) {
-  std::vector<double> out;
-  std::ifstream f(metrics);
-  std::string line;
-  while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
+const std::string& kBinary = meshtrain::testing::kMeshtrain;
+const auto& run = meshtrain::testing::run_command;
+const auto& losses = meshtrain::testing::read_losses;
 
 std::string mpi(int np) { return np > 1 ? fmt::format("{} -n {} ", MESHTRAIN_MPIEXEC, np) : std::string(); }
 

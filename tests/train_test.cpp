@@ -19,6 +19,7 @@
 #include "model/data.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
+#include "cli_util.h"
 #include "test_util.h"
 #include "tiny_corpus.h"
 
@@ -27,36 +28,12 @@ using namespace meshtrain;
 
 namespace {
 
-const std::string kBinary = std::string(MESHTRAIN_BINARY_DIR) + "/meshtrain";
+const std::string& kBinary = meshtrain::testing::kMeshtrain;
+using meshtrain::testing::read_metrics;
+using meshtrain::testing::slurp;
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result run(const std::string& args) {
-  std::string log = (fs::temp_directory_path() / ("meshtrain_cli_" + std::to_string(::getpid()) + ".log")).string();
-  int status = std::system((kBinary + " " + args + " > " + log + " 2>&1 < /dev/null").c_str());
-  std::ifstream f(log);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  fs::remove(log);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-std::vector<nlohmann::json> read_metrics(const std::string& path) {
-  std::vector<nlohmann::json> rows;
-  std::ifstream f(path);
-  std::string line;
-  while (std::getline(f, line)) rows.push_back(nlohmann::json::parse(line));
-  return rows;
+meshtrain::testing::CommandResult run(const std::string& args) {
+  return meshtrain::testing::run_command(kBinary + " " + args);
 }
 
 // A small corpus, a BPE vocabulary trained on it and its shards, shared by every test here.

@@ -1,0 +1,67 @@
+// Helpers for the tests that drive the meshtrain binary (alone or under mpiexec): running a command
+// line and capturing its output, and reading files and --metrics logs back.
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace meshtrain::testing {
+
+/// The meshtrain executable of this build.
+inline const std::string kMeshtrain = std::string(MESHTRAIN_BINARY_DIR) + "/meshtrain";
+
+struct CommandResult {
+  int code;            // exit status (124 when the 120 s timeout hit, -1 when killed by a signal)
+  std::string output;  // stdout and stderr together
+};
+
+/// Runs a shell command line with no input, Open MPI allowed to run as root and to put several ranks
+/// on a core (harmless without mpiexec), and a 120 s limit.
+inline CommandResult run_command(const std::string& cmd) {
+  namespace fs = std::filesystem;
+  const std::string log =
+      (fs::temp_directory_path() / ("meshtrain_cmd_" + std::to_string(::getpid()) + ".log")).string();
+  const std::string env =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+      "OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_btl=self,vader ";
+  const int status = std::system((env + "timeout 120 " + cmd + " > " + log + " 2>&1 < /dev/null").c_str());
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  fs::remove(log);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
+}
+
+/// A file's bytes.
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+/// Every JSON object of a --metrics file.
+inline std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+/// The per-step training losses of a --metrics file.
+inline std::vector<double> read_losses(const std::string& path) {
+  std::vector<double> out;
+  for (const auto& row : read_metrics(path)) out.push_back(row["loss"].get<double>());
+  return out;
+}
+
+}  // namespace meshtrain::testing
