@@ -13,4 +13,10 @@ void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int
 /// Sum of x[i]^2 accumulated in double, in a fixed order independent of the thread count.
 double sum_squares_cpu(const float* x, int64_t n);
 
+// CUDA twins (adamw.cu) on device pointers; stream is a cudaStream_t (nullptr: the default stream).
+void adamw_update_cuda(float* params, const float* grads, float* m, float* v, int64_t n, float lr, float beta1,
+                       float beta2, float eps, float weight_decay, int t, float grad_scale, void* stream);
+/// Sum of x[i]^2 in double, in a fixed order (two-stage reduction); waits for the stream to return it.
+double sum_squares_cuda(const float* x, int64_t n, void* stream);
+
 }  // namespace meshtrain

@@ -11,4 +11,12 @@ void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, co
 /// dwte and dwpe are accumulated into (+=).
 void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C);
 
+// CUDA twins (encoder.cu) on device pointers; stream is a cudaStream_t (nullptr: the default
+// stream). Token ids are not validated on the device: callers pass ids in [0, V).
+void encoder_forward_cuda(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C,
+                          void* stream);
+/// dwte and dwpe are accumulated into (+=), bit-identical run to run (no float atomics).
+void encoder_backward_cuda(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C,
+                           void* stream);
+
 }  // namespace meshtrain

@@ -11,4 +11,11 @@ void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* in
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, const float* mean, const float* rstd, int N, int C);
 
+// CUDA twins (layernorm.cu) on device pointers; stream is a cudaStream_t (nullptr: the default stream).
+void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                            const float* bias, int N, int C, void* stream);
+/// dinp, dweight and dbias are accumulated into (+=); dweight and dbias deterministically (no atomics).
+void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                             const float* weight, const float* mean, const float* rstd, int N, int C, void* stream);
+
 }  // namespace meshtrain

@@ -10,4 +10,9 @@ void residual_forward_cpu(float* out, const float* a, const float* b, int64_t N)
 /// dst += src.
 void residual_accumulate_cpu(float* dst, const float* src, int64_t N);
 
+// CUDA twins (residual.cu) on device pointers; stream is a cudaStream_t (nullptr: the default stream).
+void residual_forward_cuda(float* out, const float* a, const float* b, int64_t N, void* stream);
+/// dst += src.
+void residual_accumulate_cuda(float* dst, const float* src, int64_t N, void* stream);
+
 }  // namespace meshtrain

@@ -1,0 +1,45 @@
+// The CUDA kernel launchers when meshtrain is built without CUDA (MESHTRAIN_CUDA=OFF): each throws a
+// named error, so callers can reference the *_cuda entry points unconditionally and fail clearly.
+#include <cstdint>
+
+#include "core/error.h"
+#include "model/kernels/adamw.h"
+#include "model/kernels/crossentropy.h"
+#include "model/kernels/encoder.h"
+#include "model/kernels/gelu.h"
+#include "model/kernels/layernorm.h"
+#include "model/kernels/residual.h"
+
+namespace meshtrain {
+
+#define MT_NO_CUDA(op) MT_FAIL("[cuda] not built: {} needs a build with -DMESHTRAIN_CUDA=ON", op)
+
+void encoder_forward_cuda(float*, const int32_t*, const float*, const float*, int, int, int, void*) {
+  MT_NO_CUDA("encoder_forward_cuda");
+}
+void encoder_backward_cuda(float*, float*, const float*, const int32_t*, int, int, int, void*) {
+  MT_NO_CUDA("encoder_backward_cuda");
+}
+void layernorm_forward_cuda(float*, float*, float*, const float*, const float*, const float*, int, int, void*) {
+  MT_NO_CUDA("layernorm_forward_cuda");
+}
+void layernorm_backward_cuda(float*, float*, float*, const float*, const float*, const float*, const float*,
+                             const float*, int, int, void*) {
+  MT_NO_CUDA("layernorm_backward_cuda");
+}
+void gelu_forward_cuda(float*, const float*, int64_t, void*) { MT_NO_CUDA("gelu_forward_cuda"); }
+void gelu_backward_cuda(float*, const float*, const float*, int64_t, void*) { MT_NO_CUDA("gelu_backward_cuda"); }
+void residual_forward_cuda(float*, const float*, const float*, int64_t, void*) { MT_NO_CUDA("residual_forward_cuda"); }
+void residual_accumulate_cuda(float*, const float*, int64_t, void*) { MT_NO_CUDA("residual_accumulate_cuda"); }
+void softmax_crossentropy_cuda(float*, float*, const float*, const int32_t*, int, int, int, float, void*) {
+  MT_NO_CUDA("softmax_crossentropy_cuda");
+}
+void adamw_update_cuda(float*, const float*, float*, float*, int64_t, float, float, float, float, float, int, float,
+                       void*) {
+  MT_NO_CUDA("adamw_update_cuda");
+}
+double sum_squares_cuda(const float*, int64_t, void*) { MT_NO_CUDA("sum_squares_cuda"); }
+
+#undef MT_NO_CUDA
+
+}  // namespace meshtrain

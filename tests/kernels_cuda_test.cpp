@@ -1,0 +1,246 @@
+// Tests of the CUDA kernel families (model/kernels/*.cu) against their CPU twins: fresh random inputs,
+// shapes that are not multiples of any block size, outputs poisoned with NaN before each launch, the +=
+// semantics of every backward, and run-to-run bit-identity where a kernel promises determinism.
+// Without a GPU (or in a build without CUDA) every test skips, saying so.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/device.h"
+#include "core/tensor.h"
+#include "model/kernels/adamw.h"
+#include "model/kernels/crossentropy.h"
+#include "model/kernels/encoder.h"
+#include "model/kernels/gelu.h"
+#include "model/kernels/layernorm.h"
+#include "model/kernels/residual.h"
+#include "tests/test_util.h"
+
+namespace meshtrain {
+namespace {
+
+using Vec = std::vector<float>;
+using testing::random_floats;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr double kTol = 1e-4;  // fp32, relative to the largest reference magnitude
+
+#define MT_REQUIRE_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: kernel tests need a GPU"
+
+// A device copy of host values; kernels run on the default stream, which cudaMemcpy orders after.
+template <class T> Tensor to_device(const std::vector<T>& host) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cuda);
+  Tensor h = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cpu);
+  std::copy(host.begin(), host.end(), h.data<T>());
+  t.copy_from(h);
+  return t;
+}
+
+Vec to_host(const Tensor& t) {
+  Tensor h = Tensor::empty(t.shape(), DType::f32, Device::cpu);
+  h.copy_from(t);
+  return Vec(h.f32(), h.f32() + h.numel());
+}
+
+Tensor poisoned(size_t n) { return to_device(Vec(n, kNaN)); }
+
+// Max |got - want| over max |want|: the infinity-norm relative error. Any NaN makes it infinite.
+double rel_error(const Vec& got, const Vec& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+std::vector<int32_t> random_ids(size_t n, int32_t limit, uint64_t seed) {
+  Vec u = random_floats(n, seed, 0.0f, 1.0f);
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = std::min(limit - 1, static_cast<int32_t>(u[i] * limit));
+  return ids;
+}
+
+TEST(EncoderCuda, ForwardAndDeterministicBackwardMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int B = 3, T = 37, C = 100, V = 29;  // few tokens: many positions share a dwte row
+  const auto tokens = random_ids(static_cast<size_t>(B) * T, V, 1);
+  const Vec wte = random_floats(static_cast<size_t>(V) * C, 2), wpe = random_floats(static_cast<size_t>(T) * C, 3);
+  const Vec dout = random_floats(static_cast<size_t>(B) * T * C, 4);
+  const Vec dwte0 = random_floats(wte.size(), 5), dwpe0 = random_floats(wpe.size(), 6);
+
+  Vec out_ref(dout.size());
+  encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  Tensor d_tokens = to_device(tokens), d_wte = to_device(wte), d_wpe = to_device(wpe), d_out = poisoned(dout.size());
+  encoder_forward_cuda(d_out.f32(), d_tokens.data<int32_t>(), d_wte.f32(), d_wpe.f32(), B, T, C, nullptr);
+  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+
+  Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
+  encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
+  Tensor d_dout = to_device(dout);
+  Vec first_dwte;
+  for (int run = 0; run < 2; ++run) {
+    Tensor d_dwte = to_device(dwte0), d_dwpe = to_device(dwpe0);
+    encoder_backward_cuda(d_dwte.f32(), d_dwpe.f32(), d_dout.f32(), d_tokens.data<int32_t>(), B, T, C, nullptr);
+    const Vec got_dwte = to_host(d_dwte);
+    EXPECT_LE(rel_error(got_dwte, dwte_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTol);
+    if (run == 0) first_dwte = got_dwte;
+    else EXPECT_EQ(0, std::memcmp(first_dwte.data(), got_dwte.data(), got_dwte.size() * sizeof(float)));
+  }
+}
+
+TEST(LayerNormCuda, ForwardAndBackwardMatchCpu) {
+  MT_REQUIRE_GPU();
+  for (auto [N, C] : {std::pair{37, 100}, std::pair{300, 33}, std::pair{1, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C);
+    const size_t NC = static_cast<size_t>(N) * C;
+    Vec inp = random_floats(NC, 10, -2.0f, 2.0f);
+    for (auto& x : inp) x += 3.0f;  // an offset mean exercises the two-pass variance
+    const Vec weight = random_floats(C, 11, 0.5f, 1.5f), bias = random_floats(C, 12);
+    Vec out_ref(NC), mean_ref(N), rstd_ref(N);
+    layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(),
+                          N, C);
+    Tensor d_inp = to_device(inp), d_w = to_device(weight), d_b = to_device(bias);
+    Tensor d_out = poisoned(NC), d_mean = poisoned(N), d_rstd = poisoned(N);
+    layernorm_forward_cuda(d_out.f32(), d_mean.f32(), d_rstd.f32(), d_inp.f32(), d_w.f32(), d_b.f32(), N, C, nullptr);
+    EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_mean), mean_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_rstd), rstd_ref), kTol);
+
+    const Vec dout = random_floats(NC, 13);
+    const Vec dinp0 = random_floats(NC, 14), dw0 = random_floats(C, 15), db0 = random_floats(C, 16);
+    Vec dinp_ref = dinp0, dw_ref = dw0, db_ref = db0;
+    layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(),
+                           mean_ref.data(), rstd_ref.data(), N, C);
+    Tensor d_dout = to_device(dout), d_mean_ref = to_device(mean_ref), d_rstd_ref = to_device(rstd_ref);
+    Vec first_dw;
+    for (int run = 0; run < 2; ++run) {
+      Tensor d_dinp = to_device(dinp0), d_dw = to_device(dw0), d_db = to_device(db0);
+      layernorm_backward_cuda(d_dinp.f32(), d_dw.f32(), d_db.f32(), d_dout.f32(), d_inp.f32(), d_w.f32(),
+                              d_mean_ref.f32(), d_rstd_ref.f32(), N, C, nullptr);
+      const Vec got_dw = to_host(d_dw);
+      EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTol);
+      EXPECT_LE(rel_error(got_dw, dw_ref), kTol);
+      EXPECT_LE(rel_error(to_host(d_db), db_ref), kTol);
+      if (run == 0) first_dw = got_dw;
+      else EXPECT_EQ(0, std::memcmp(first_dw.data(), got_dw.data(), got_dw.size() * sizeof(float)));
+    }
+  }
+}
+
+TEST(GeluCuda, ForwardAndBackwardMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int64_t N = 37 * 100 + 3;
+  const Vec inp = random_floats(N, 20, -4.0f, 4.0f), dout = random_floats(N, 21), dinp0 = random_floats(N, 22);
+  Vec out_ref(N), dinp_ref = dinp0;
+  gelu_forward_cpu(out_ref.data(), inp.data(), N);
+  gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
+  Tensor d_inp = to_device(inp), d_out = poisoned(N), d_dout = to_device(dout), d_dinp = to_device(dinp0);
+  gelu_forward_cuda(d_out.f32(), d_inp.f32(), N, nullptr);
+  gelu_backward_cuda(d_dinp.f32(), d_inp.f32(), d_dout.f32(), N, nullptr);
+  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+  EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTol);
+}
+
+TEST(ResidualCuda, ForwardAndAccumulateMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int64_t N = 37 * 100 + 5;
+  const Vec a = random_floats(N, 30), b = random_floats(N, 31), dst0 = random_floats(N, 32);
+  Vec out_ref(N), dst_ref = dst0;
+  residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
+  residual_accumulate_cpu(dst_ref.data(), a.data(), N);
+  Tensor d_a = to_device(a), d_b = to_device(b), d_out = poisoned(N), d_dst = to_device(dst0);
+  residual_forward_cuda(d_out.f32(), d_a.f32(), d_b.f32(), N, nullptr);
+  residual_accumulate_cuda(d_dst.f32(), d_a.f32(), N, nullptr);
+  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+  EXPECT_LE(rel_error(to_host(d_dst), dst_ref), kTol);
+}
+
+TEST(CrossEntropyCuda, LossesAndInPlaceGradientMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int N = 37, V = 1000, Vp = 1027;
+  Vec logits = random_floats(static_cast<size_t>(N) * Vp, 40, -5.0f, 5.0f);
+  for (int i = 0; i < N; ++i) {
+    for (int j = V; j < Vp; ++j) logits[static_cast<size_t>(i) * Vp + j] = 1e4f;  // padding must never count
+  }
+  auto targets = random_ids(N, V, 41);
+  targets[3] = -1;  // ignored rows
+  targets[20] = -7;
+  const float dloss = 1.0f / N;
+
+  Vec loss_ref(N), dlogits_ref(logits.size());
+  softmax_crossentropy_cpu(loss_ref.data(), dlogits_ref.data(), logits.data(), targets.data(), N, V, Vp, dloss);
+  Tensor d_logits = to_device(logits), d_targets = to_device(targets);
+  Tensor d_loss = poisoned(N), d_dlogits = poisoned(logits.size());
+  softmax_crossentropy_cuda(d_loss.f32(), d_dlogits.f32(), d_logits.f32(), d_targets.data<int32_t>(), N, V, Vp, dloss,
+                            nullptr);
+  EXPECT_LE(rel_error(to_host(d_loss), loss_ref), kTol);
+  EXPECT_LE(rel_error(to_host(d_dlogits), dlogits_ref), kTol);
+
+  // Without a gradient, and with the gradient written over the logits themselves.
+  Tensor d_loss2 = poisoned(N);
+  softmax_crossentropy_cuda(d_loss2.f32(), nullptr, d_logits.f32(), d_targets.data<int32_t>(), N, V, Vp, dloss,
+                            nullptr);
+  EXPECT_LE(rel_error(to_host(d_loss2), loss_ref), kTol);
+  Tensor d_loss3 = poisoned(N);
+  softmax_crossentropy_cuda(d_loss3.f32(), d_logits.f32(), d_logits.f32(), d_targets.data<int32_t>(), N, V, Vp, dloss,
+                            nullptr);
+  EXPECT_LE(rel_error(to_host(d_loss3), loss_ref), kTol);
+  EXPECT_LE(rel_error(to_host(d_logits), dlogits_ref), kTol);
+}
+
+TEST(AdamWCuda, UpdateAndSumSquaresMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int64_t n = 100003;  // several sum_squares chunks plus a ragged tail
+  const Vec grads = random_floats(n, 50);
+  Vec params = random_floats(n, 51), m = random_floats(n, 52, -0.1f, 0.1f), v = random_floats(n, 53, 0.01f, 0.1f);
+  Tensor d_params = to_device(params), d_grads = to_device(grads), d_m = to_device(m), d_v = to_device(v);
+  for (int t = 1; t <= 3; ++t) {
+    adamw_update_cpu(params.data(), grads.data(), m.data(), v.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.7f);
+    adamw_update_cuda(d_params.f32(), d_grads.f32(), d_m.f32(), d_v.f32(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t,
+                      0.7f, nullptr);
+  }
+  EXPECT_LE(rel_error(to_host(d_params), params), kTol);
+  EXPECT_LE(rel_error(to_host(d_m), m), kTol);
+  EXPECT_LE(rel_error(to_host(d_v), v), kTol);
+
+  const double want = sum_squares_cpu(grads.data(), n);
+  const double got = sum_squares_cuda(d_grads.f32(), n, nullptr);
+  EXPECT_NEAR(got, want, 1e-9 * want);
+  EXPECT_EQ(got, sum_squares_cuda(d_grads.f32(), n, nullptr));  // bit-identical run to run
+  EXPECT_EQ(0.0, sum_squares_cuda(d_grads.f32(), 0, nullptr));
+}
+
+TEST(KernelsCuda, LaunchersRejectBadShapes) {
+  MT_REQUIRE_GPU();
+  EXPECT_THROW(gelu_forward_cuda(nullptr, nullptr, -1, nullptr), Error);
+  EXPECT_THROW(layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 0, nullptr), Error);
+  EXPECT_THROW(softmax_crossentropy_cuda(nullptr, nullptr, nullptr, nullptr, 2, 10, 5, 1.0f, nullptr), Error);
+  EXPECT_THROW(adamw_update_cuda(nullptr, nullptr, nullptr, nullptr, 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 0, 1.0f,
+                                 nullptr),
+               Error);
+}
+
+TEST(KernelsCuda, StubsThrowWhenCudaIsNotBuilt) {
+  if (cuda_built()) GTEST_SKIP() << "CUDA backend built: the stubs are not linked";
+  try {
+    gelu_forward_cuda(nullptr, nullptr, 1, nullptr);
+    FAIL() << "expected a [cuda] not built error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[cuda] not built"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace meshtrain
