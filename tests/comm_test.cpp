@@ -14,6 +14,7 @@
 #include "core/bf16.h"
 #include "core/device.h"
 #include "core/rng.h"
+#include "collective_values.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_runtime.h"
@@ -21,69 +22,14 @@
 namespace meshtrain {
 namespace {
 
+using testing::get;
+using testing::input_value;
+using testing::set;
+
 constexpr DType kDtypes[] = {DType::f32, DType::bf16, DType::i32, DType::u16, DType::u8};
 constexpr ReduceOp kOps[] = {ReduceOp::sum, ReduceOp::max, ReduceOp::avg};
 
 bool floating(DType dt) { return dt == DType::f32 || dt == DType::bf16; }
-
-// Element i of rank's input for case id: exactly representable in dt and never zero. bf16 values
-// are multiples of 1/8 up to 2 in magnitude, so sums over 4 ranks stay exact and can be compared
-// bit for bit whatever order MPI adds them in.
-double input_value(DType dt, uint64_t id, int rank, int64_t i) {
-  CounterRng rng(id, static_cast<uint64_t>(rank), static_cast<uint64_t>(i));
-  float u = rng.uniform();
-  switch (dt) {
-    case DType::f32:
-      return u < 0.5f ? -0.25f - u : u;  // [-0.75, -0.25) u [0.5, 1): no zeros
-    case DType::bf16: {
-      int k = static_cast<int>(u * 32);
-      return (k < 16 ? k - 16 : k - 15) / 8.0;
-    }
-    case DType::i32:
-      return std::floor(u * 2e6) - 1e6 + (u < 0.5f ? 0 : 1);
-    case DType::u16:
-      return std::floor(u * 65535) + 1;
-    case DType::u8:
-      return std::floor(u * 255) + 1;
-  }
-  return 0;
-}
-
-double get(const Tensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::f32:
-      return t.data<float>()[i];
-    case DType::bf16:
-      return bf16_to_float(static_cast<const uint16_t*>(t.raw())[i]);
-    case DType::i32:
-      return t.data<int32_t>()[i];
-    case DType::u16:
-      return t.data<uint16_t>()[i];
-    case DType::u8:
-      return t.data<uint8_t>()[i];
-  }
-  return 0;
-}
-
-void set(const Tensor& t, int64_t i, double v) {
-  switch (t.dtype()) {
-    case DType::f32:
-      t.data<float>()[i] = static_cast<float>(v);
-      break;
-    case DType::bf16:
-      static_cast<uint16_t*>(t.raw())[i] = float_to_bf16(static_cast<float>(v));
-      break;
-    case DType::i32:
-      t.data<int32_t>()[i] = static_cast<int32_t>(v);
-      break;
-    case DType::u16:
-      t.data<uint16_t>()[i] = static_cast<uint16_t>(v);
-      break;
-    case DType::u8:
-      t.data<uint8_t>()[i] = static_cast<uint8_t>(v);
-      break;
-  }
-}
 
 // Element first + i of rank's input, for i in [0, n).
 Tensor make_input(DType dt, int64_t n, uint64_t id, int rank, int64_t first = 0) {

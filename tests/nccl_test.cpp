@@ -15,75 +15,22 @@
 #include "core/bf16.h"
 #include "core/device.h"
 #include "core/rng.h"
+#include "collective_values.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
 
 namespace meshtrain {
 namespace {
 
+using testing::get;
+using testing::input_value;
+using testing::set;
+
 constexpr DType kDtypes[] = {DType::f32, DType::bf16, DType::i32, DType::u8};  // u16: no NCCL type
 constexpr ReduceOp kOps[] = {ReduceOp::sum, ReduceOp::max, ReduceOp::avg};
 constexpr const char* kNoGpu = "no CUDA device: NCCL tests need a GPU";
 
 bool floating(DType dt) { return dt == DType::f32 || dt == DType::bf16; }
-
-// Element i of rank's input for case id: exact in dt and never zero. bf16 values are multiples of
-// 1/8 up to 2 in magnitude, so their sums over a few ranks are exact in any order.
-double input_value(DType dt, uint64_t id, int rank, int64_t i) {
-  CounterRng rng(id, static_cast<uint64_t>(rank) + 100, static_cast<uint64_t>(i));
-  float u = rng.uniform();
-  switch (dt) {
-    case DType::f32:
-      return u < 0.5f ? -0.25f - u : u;
-    case DType::bf16: {
-      int k = static_cast<int>(u * 32);
-      return (k < 16 ? k - 16 : k - 15) / 8.0;
-    }
-    case DType::i32:
-      return std::floor(u * 2e6) - 1e6 + (u < 0.5f ? 0 : 1);
-    case DType::u8:
-      return std::floor(u * 255) + 1;
-    case DType::u16:
-      break;
-  }
-  return 0;
-}
-
-double get(const Tensor& host, int64_t i) {
-  switch (host.dtype()) {
-    case DType::f32:
-      return host.data<float>()[i];
-    case DType::bf16:
-      return bf16_to_float(static_cast<const uint16_t*>(host.raw())[i]);
-    case DType::i32:
-      return host.data<int32_t>()[i];
-    case DType::u8:
-      return host.data<uint8_t>()[i];
-    case DType::u16:
-      return host.data<uint16_t>()[i];
-  }
-  return 0;
-}
-
-void set(const Tensor& host, int64_t i, double v) {
-  switch (host.dtype()) {
-    case DType::f32:
-      host.data<float>()[i] = static_cast<float>(v);
-      break;
-    case DType::bf16:
-      static_cast<uint16_t*>(host.raw())[i] = float_to_bf16(static_cast<float>(v));
-      break;
-    case DType::i32:
-      host.data<int32_t>()[i] = static_cast<int32_t>(v);
-      break;
-    case DType::u8:
-      host.data<uint8_t>()[i] = static_cast<uint8_t>(v);
-      break;
-    case DType::u16:
-      host.data<uint16_t>()[i] = static_cast<uint16_t>(v);
-      break;
-  }
-}
 
 Tensor to_device(const Tensor& host) {
   Tensor d = Tensor::empty(host.shape(), host.dtype(), Device::cuda);
