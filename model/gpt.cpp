@@ -65,8 +65,8 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
   const int64_t n = comm.size(), padded = (table_.total() + n - 1) / n * n;
   params_ = Tensor::zeros({padded});
   grads_ = Tensor::zeros({padded});
-  p_ = param_pointers(table_, cfg_, params_.f32());
-  g_ = param_pointers(table_, cfg_, grads_.f32());
+  p_ = param_pointers(table_, params_.f32());
+  g_ = param_pointers(table_, grads_.f32());
   // With a pipeline, wte lives on the first and the last stage and its gradient is final only once
   // the two copies' gradients are summed (by the trainer), so backward never reports it final.
   if (pp_size > 1 && table_.find("wte")) tied_ready_ = table_.get("wte").offset + table_.get("wte").numel;

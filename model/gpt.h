@@ -42,7 +42,6 @@ class Gpt {
   /// multiple of the communicator's size).
   Tensor& params() { return params_; }
   Tensor& grads() { return grads_; }
-  Communicator& comm() const { return comm_; }
   Communicator& tp() const { return *tp_; }
   /// View of one parameter (or its gradient) by global name.
   Tensor param(const std::string& name) const;

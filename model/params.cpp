@@ -134,8 +134,7 @@ void ParameterTable::initialize(float* params, uint64_t seed) const {
   }
 }
 
-ParamPointers param_pointers(const ParameterTable& table, const GptConfig& cfg, float* base) {
-  (void)cfg;
+ParamPointers param_pointers(const ParameterTable& table, float* base) {
   auto at = [&](const std::string& name) -> float* {
     const ParamSpec* s = table.find(name);
     return s ? base + s->offset : nullptr;

@@ -104,6 +104,6 @@ struct ParamPointers {
   float* lnf_b = nullptr;
 };
 
-ParamPointers param_pointers(const ParameterTable& table, const GptConfig& cfg, float* base);
+ParamPointers param_pointers(const ParameterTable& table, float* base);
 
 }  // namespace meshtrain
