@@ -48,7 +48,6 @@ std::unique_ptr<Communicator> make_local() { return std::make_unique<LocalCommun
 
 Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size, int pp_stage)
     : cfg_(cfg),
-      comm_(comm),
       own_tp_(tp ? nullptr : make_local()),
       tp_(tp ? tp : own_tp_.get()),
       table_((cfg.validate(), cfg), tp_->size(), tp_->rank(), pp_size, pp_stage) {

@@ -104,7 +104,6 @@ class Gpt {
   void block_forward(int l, int B, int T);
 
   GptConfig cfg_;
-  Communicator& comm_;
   std::unique_ptr<Communicator> own_tp_;  // a size-1 group when no tp group is given
   Communicator* tp_;
   ParameterTable table_;
