@@ -14,7 +14,7 @@
 #include "launch/config.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 using namespace meshtrain;
 

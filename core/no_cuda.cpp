@@ -3,13 +3,29 @@
 
 namespace meshtrain {
 
+#define MT_NOT_BUILT() MT_FAIL("[cuda] not built: reconfigure with -DMESHTRAIN_CUDA=ON")
+
 int cuda_device_count() { return 0; }
 bool cuda_built() { return false; }
-void* device_malloc(size_t) { MT_FAIL("[cuda] not built: reconfigure with -DMESHTRAIN_CUDA=ON"); }
-void device_free(void*) noexcept {}
-void device_memset(void*, int, size_t) { MT_FAIL("[cuda] not built: reconfigure with -DMESHTRAIN_CUDA=ON"); }
-void device_copy(void*, Device, const void*, Device, size_t) {
-  MT_FAIL("[cuda] not built: reconfigure with -DMESHTRAIN_CUDA=ON");
-}
+std::string cuda_device_description() { MT_NOT_BUILT(); }
+void* device_malloc(size_t) { MT_NOT_BUILT(); }
+void device_free(void*, size_t) noexcept {}
+void device_memset(void*, int, size_t) { MT_NOT_BUILT(); }
+void device_copy(void*, Device, const void*, Device, size_t) { MT_NOT_BUILT(); }
+void device_copy_async(void*, const void*, size_t, void*) { MT_NOT_BUILT(); }
+void device_memset_async(void*, int, size_t, void*) { MT_NOT_BUILT(); }
+void stream_synchronize(void*) { MT_NOT_BUILT(); }
+size_t device_memory_in_use() { return 0; }
+size_t device_memory_peak() { return 0; }
+void device_memory_reset_peak() {}
+CudaStream::CudaStream() { MT_NOT_BUILT(); }
+CudaStream::~CudaStream() = default;
+PinnedBuffer::PinnedBuffer(size_t) { MT_NOT_BUILT(); }
+PinnedBuffer::~PinnedBuffer() = default;
+CudaGraph::~CudaGraph() = default;
+void CudaGraph::reset() {}
+void CudaGraph::begin_capture(void*) { MT_NOT_BUILT(); }
+void CudaGraph::end_capture(void*) { MT_NOT_BUILT(); }
+void CudaGraph::replay(void*) { MT_NOT_BUILT(); }
 
 }  // namespace meshtrain

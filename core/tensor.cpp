@@ -58,7 +58,7 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
 Storage::~Storage() {
   if (!data_) return;
   if (device_ == Device::cpu) std::free(data_);
-  else device_free(data_);
+  else device_free(data_, nbytes_);
 }
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {

@@ -17,7 +17,7 @@
 #include "launch/train.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "parallel/mpi_runtime.h"
 
 namespace meshtrain {

@@ -118,6 +118,15 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("train.recompute", Kind::string,
                          "activation recomputation: none, selective (attention, GELU) or full (whole blocks)",
                          &C::train, &TrainConfig::recompute));
+    k.push_back(make_key("train.device", Kind::string, "auto (CUDA when a GPU is present), cpu or cuda", &C::train,
+                         &TrainConfig::device));
+    k.push_back(make_key("train.precision", Kind::string,
+                         "fp32, or bf16 (CUDA: bf16 weights/activations/gradients, fp32 master weights and moments)",
+                         &C::train, &TrainConfig::precision));
+    k.push_back(make_key("train.cuda_graph", Kind::boolean, "CUDA: capture the whole training step in a graph",
+                         &C::train, &TrainConfig::cuda_graph));
+    k.push_back(make_key("train.attention", Kind::string, "CUDA attention: flash (fused) or materialised",
+                         &C::train, &TrainConfig::attention));
     k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
@@ -302,6 +311,15 @@ void validate_config(const Config& cfg) {
   MT_CHECK(!t.out_dir.empty(), "[config] train.out_dir must not be empty");
   MT_CHECK(t.recompute == "none" || t.recompute == "selective" || t.recompute == "full",
            "[config] train.recompute must be none, selective or full (got '{}')", t.recompute);
+  MT_CHECK(t.device == "auto" || t.device == "cpu" || t.device == "cuda",
+           "[config] train.device must be auto, cpu or cuda (got '{}')", t.device);
+  MT_CHECK(t.precision == "fp32" || t.precision == "bf16", "[config] train.precision must be fp32 or bf16 (got '{}')",
+           t.precision);
+  MT_CHECK(t.attention == "flash" || t.attention == "materialised",
+           "[config] train.attention must be flash or materialised (got '{}')", t.attention);
+  MT_CHECK(t.device != "cpu" || (t.precision == "fp32" && !t.cuda_graph),
+           "[config] train.device = cpu trains in fp32 without CUDA graphs; set train.precision = fp32 and "
+           "train.cuda_graph = false, or train.device = cuda");
   const auto& p = cfg.parallel;
   MT_CHECK(p.zero <= 1, "[config] parallel.zero must be 0 or 1 (got {})", p.zero);
   MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",

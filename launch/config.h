@@ -38,6 +38,10 @@ struct TrainConfig {
   int log_every = 10;       // plain log lines every N steps (and the first and last)
   bool shuffle = true;
   std::string recompute = "none";  // activation recomputation: none, selective or full
+  std::string device = "auto";     // auto (CUDA when a GPU is present), cpu or cuda
+  std::string precision = "fp32";  // fp32 or bf16 (bf16 needs CUDA)
+  bool cuda_graph = false;         // capture the whole step in a CUDA graph and replay it
+  std::string attention = "flash"; // CUDA attention kernels: flash or materialised
 };
 
 struct ParallelConfig {

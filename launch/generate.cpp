@@ -11,7 +11,7 @@
 #include "model/sampler.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline.h"
 

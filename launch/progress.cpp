@@ -85,6 +85,7 @@ void StepLog::record(const StepRecord& r) {
       j["pp_wait_ms"] = r.pp_wait_ms;
       j["max_ms"] = r.max_ms;
     }
+    if (r.gpu_peak_mib > 0.0) j["gpu_peak_mib"] = r.gpu_peak_mib;
     if (r.val_loss) j["val_loss"] = *r.val_loss;
     std::string line = j.dump() + "\n";
     std::fputs(line.c_str(), metrics_);
@@ -101,6 +102,7 @@ void StepLog::record(const StepRecord& r) {
                                   : "";
     std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms{} | {:.0f} tok/s",
                                    r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, comm, r.tokens_per_s);
+    if (r.gpu_peak_mib > 0.0) text += fmt::format(" | peak {:.0f} MiB", r.gpu_peak_mib);
     if (!tty_) text += " | ETA " + format_duration(eta);
     message(text);
   } else if (tty_) {

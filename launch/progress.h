@@ -21,6 +21,8 @@ struct StepRecord {
   bool parallel = false;
   double compute_ms = 0.0, dp_comm_ms = 0.0, tp_comm_ms = 0.0, pp_wait_ms = 0.0;
   double max_ms = 0.0;  // the slowest rank's step
+  // GPU runs: peak device memory so far (tensors plus kernel scratch pools), in MiB; 0 on the CPU.
+  double gpu_peak_mib = 0.0;
 };
 
 class StepLog {

@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 
+#include "core/device.h"
 #include "core/threads.h"
 #include "core/timer.h"
 #include "launch/builtin_corpus.h"
@@ -21,10 +22,11 @@
 #include "launch/train_state.h"
 #include "model/data.h"
 #include "model/gpt.h"
+#include "model/gpu_trainer.h"
 #include "model/optimizer.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline.h"
@@ -137,6 +139,26 @@ double run_train(const TrainArgs& args, Communicator& world) {
   }
 
   check_same_config(cfg, world);
+
+  // The device: a GPU trains one whole model in one process; other layouts train on the CPU.
+  const bool single = world.size() == 1 && cfg.parallel.tp == 1 && cfg.parallel.pp == 1;
+  const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && single && cuda_device_count() > 0);
+  MT_CHECK(use_cuda || (cfg.train.precision == "fp32" && !cfg.train.cuda_graph),
+           "[train] train.precision = {} / train.cuda_graph = {} need the CUDA backend, but this run is on the CPU ({}); "
+           "set train.device = cuda on a GPU machine, or train.precision = fp32 and train.cuda_graph = false",
+           cfg.train.precision, cfg.train.cuda_graph,
+           !cuda_built() ? "this build has no CUDA" : (cuda_device_count() == 0 ? "no GPU is visible" : "multi-rank layout"));
+  MT_CHECK(!use_cuda || single,
+           "[train] train.device = cuda trains one whole model in one process: run a single rank with parallel.tp = "
+           "parallel.pp = 1, or use train.device = cpu for multi-rank layouts");
+
+  if (use_cuda) {
+    MT_CHECK(cuda_built(), "[train] train.device = cuda, but this build has no CUDA backend; rebuild with nvcc "
+                           "present (-DMESHTRAIN_CUDA=ON) or use train.device = cpu");
+    MT_CHECK(cuda_device_count() > 0, "[train] train.device = cuda, but no CUDA device is visible (check nvidia-smi "
+                                      "and CUDA_VISIBLE_DEVICES); use train.device = cpu or auto");
+  }
+
   const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);
 
@@ -190,25 +212,43 @@ double run_train(const TrainArgs& args, Communicator& world) {
   const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
-  Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
-  model.set_recompute(parse_recompute(cfg.train.recompute));
-  std::optional<Pipeline> pipe;
-  if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
-  DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
+  // On a GPU the host model only stages weights for checkpoints; the GpuTrainer's model trains.
+  Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
+  std::unique_ptr<GpuTrainer> gpu;
+  if (use_cuda) {
+    gpu = std::make_unique<GpuTrainer>(
+        cfg.model,
+        make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
+                          cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised),
+        ocfg, cfg.train.cuda_graph);
+    gpu->model().set_recompute(parse_recompute(cfg.train.recompute));
+  }
+  Gpt& trained = gpu ? gpu->model() : model;
+  model.set_recompute(parse_recompute(cfg.train.recompute));
+  std::optional<Pipeline> pipe;
+  if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
+  std::optional<DataParallel> ddp;
+  if (!gpu) ddp.emplace(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
   RunCounters counters;
   if (!resume_path.empty()) {
     MomentBuffers moments{Tensor::zeros({model.params().numel()}), Tensor::zeros({model.params().numel()})};
     counters = world.size() == 1 ? load_run(resume_path, model, &moments)
                                  : load_run_sharded(resume_path, model, &moments, world, mesh.dp_rank());
-    ddp.scatter_moments(moments.m, moments.v);
-    ddp.optimizer().set_steps(moments.adam_steps);
+    if (gpu) {
+      gpu->set_params(model.params().f32());
+      gpu->set_moments(moments.m.f32(), moments.v.f32(), moments.adam_steps);
+    } else {
+      ddp->scatter_moments(moments.m, moments.v);
+      ddp->optimizer().set_steps(moments.adam_steps);
+    }
     loader.set_state(counters.loader);
     if (lead) fmt::print("[train] resumed from {} at step {}\n", resume_path, counters.step);
   } else {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
+    if (gpu) gpu->set_params(model.params().f32());
   }
   CounterRng sample_rng(static_cast<uint64_t>(cfg.train.seed), 2, static_cast<uint64_t>(counters.rng_counter));
 
@@ -222,20 +262,24 @@ double run_train(const TrainArgs& args, Communicator& world) {
     fmt::print("[train] data: {} training windows of {} tokens; {} sequences per step = {} ranks x {} micro-batches "
                "x {}; {} threads per rank\n", loader.num_windows(), T + 1, global_rows, dp_size, micro_count, B,
                threads);
+    if (gpu)
+      fmt::print("[train] device: {} on {}{}\n", trained.backend().describe(), cuda_device_description(),
+                 cfg.train.cuda_graph ? ", each step replayed as one CUDA graph" : "");
     if (world.size() > 1)
       fmt::print("[train] mesh dp {} x tp {} x pp {}: {} gradient buckets, {}\n", dp_size, tp_size, pp_size,
-                 ddp.num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
+                 ddp->num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
     if (pp_size > 1)
       fmt::print("[train] pipeline: {} stages, {} schedule, {} micro-batches per step: bubble (p-1)/(m+p-1) = {:.1f}% "
                  "of pipeline time\n", pp_size, cfg.parallel.schedule, micro_count,
                  100.0 * Pipeline::bubble_fraction(pp_size, micro_count));
-    fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB)\n", ddp.optimizer().state_bytes(),
-               ddp.optimizer().state_bytes() / 1048576.0);
+    const size_t state = gpu ? gpu->state_bytes() : ddp->optimizer().state_bytes();
+    fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB){}\n", state, state / 1048576.0,
+               gpu && cfg.train.precision == "bf16" ? " incl. fp32 master weights" : "");
     std::fflush(stdout);
   }
 
   std::vector<int32_t> batch(static_cast<size_t>(rank_rows) * (T + 1)), inp(static_cast<size_t>(B) * T),
-      tgt(static_cast<size_t>(B) * T);
+      tgt(static_cast<size_t>(B) * T), all_inp, all_tgt;
   std::optional<StepLog> log;
   if (lead) log.emplace(counters.step, total, cfg.train.log_every, args.metrics, world.size() == 1);
   SampleOptions sopt;
@@ -246,7 +290,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
     if (lead) log->message(fmt::format("---- sample ({}) ----", title));
     if (lead) log->clear_bar();
     LogitsFn logits = [&](const int32_t* tokens, int T) {
-      return pipe ? pipe->last_logits(tokens, T) : model.forward_last_logits(tokens, T);
+      return pipe ? pipe->last_logits(tokens, T) : trained.forward_last_logits(tokens, T);
     };
     stream_sample(logits, cfg.model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng,
                   lead ? stdout : nullptr);
@@ -256,7 +300,9 @@ double run_train(const TrainArgs& args, Communicator& world) {
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
     double t0 = now_seconds();
-    model.zero_grad();
+    float lr = lr_at(step, cfg.train.warmup_steps, total, static_cast<float>(cfg.train.lr),
+                     static_cast<float>(cfg.train.min_lr));
+    float norm = 0.0f;
     model.take_tp_comm_seconds();  // restart the count (evaluations between steps add to it)
     loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
     Tensor loss = Tensor::zeros({1});
@@ -264,26 +310,36 @@ double run_train(const TrainArgs& args, Communicator& world) {
     auto fill = [&](int micro, int32_t* in, int32_t* tg) {
       split_windows(batch.data() + static_cast<size_t>(micro) * B * (T + 1), B, T, in, tg);
     };
-    if (pipe) {
-      loss.f32()[0] = static_cast<float>(pipe->train(micro_count, B, T, fill, scale, [&] { ddp.arm(); }));
-      if (tied) {
-        Tensor g = model.grad("wte");
-        tied->all_reduce(g, ReduceOp::sum);
-      }
+    if (gpu) {
+      all_inp.resize(static_cast<size_t>(micro_count) * B * T);
+      all_tgt.resize(all_inp.size());
+      for (int micro = 0; micro < micro_count; ++micro)
+        fill(micro, all_inp.data() + static_cast<size_t>(micro) * B * T,
+             all_tgt.data() + static_cast<size_t>(micro) * B * T);
+      GpuTrainer::StepResult r = gpu->step(all_inp.data(), all_tgt.data(), micro_count, B, T, lr);
+      loss.f32()[0] = static_cast<float>(r.loss);
+      norm = r.grad_norm;
     } else {
-      for (int micro = 0; micro < micro_count; ++micro) {
-        fill(micro, inp.data(), tgt.data());
-        if (micro == micro_count - 1) ddp.arm();  // gradients become final during this backward
-        loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, scale);
-        model.backward();
+      model.zero_grad();
+      if (pipe) {
+        loss.f32()[0] = static_cast<float>(pipe->train(micro_count, B, T, fill, scale, [&] { ddp->arm(); }));
+        if (tied) {
+          Tensor g = model.grad("wte");
+          tied->all_reduce(g, ReduceOp::sum);
+        }
+      } else {
+        for (int micro = 0; micro < micro_count; ++micro) {
+          fill(micro, inp.data(), tgt.data());
+          if (micro == micro_count - 1) ddp->arm();  // gradients become final during this backward
+          loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, scale);
+          model.backward();
+        }
       }
+      ddp->finish();
+      loss.f32()[0] /= static_cast<float>(micro_count);
+      dp.all_reduce(loss, ReduceOp::avg);
+      norm = ddp->step(lr);
     }
-    ddp.finish();
-    loss.f32()[0] /= static_cast<float>(micro_count);
-    dp.all_reduce(loss, ReduceOp::avg);
-    float lr = lr_at(step, cfg.train.warmup_steps, total, static_cast<float>(cfg.train.lr),
-                     static_cast<float>(cfg.train.min_lr));
-    float norm = ddp.step(lr);
     double dt = now_seconds() - t0;
 
     StepRecord rec;
@@ -293,11 +349,12 @@ double run_train(const TrainArgs& args, Communicator& world) {
     rec.grad_norm = norm;
     rec.ms = dt * 1e3;
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
+    if (gpu) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
     if (world.size() > 1) {
       // Mean over ranks of where the time went, and the slowest rank's step.
       Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
       float* v = split.f32();
-      v[0] = static_cast<float>(ddp.exposed_comm_seconds() * 1e3);
+      v[0] = static_cast<float>(ddp->exposed_comm_seconds() * 1e3);
       v[1] = static_cast<float>(model.take_tp_comm_seconds() * 1e3);
       v[2] = static_cast<float>(pipe ? pipe->wait_seconds() * 1e3 : 0.0);
       v[3] = static_cast<float>(dt * 1e3) - v[0] - v[1] - v[2];
@@ -316,7 +373,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
     if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
       rec.val_loss = evaluate(
           [&](const int32_t* in, const int32_t* tg, int b, int t) {
-            return pipe ? pipe->loss(in, tg, b, t) : model.forward(in, tg, b, t);
+            return pipe ? pipe->loss(in, tg, b, t) : trained.forward(in, tg, b, t);
           },
           val_paths, cfg);
     if (lead) log->record(rec);
@@ -330,18 +387,23 @@ double run_train(const TrainArgs& args, Communicator& world) {
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
       // ZeRO-1 shards of the moments are written by their owners; otherwise the moments are whole here.
       const bool zero_shards = cfg.parallel.zero == 1 && dp_size > 1;
-      MomentBuffers moments{Tensor(), Tensor(), ddp.optimizer().steps()};
+      MomentBuffers moments{Tensor(), Tensor(), gpu ? gpu->adam_steps() : ddp->optimizer().steps()};
       if (!zero_shards) {
-        moments.m = Tensor::empty({model.params().numel()});
-        moments.v = Tensor::empty({model.params().numel()});
-        ddp.gather_moments(moments.m, moments.v);
+        moments.m = Tensor::zeros({model.params().numel()});
+        moments.v = Tensor::zeros({model.params().numel()});
+        if (gpu) {
+          gpu->get_moments(moments.m.f32(), moments.v.f32());
+          gpu->get_params(model.params().f32());  // the host model stages the weights for the file
+        } else {
+          ddp->gather_moments(moments.m, moments.v);
+        }
       }
       std::string path =
           world.size() == 1
               ? save_run(cfg, model, moments, counters)
               : save_run_sharded(cfg, model, moments, counters, world, mesh.dp_rank(),
                                  fmt::format("dp={} tp={} pp={} zero={}", dp_size, tp_size, pp_size, cfg.parallel.zero),
-                                 zero_shards ? &ddp.optimizer() : nullptr);
+                                 zero_shards ? &ddp->optimizer() : nullptr);
       if (lead) {
         update_latest(cfg.train.out_dir, path);  // last: only a complete checkpoint becomes "latest"
         auto removed = prune_checkpoints(cfg.train.out_dir, cfg.train.keep_checkpoints);

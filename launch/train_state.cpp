@@ -10,7 +10,7 @@
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "parallel/checkpoint.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "parallel/sharded_checkpoint.h"
 
 namespace meshtrain {

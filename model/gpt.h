@@ -1,6 +1,8 @@
 // GPT-2 with explicit forward and backward passes (no autograd). Parameters, gradients and
-// activations each live in one allocation; the forward pass keeps what backward needs, and the
-// fused softmax + cross-entropy writes dlogits over the logits so no probabilities are stored.
+// activations each live in one allocation on the model's device; the forward pass keeps what
+// backward needs, and the fused softmax + cross-entropy writes dlogits over the logits so no
+// probabilities are stored. The kernels come from a Backend (model/backend.h): the CPU in fp32, or
+// CUDA in fp32 or bf16.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,7 @@
 
 #include "core/tensor.h"
 #include "core/timer.h"
+#include "model/backend.h"
 #include "model/gpt_config.h"
 #include "model/params.h"
 
@@ -33,13 +36,17 @@ class Gpt {
   /// tensor-parallel group this rank shares its layers with (Megatron-style: attention split by
   /// heads, MLP by columns, embedding and LM head by vocabulary). pp_size and pp_stage make it one
   /// pipeline stage: its blocks, the embeddings on the first stage, the head on the last.
-  Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr, int pp_size = 1, int pp_stage = 0);
+  /// backend: where and in which dtype the model runs (null: the CPU in fp32). Tensor and pipeline
+  /// parallelism run on the CPU backend only.
+  Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr, int pp_size = 1, int pp_stage = 0,
+      std::unique_ptr<Backend> backend = nullptr);
   ~Gpt();
 
   const GptConfig& config() const { return cfg_; }
   const ParameterTable& table() const { return table_; }
+  Backend& backend() const { return *be_; }
   /// Flat parameter and gradient buffers (table().total() elements, then zero padding up to a
-  /// multiple of the communicator's size).
+  /// multiple of the communicator's size), on the backend's device in its dtype.
   Tensor& params() { return params_; }
   Tensor& grads() { return grads_; }
   Communicator& tp() const { return *tp_; }
@@ -49,6 +56,10 @@ class Gpt {
 
   /// Fills the parameters as GPT-2 does from (seed, name, element index).
   void initialize(uint64_t seed);
+  /// Sets the parameters from table().total() host floats (rounded to bf16 on a bf16 model).
+  void set_params(const float* host);
+  /// Copies the parameters into table().total() host floats.
+  void get_params(float* host) const;
   void zero_grad();
 
   /// Runs the model on tokens (B*T ids). With targets (B*T ids, negative = ignored) returns the mean
@@ -58,6 +69,16 @@ class Gpt {
   /// last stage computes logits and the loss (others return 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T, bool compute_grad = false,
                 float dloss_scale = 1.0f);
+  /// The device-side form of forward() for work that must not wait on the host (a captured CUDA
+  /// graph): reads B*T tokens (and targets when has_targets) from input_tokens() / input_targets(),
+  /// leaves per-position losses in losses(); nothing is validated and nothing waits for the device.
+  void forward_queued(int B, int T, bool has_targets, bool compute_grad, float dloss);
+  /// The current slot's token and target buffers (B*T int32 on the model's device) and the
+  /// per-position losses of the last forward (fp32).
+  Tensor input_tokens(int B, int T);
+  Tensor input_targets(int B, int T);
+  Tensor losses() const;
+
   /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
   /// As a stage other than the last, the gradient of stage_output() must be in stage_output_grad().
   void backward();
@@ -77,7 +98,7 @@ class Gpt {
   /// The gradient of stage_input() after backward() (current slot).
   Tensor stage_input_grad() const { return stage_output_grad(); }
   /// Logits of row r of the last forward (this rank's vocabulary columns under tensor
-  /// parallelism); valid without targets only.
+  /// parallelism), as host floats; valid without targets only.
   const float* logits_row(int64_t r) const;
   /// Logits (the whole padded vocabulary) of the last position only: runs the blocks on B=1,
   /// T tokens and the head on one row. Collective over the tp group.
@@ -91,7 +112,7 @@ class Gpt {
   /// Per-region timings (encoder, layernorm, matmul, attention, gelu, residual, classifier,
   /// crossentropy, ...); set to null to disable.
   void set_profiler(Profiler* p) { prof_ = p; }
-  /// Bytes held by the activation buffers.
+  /// Bytes held by the activation buffers (on the model's device).
   size_t activation_bytes() const;
   /// Seconds spent in tensor-parallel all-reduces since the last call (then restarts from zero).
   double take_tp_comm_seconds() { return std::exchange(tp_comm_s_, 0.0); }
@@ -100,8 +121,11 @@ class Gpt {
   struct Acts;
   void ensure_acts(int B, int T);
   Acts& acts() const { return *slots_.at(slot_); }
-  void forward_blocks(const int32_t* tokens, int B, int T);
+  void forward_blocks(const int32_t* tokens, int B, int T);  // validates and uploads tokens, then run_blocks
+  void run_blocks(int B, int T);                              // encoder, blocks, final LayerNorm
+  void head_forward(int B, int T, bool has_targets, bool compute_grad, float dloss);  // logits, loss
   void block_forward(int l, int B, int T);
+  void* act(void* base, int64_t elements) const;
 
   GptConfig cfg_;
   std::unique_ptr<Communicator> own_tp_;  // a size-1 group when no tp group is given
@@ -109,7 +133,10 @@ class Gpt {
   ParameterTable table_;
   int Cl_, NHl_, Fl_;  // this rank's attention channels, heads and MLP width
   int64_t Vl_, v0_;    // this rank's vocabulary columns [v0_, v0_ + Vl_)
+  std::unique_ptr<Backend> be_;
+  size_t esize_;       // bytes per parameter/activation element
   Tensor full_logits_; // gathered last-position logits for sampling under tensor parallelism
+  mutable std::vector<float> host_logits_;  // logits copied off the device for logits_row/forward_last_logits
   Tensor params_, grads_;
   ParamPointers p_, g_;
   std::vector<std::unique_ptr<Acts>> slots_;

@@ -2,6 +2,7 @@
 #include "model/params.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -134,13 +135,13 @@ void ParameterTable::initialize(float* params, uint64_t seed) const {
   }
 }
 
-ParamPointers param_pointers(const ParameterTable& table, float* base) {
-  auto at = [&](const std::string& name) -> float* {
+ParamPointers param_pointers(const ParameterTable& table, void* base, size_t element_size) {
+  auto at = [&](const std::string& name) -> void* {
     const ParamSpec* s = table.find(name);
-    return s ? base + s->offset : nullptr;
+    return s ? static_cast<std::byte*>(base) + s->offset * static_cast<int64_t>(element_size) : nullptr;
   };
   auto need = [&](const std::string& name) {
-    float* p = at(name);
+    void* p = at(name);
     MT_CHECK(p, "[params] block parameter '{}' missing from the table", name);
     return p;
   };

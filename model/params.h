@@ -88,22 +88,24 @@ class ParameterTable {
   int layer_begin_ = 0, layer_end_ = 0;
 };
 
-/// The views of one layer's parameters (or gradients) inside a flat buffer.
+/// The addresses of one layer's parameters (or gradients) inside a flat buffer (of fp32 or bf16
+/// elements: the model's kernels take untyped pointers, see model/backend.h).
 struct LayerParams {
-  float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *attproj_w, *attproj_b;
-  float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+  void *ln1_w, *ln1_b, *qkv_w, *qkv_b, *attproj_w, *attproj_b;
+  void *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
 };
 
 /// Pointers to every parameter this rank holds inside a flat buffer laid out by a ParameterTable
 /// (null for parameters of other pipeline stages); layers[i] is block layer_begin() + i.
 struct ParamPointers {
-  float* wte = nullptr;
-  float* wpe = nullptr;
+  void* wte = nullptr;
+  void* wpe = nullptr;
   std::vector<LayerParams> layers;
-  float* lnf_w = nullptr;
-  float* lnf_b = nullptr;
+  void* lnf_w = nullptr;
+  void* lnf_b = nullptr;
 };
 
-ParamPointers param_pointers(const ParameterTable& table, float* base);
+/// Addresses in a flat buffer at base whose elements are element_size bytes.
+ParamPointers param_pointers(const ParameterTable& table, void* base, size_t element_size);
 
 }  // namespace meshtrain

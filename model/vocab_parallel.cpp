@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "model/optimizer.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

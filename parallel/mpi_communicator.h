@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <string>
 
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

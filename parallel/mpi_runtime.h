@@ -16,7 +16,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 /// Throws meshtrain::Error naming the failing MPI call and MPI's description of the error.
 #define MPI_CHECK(call)                                                                                            \

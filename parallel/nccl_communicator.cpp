@@ -58,9 +58,9 @@ class NcclComm final : public NcclCommunicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int device() const override { return device_; }
-  void set_compute_stream(CudaStream stream) override { compute_ = stream; }
-  CudaStream compute_stream() const override { return compute_; }
-  CudaStream comm_stream() const override { return stream_.get(); }
+  void set_compute_stream(CudaStreamHandle stream) override { compute_ = stream; }
+  CudaStreamHandle compute_stream() const override { return compute_; }
+  CudaStreamHandle comm_stream() const override { return stream_.get(); }
 
   void all_reduce(Tensor& t, ReduceOp op) override { start_all_reduce(t, op, true); }
   std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override { return start_all_reduce(t, op, false); }

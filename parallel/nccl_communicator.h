@@ -6,14 +6,14 @@
 
 #include <memory>
 
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 struct CUstream_st;  // what cudaStream_t points to
 
 namespace meshtrain {
 
 /// A CUDA stream (cudaStream_t) without CUDA's headers; nullptr is the default stream.
-using CudaStream = CUstream_st*;
+using CudaStreamHandle = CUstream_st*;
 
 /// True when this build has the NCCL communicator (CMake option MESHTRAIN_NCCL).
 bool nccl_built();
@@ -38,10 +38,10 @@ class NcclCommunicator : public Communicator {
   /// Operations start after the work queued on stream when they are called, and Work::wait()
   /// orders stream after them. stream must belong to device(); nullptr, the default, is the
   /// default stream. split() passes it on. Not collective.
-  virtual void set_compute_stream(CudaStream stream) = 0;
-  virtual CudaStream compute_stream() const = 0;
+  virtual void set_compute_stream(CudaStreamHandle stream) = 0;
+  virtual CudaStreamHandle compute_stream() const = 0;
   /// The stream NCCL runs on, owned by this communicator (for profilers and events).
-  virtual CudaStream comm_stream() const = 0;
+  virtual CudaStreamHandle comm_stream() const = 0;
   /// Sends `send` to rank dst and receives `recv` from rank src as one NCCL group, so that
   /// neighbours exchanging tensors (pipeline stages) need no ordering, and dst == src == rank()
   /// copies. Either tensor may be undefined to only send or only receive. Not collective.

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

@@ -4,9 +4,11 @@
 #     libbenchmark-dev libgmock-dev libopenblas-openmp-dev libomp-dev" bash ../shared/device/pack-deps.sh
 # then run this script on the GPU machine carrying .devdeps (device tool: carry [".devdeps"]).
 # It unpacks the carried packages, configures a CUDA build for the card found, builds, runs the GPU
-# tests (CUDA kernels against their CPU twins, NCCL), compute-sanitizer memcheck over the kernel
-# tests where the tool works, the CPU suite, and the step benchmark, writes full logs to $OUT (or
-# ./device-logs) and ends with a short table. Budget: under 8 minutes.
+# tests (every CUDA kernel family against its CPU twin, GPU training against the CPU, NCCL),
+# compute-sanitizer memcheck over the kernel tests where the tool works, the benchmarks (GPT-2 124M
+# bf16 training: tokens/s, MFU, peak memory, eager vs CUDA graph; flash vs materialised attention;
+# cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
+# short table. Budget: under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-logs}
@@ -34,17 +36,34 @@ echo "[device-check] GPU: $(cat "$out/gpu.txt") (sm_$arch)"
 step configure 180 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMESHTRAIN_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" ${DEVDEPS_CMAKE_ARGS:-}
 step build 300 cmake --build build-gpu -j"$(nproc)"
-step gpu_tests 120 ctest --test-dir build-gpu --output-on-failure -R "cuda|nccl"
+step gpu_tests 150 ctest --test-dir build-gpu --output-on-failure -j2 -R "cuda|nccl"
 if command -v compute-sanitizer >/dev/null && [ -x build-gpu/tests/kernels_cuda_test ]; then
-  step memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/kernels_cuda_test
+  memcheck() {
+    local rc=0
+    for t in kernels_cuda_test kernels_bf16_cuda_test attention_cuda_test matmul_cuda_test; do
+      [ -x "build-gpu/tests/$t" ] || continue
+      echo "== $t"
+      compute-sanitizer --tool memcheck --error-exitcode 1 "build-gpu/tests/$t" --gtest_brief=1 || rc=1
+    done
+    return $rc
+  }
+  step memcheck 150 memcheck
 else
-  result[memcheck]="skipped (compute-sanitizer or kernels_cuda_test missing)"
+  result[memcheck]="skipped (compute-sanitizer or the kernel tests missing)"
 fi
-step cpu_tests 240 ctest --test-dir build-gpu --output-on-failure -E "cuda|nccl"
-step bench 120 build-gpu/bench/train_step_bench --steps 3
+step bench_gpt2 150 build-gpu/bench/gpu_train_bench --precision bf16 --T 1024 --steps 10
+step bench_attention 60 build-gpu/bench/attention_bench
+step bench_matmul 40 build-gpu/bench/matmul_bench
+step cpu_tests 150 ctest --test-dir build-gpu -j4 --output-on-failure -E "cuda|nccl"
 
 echo
 echo "| stage | result |"
 echo "|---|---|"
-for k in configure build gpu_tests memcheck cpu_tests bench; do echo "| $k | ${result[$k]:-not run} |"; done
-grep -hE "ms/step|peak resident" "$out/bench.log" 2>/dev/null | sed 's/^/    /'
+for k in configure build gpu_tests memcheck bench_gpt2 bench_attention bench_matmul cpu_tests; do
+  echo "| $k | ${result[$k]:-not run} |"
+done
+echo
+for b in bench_gpt2 bench_attention bench_matmul; do
+  [ -f "$out/$b.log" ] && { echo "## $b"; grep -E "^\||^device|^GPT|^FLOPs|micro-batch" "$out/$b.log"; echo; }
+done
+grep -hE "Failed|FAILED|\*\*\*" "$out/gpu_tests.log" 2>/dev/null | head -20

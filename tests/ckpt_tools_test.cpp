@@ -18,7 +18,7 @@
 #include "launch/train_state.h"
 #include "model/gpt.h"
 #include "parallel/checkpoint.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "test_util.h"
 
 namespace meshtrain {

@@ -24,14 +24,16 @@ struct CommandResult {
 };
 
 /// Runs a shell command line with no input, Open MPI allowed to run as root and to put several ranks
-/// on a core (harmless without mpiexec), and a 120 s limit.
-inline CommandResult run_command(const std::string& cmd) {
+/// on a core (harmless without mpiexec), and a 120 s limit. Unless use_gpus, the GPUs are hidden
+/// (CUDA_VISIBLE_DEVICES empty), so train.device = auto means the CPU that these tests are about.
+inline CommandResult run_command(const std::string& cmd, bool use_gpus = false) {
   namespace fs = std::filesystem;
   const std::string log =
       (fs::temp_directory_path() / ("meshtrain_cmd_" + std::to_string(::getpid()) + ".log")).string();
   const std::string env =
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-      "OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_btl=self,vader ";
+      "OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_btl=self,vader " +
+      std::string(use_gpus ? "" : "CUDA_VISIBLE_DEVICES= ");
   const int status = std::system((env + "timeout 120 " + cmd + " > " + log + " 2>&1 < /dev/null").c_str());
   std::ifstream f(log);
   std::stringstream ss;

@@ -15,12 +15,15 @@
 
 #include "core/device.h"
 #include "core/tensor.h"
+#include "model/gpt_config.h"
 #include "model/kernels/adamw.h"
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/residual.h"
+#include "model/optimizer.h"
+#include "model/params.h"
 #include "tests/test_util.h"
 
 namespace meshtrain {
@@ -36,7 +39,8 @@ constexpr double kTol = 1e-4;  // fp32, relative to the largest reference magnit
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: kernel tests need a GPU"
 
 // A device copy of host values; kernels run on the default stream, which cudaMemcpy orders after.
-template <class T> Tensor to_device(const std::vector<T>& host) {
+template <class T>
+Tensor to_device(const std::vector<T>& host) {
   Tensor t = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cuda);
   Tensor h = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cpu);
   std::copy(host.begin(), host.end(), h.data<T>());
@@ -95,8 +99,10 @@ TEST(EncoderCuda, ForwardAndDeterministicBackwardMatchCpu) {
     const Vec got_dwte = to_host(d_dwte);
     EXPECT_LE(rel_error(got_dwte, dwte_ref), kTol);
     EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTol);
-    if (run == 0) first_dwte = got_dwte;
-    else EXPECT_EQ(0, std::memcmp(first_dwte.data(), got_dwte.data(), got_dwte.size() * sizeof(float)));
+    if (run == 0)
+      first_dwte = got_dwte;
+    else
+      EXPECT_EQ(0, std::memcmp(first_dwte.data(), got_dwte.data(), got_dwte.size() * sizeof(float)));
   }
 }
 
@@ -109,8 +115,8 @@ TEST(LayerNormCuda, ForwardAndBackwardMatchCpu) {
     for (auto& x : inp) x += 3.0f;  // an offset mean exercises the two-pass variance
     const Vec weight = random_floats(C, 11, 0.5f, 1.5f), bias = random_floats(C, 12);
     Vec out_ref(NC), mean_ref(N), rstd_ref(N);
-    layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(),
-                          N, C);
+    layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(), N,
+                          C);
     Tensor d_inp = to_device(inp), d_w = to_device(weight), d_b = to_device(bias);
     Tensor d_out = poisoned(NC), d_mean = poisoned(N), d_rstd = poisoned(N);
     layernorm_forward_cuda(d_out.f32(), d_mean.f32(), d_rstd.f32(), d_inp.f32(), d_w.f32(), d_b.f32(), N, C, nullptr);
@@ -133,8 +139,10 @@ TEST(LayerNormCuda, ForwardAndBackwardMatchCpu) {
       EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTol);
       EXPECT_LE(rel_error(got_dw, dw_ref), kTol);
       EXPECT_LE(rel_error(to_host(d_db), db_ref), kTol);
-      if (run == 0) first_dw = got_dw;
-      else EXPECT_EQ(0, std::memcmp(first_dw.data(), got_dw.data(), got_dw.size() * sizeof(float)));
+      if (run == 0)
+        first_dw = got_dw;
+      else
+        EXPECT_EQ(0, std::memcmp(first_dw.data(), got_dw.data(), got_dw.size() * sizeof(float)));
     }
   }
 }
@@ -208,8 +216,8 @@ TEST(AdamWCuda, UpdateAndSumSquaresMatchCpu) {
   Tensor d_params = to_device(params), d_grads = to_device(grads), d_m = to_device(m), d_v = to_device(v);
   for (int t = 1; t <= 3; ++t) {
     adamw_update_cpu(params.data(), grads.data(), m.data(), v.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.7f);
-    adamw_update_cuda(d_params.f32(), d_grads.f32(), d_m.f32(), d_v.f32(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t,
-                      0.7f, nullptr);
+    adamw_update_cuda(d_params.f32(), d_grads.f32(), d_m.f32(), d_v.f32(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.7f,
+                      nullptr);
   }
   EXPECT_LE(rel_error(to_host(d_params), params), kTol);
   EXPECT_LE(rel_error(to_host(d_m), m), kTol);
@@ -222,20 +230,147 @@ TEST(AdamWCuda, UpdateAndSumSquaresMatchCpu) {
   EXPECT_EQ(0.0, sum_squares_cuda(d_grads.f32(), 0, nullptr));
 }
 
+TEST(LayerNormCuda, FusedResidualMatchesCpuAndTheUnfusedPair) {
+  MT_REQUIRE_GPU();
+  for (auto [N, C] : {std::pair{37, 100}, std::pair{300, 64}, std::pair{1, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " C=" << C);
+    const size_t NC = static_cast<size_t>(N) * C;
+    Vec a = random_floats(NC, 70, -2.0f, 2.0f);
+    for (auto& x : a) x += 3.0f;
+    const Vec b = random_floats(NC, 71), weight = random_floats(C, 72, 0.5f, 1.5f), bias = random_floats(C, 73);
+    Vec res_ref(NC), out_ref(NC), mean_ref(N), rstd_ref(N);
+    residual_layernorm_forward_cpu(res_ref.data(), out_ref.data(), mean_ref.data(), rstd_ref.data(), a.data(), b.data(),
+                                   weight.data(), bias.data(), N, C);
+    Tensor d_a = to_device(a), d_b = to_device(b), d_w = to_device(weight), d_bias = to_device(bias);
+    Tensor d_res = poisoned(NC), d_out = poisoned(NC), d_mean = poisoned(N), d_rstd = poisoned(N);
+    residual_layernorm_forward_cuda(d_res.f32(), d_out.f32(), d_mean.f32(), d_rstd.f32(), d_a.f32(), d_b.f32(),
+                                    d_w.f32(), d_bias.f32(), N, C, nullptr);
+    const Vec res = to_host(d_res);
+    EXPECT_EQ(0, std::memcmp(res.data(), res_ref.data(), NC * sizeof(float))) << "residual is not a + b";
+    EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_mean), mean_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_rstd), rstd_ref), kTol);
+
+    // The unfused pair on the GPU gives the same bits.
+    Tensor u_res = poisoned(NC), u_out = poisoned(NC), u_mean = poisoned(N), u_rstd = poisoned(N);
+    residual_forward_cuda(u_res.f32(), d_a.f32(), d_b.f32(), static_cast<int64_t>(NC), nullptr);
+    layernorm_forward_cuda(u_out.f32(), u_mean.f32(), u_rstd.f32(), u_res.f32(), d_w.f32(), d_bias.f32(), N, C,
+                           nullptr);
+    for (auto [fused, unfused] : {std::pair{&d_res, &u_res}, std::pair{&d_out, &u_out}, std::pair{&d_mean, &u_mean},
+                                  std::pair{&d_rstd, &u_rstd}}) {
+      const Vec x = to_host(*fused), y = to_host(*unfused);
+      EXPECT_EQ(0, std::memcmp(x.data(), y.data(), x.size() * sizeof(float))) << "fused and unfused differ";
+    }
+  }
+}
+
+// AdamWScalars in device memory, written and read through a float tensor of its five fields.
+struct DeviceScalars {
+  static_assert(sizeof(AdamWScalars) == 5 * sizeof(float));
+  DeviceScalars() : t(poisoned(5)) {}
+  AdamWScalars* get() const { return static_cast<AdamWScalars*>(t.raw()); }
+  void set(const AdamWScalars& s) {
+    Vec v(5);
+    std::memcpy(v.data(), &s, sizeof(s));
+    t.copy_from(to_device(v));
+  }
+  AdamWScalars value() const {
+    const Vec v = to_host(t);
+    AdamWScalars s;
+    std::memcpy(&s, v.data(), sizeof(s));
+    return s;
+  }
+  Tensor t;
+};
+
+TEST(AdamWCuda, DeviceScalarUpdateMatchesCpuAndTheHostScalarKernel) {
+  MT_REQUIRE_GPU();
+  const int64_t n = 100003;
+  const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.7f;
+  const Vec grads = random_floats(n, 80);
+  Vec params = random_floats(n, 81), m = random_floats(n, 82, -0.1f, 0.1f), v = random_floats(n, 83, 0.01f, 0.1f);
+  Tensor d_grads = to_device(grads);
+  Tensor d_params = to_device(params), d_m = to_device(m), d_v = to_device(v);  // device scalars
+  Tensor h_params = to_device(params), h_m = to_device(m), h_v = to_device(v);  // host scalars
+  DeviceScalars scalars;
+  for (int t = 1; t <= 3; ++t) {
+    adamw_update_cpu(params.data(), grads.data(), m.data(), v.data(), n, lr, beta1, beta2, eps, wd, t, grad_scale);
+    adamw_update_cuda(h_params.f32(), d_grads.f32(), h_m.f32(), h_v.f32(), n, lr, beta1, beta2, eps, wd, t, grad_scale,
+                      nullptr);
+    // What the host writes before a captured step: bias corrections in double, as adamw_cpu.cpp.
+    scalars.set({lr, static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t)),
+                 static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t)), grad_scale, kNaN});
+    adamw_update_cuda(d_params.f32(), d_grads.f32(), d_m.f32(), d_v.f32(), n, scalars.get(), beta1, beta2, eps, wd,
+                      nullptr);
+  }
+  const Vec got = to_host(d_params);
+  EXPECT_LE(rel_error(got, params), 1e-5);
+  EXPECT_LE(rel_error(to_host(d_m), m), 1e-5);
+  EXPECT_LE(rel_error(to_host(d_v), v), 1e-5);
+  const Vec classic = to_host(h_params);
+  EXPECT_EQ(0, std::memcmp(got.data(), classic.data(), got.size() * sizeof(float)))
+      << "device-scalar and host-scalar kernels differ";
+}
+
+TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
+  MT_REQUIRE_GPU();
+  GptConfig cfg;
+  cfg.n_layer = 1;
+  cfg.n_head = 1;
+  cfg.n_embd = 8;
+  cfg.seq_len = 4;
+  cfg.vocab_size = 16;
+  const ParameterTable table(cfg);
+  for (int64_t n : {int64_t{100003}, int64_t{4096}, int64_t{7}, int64_t{0}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const Vec grads = random_floats(static_cast<size_t>(n), 90, -0.05f, 0.05f);
+    Tensor d_grads = to_device(n > 0 ? grads : Vec(1, 0.0f));
+    // Doubles in float tensors (device allocations are 256-byte aligned): [0] the total, then partials.
+    Tensor scratch = poisoned(static_cast<size_t>(2 * (sum_squares_partials(n) + 1)));
+    auto* sumsq = static_cast<double*>(scratch.raw());
+    sum_squares_async_cuda(sumsq, sumsq + 1, d_grads.f32(), n, nullptr);
+    double got = 0.0;
+    std::memcpy(&got, to_host(scratch).data(), sizeof(double));
+    const double want = sum_squares_cpu(grads.data(), n);
+    EXPECT_NEAR(got, want, 1e-9 * want);
+    EXPECT_EQ(got, sum_squares_cuda(d_grads.f32(), n, nullptr)) << "not the blocking version's summation order";
+
+    const double norm = std::sqrt(got);
+    for (float clip : {static_cast<float>(norm) * 0.5f, static_cast<float>(norm) * 2.0f + 1.0f, 0.0f}) {
+      SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
+      AdamWConfig opt_cfg;
+      opt_cfg.grad_clip = clip;
+      const AdamW opt(table, opt_cfg);
+      DeviceScalars scalars;
+      scalars.set({1e-3f, 0.1f, 0.05f, kNaN, kNaN});
+      clip_scale_cuda(scalars.get(), sumsq, clip, nullptr);
+      const AdamWScalars s = scalars.value();
+      EXPECT_EQ(s.grad_norm, static_cast<float>(norm));
+      EXPECT_EQ(s.grad_scale, opt.clip_scale(norm));
+      EXPECT_EQ(s.lr, 1e-3f) << "clip_scale_cuda must leave the host's fields alone";
+    }
+  }
+}
+
 TEST(KernelsCuda, LaunchersRejectBadShapes) {
   MT_REQUIRE_GPU();
-  EXPECT_THROW(gelu_forward_cuda(nullptr, nullptr, -1, nullptr), Error);
-  EXPECT_THROW(layernorm_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 0, nullptr), Error);
-  EXPECT_THROW(softmax_crossentropy_cuda(nullptr, nullptr, nullptr, nullptr, 2, 10, 5, 1.0f, nullptr), Error);
-  EXPECT_THROW(adamw_update_cuda(nullptr, nullptr, nullptr, nullptr, 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 0, 1.0f,
-                                 nullptr),
-               Error);
+  // The casts pick the fp32 overloads (each launcher also has a bf16 one).
+  EXPECT_THROW(gelu_forward_cuda(static_cast<float*>(nullptr), nullptr, -1, nullptr), Error);
+  EXPECT_THROW(
+      layernorm_forward_cuda(static_cast<float*>(nullptr), nullptr, nullptr, nullptr, nullptr, nullptr, 4, 0, nullptr),
+      Error);
+  EXPECT_THROW(
+      softmax_crossentropy_cuda(nullptr, static_cast<float*>(nullptr), nullptr, nullptr, 2, 10, 5, 1.0f, nullptr),
+      Error);
+  EXPECT_THROW(
+      adamw_update_cuda(nullptr, nullptr, nullptr, nullptr, 4, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 0, 1.0f, nullptr),
+      Error);
 }
 
 TEST(KernelsCuda, StubsThrowWhenCudaIsNotBuilt) {
   if (cuda_built()) GTEST_SKIP() << "CUDA backend built: the stubs are not linked";
   try {
-    gelu_forward_cuda(nullptr, nullptr, 1, nullptr);
+    gelu_forward_cuda(static_cast<float*>(nullptr), nullptr, 1, nullptr);
     FAIL() << "expected a [cuda] not built error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[cuda] not built"), std::string::npos) << e.what();

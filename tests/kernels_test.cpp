@@ -257,6 +257,29 @@ TEST(LayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
   expect_gradient("dbias", b, added(db, db0), loss, 1e-2f);
 }
 
+TEST(LayerNorm, FusedResidualIsBitIdenticalToTheUnfusedPair) {
+  const int N = 7, C = 37;
+  const Vec a = random_floats(N * C, 37, -2.0f, 3.0f), b = random_floats(N * C, 38);
+  const Vec w = random_floats(C, 39, 0.5f, 1.5f), bias = random_floats(C, 40);
+  Buffer res(N * C), out(N * C), mean(N), rstd(N);
+  residual_layernorm_forward_cpu(res.data(), out.data(), mean.data(), rstd.data(), a.data(), b.data(), w.data(),
+                                 bias.data(), N, C);
+  for (const auto* buf : {&res, &out, &mean, &rstd}) expect_fully_written(*buf, "fused output");
+  Vec res_ref(N * C), out_ref(N * C), mean_ref(N), rstd_ref(N);
+  residual_forward_cpu(res_ref.data(), a.data(), b.data(), N * C);
+  layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), res_ref.data(), w.data(), bias.data(), N, C);
+  EXPECT_EQ(res.values(), res_ref);
+  EXPECT_EQ(out.values(), out_ref);
+  EXPECT_EQ(mean.values(), mean_ref);
+  EXPECT_EQ(rstd.values(), rstd_ref);
+  // In place: the residual stream overwritten by itself plus the branch.
+  Buffer stream(a), out2(N * C), mean2(N), rstd2(N);
+  residual_layernorm_forward_cpu(stream.data(), out2.data(), mean2.data(), rstd2.data(), stream.data(), b.data(),
+                                 w.data(), bias.data(), N, C);
+  EXPECT_EQ(stream.values(), res_ref);
+  EXPECT_EQ(out2.values(), out_ref);
+}
+
 // ----------------------------------------------------------------------------------------------- matmul
 
 // out[n, o] = sum_c inp[n, c] w[o, c] + bias[o], in double.

@@ -11,7 +11,7 @@
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "model/sampler.h"
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 #include "test_util.h"
 
 using namespace meshtrain;

@@ -27,7 +27,7 @@ using namespace meshtrain;
 namespace {
 
 const std::string& kBinary = meshtrain::testing::kMeshtrain;
-const auto& run = meshtrain::testing::run_command;
+meshtrain::testing::CommandResult run(const std::string& cmd) { return meshtrain::testing::run_command(cmd); }
 const auto& losses = meshtrain::testing::read_losses;
 
 class ParallelLayouts : public ::testing::Test {

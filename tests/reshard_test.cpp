@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string& kBinary = meshtrain::testing::kMeshtrain;
-const auto& run = meshtrain::testing::run_command;
+meshtrain::testing::CommandResult run(const std::string& cmd) { return meshtrain::testing::run_command(cmd); }
 const auto& losses = meshtrain::testing::read_losses;
 
 std::string mpi(int np) { return np > 1 ? fmt::format("{} -n {} ", MESHTRAIN_MPIEXEC, np) : std::string(); }

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace meshtrain {
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int64_t n, float lr, float beta1,
@@ -18,5 +20,36 @@ void adamw_update_cuda(float* params, const float* grads, float* m, float* v, in
                        float beta2, float eps, float weight_decay, int t, float grad_scale, void* stream);
 /// Sum of x[i]^2 in double, in a fixed order (two-stage reduction); waits for the stream to return it.
 double sum_squares_cuda(const float* x, int64_t n, void* stream);
+
+// ---- Graph-capturable step: no host synchronisation, no allocation, per-step values on the device.
+
+/// Scalars of one optimizer step, read by the kernels from DEVICE memory so that a captured CUDA graph
+/// replays with each step's values. The host writes lr, bias_corr1 = 1 - beta1^t, bias_corr2 = 1 - beta2^t
+/// (computed in double, as adamw_cpu.cpp); clip_scale_cuda writes grad_norm and grad_scale.
+struct AdamWScalars {
+  float lr, bias_corr1, bias_corr2, grad_scale, grad_norm;
+};
+
+/// Elements of x per stage-one partial of the device sum of squares.
+inline constexpr int64_t kSumSquaresChunk = 4096;
+/// Doubles of partials scratch that sum_squares_async_cuda needs for n elements.
+inline int64_t sum_squares_partials(int64_t n) { return (n + kSumSquaresChunk - 1) / kSumSquaresChunk; }
+
+/// Sum of squares into *out (device double), no host synchronisation (graph-capturable): stage-one partials
+/// into partials (device, at least sum_squares_partials(n) doubles), then a fixed-order final sum. Same
+/// summation order as sum_squares_cuda.
+void sum_squares_async_cuda(double* out, double* partials, const float* x, int64_t n, void* stream);
+/// The bf16 version: each element is converted to fp32, then squared and summed in double.
+void sum_squares_async_cuda(double* out, double* partials, const Bf16* x, int64_t n, void* stream);
+/// grad_norm = sqrt(*sumsq); grad_scale = grad_clip > 0 && norm > grad_clip ? grad_clip / norm : 1
+/// (AdamW::clip_scale in model/optimizer.cpp, bit for bit), on the device. sumsq is a device double.
+void clip_scale_cuda(AdamWScalars* scalars, const double* sumsq, float grad_clip, void* stream);
+/// AdamW reading lr, bias corrections and grad_scale from scalars (device), same formula as adamw_update_cpu.
+void adamw_update_cuda(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWScalars* scalars,
+                       float beta1, float beta2, float eps, float weight_decay, void* stream);
+/// Mixed precision: master (fp32) is updated; params (bf16) receives the rounded master; grads are bf16.
+void adamw_update_cuda(Bf16* params, float* master, const Bf16* grads, float* m, float* v, int64_t n,
+                       const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay,
+                       void* stream);
 
 }  // namespace meshtrain

@@ -8,12 +8,16 @@
 // and 0 into the padded columns. dlogits may alias logits: x[target] is read before the reduction's
 // barrier, and afterwards every element is read and then written by the same thread. Rows with a
 // negative target get loss 0 and an all-zero gradient row.
+// The kernel is templated on the logits' element type (float or bf16); the loss and all the math are
+// fp32, and a bf16 gradient is rounded once when stored.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "model/kernels/convert.cuh"
 #include "model/kernels/crossentropy.h"
 
 namespace meshtrain {
@@ -54,24 +58,25 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
-__global__ void softmax_crossentropy_kernel(float* __restrict__ losses, float* dlogits, const float* logits,
+template <class T>
+__global__ void softmax_crossentropy_kernel(float* __restrict__ losses, T* dlogits, const T* logits,
                                             const int32_t* __restrict__ targets, int V, int Vp, float dloss) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * Vp;
-  const float* x = logits + row;
-  float* d = dlogits != nullptr ? dlogits + row : nullptr;
+  const T* x = logits + row;
+  T* d = dlogits != nullptr ? dlogits + row : nullptr;
   const int target = targets[blockIdx.x];
   if (target < 0) {  // uniform across the block: no barrier is skipped by some threads only
     if (threadIdx.x == 0) losses[blockIdx.x] = 0.0f;
     if (d != nullptr) {
-      for (int j = threadIdx.x; j < Vp; j += blockDim.x) d[j] = 0.0f;
+      for (int j = threadIdx.x; j < Vp; j += blockDim.x) d[j] = from_float<T>(0.0f);
     }
     return;
   }
-  const float x_target = target < V ? x[target] : NAN;  // read before any thread can overwrite it
+  const float x_target = target < V ? to_float(x[target]) : NAN;  // read before any thread can overwrite it
 
   MaxSum acc{-INFINITY, 0.0f};
   for (int j = threadIdx.x; j < V; j += blockDim.x) {
-    const float xj = x[j];
+    const float xj = to_float(x[j]);
     if (xj > acc.m) {
       acc.s = acc.s * expf(acc.m - xj) + 1.0f;  // expf(-inf) = 0 covers the first element
       acc.m = xj;
@@ -85,23 +90,34 @@ __global__ void softmax_crossentropy_kernel(float* __restrict__ losses, float* d
   if (d != nullptr) {
     const float scale = dloss / total.s;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-      const float g = expf(x[j] - total.m) * scale;
-      d[j] = j == target ? g - dloss : g;
+      const float g = expf(to_float(x[j]) - total.m) * scale;
+      d[j] = from_float<T>(j == target ? g - dloss : g);
     }
-    for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) d[j] = 0.0f;
+    for (int j = V + threadIdx.x; j < Vp; j += blockDim.x) d[j] = from_float<T>(0.0f);
   }
+}
+
+template <class T>
+void launch(float* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V, int Vp, float dloss,
+            void* stream) {
+  MT_CHECK(N >= 0 && V >= 1 && Vp >= V, "[crossentropy_cuda] N={}, V={}, Vp={}: need N >= 0 and 1 <= V <= Vp", N, V,
+           Vp);
+  if (N == 0) return;
+  softmax_crossentropy_kernel<<<N, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(losses, dlogits, logits, targets, V,
+                                                                                   Vp, dloss);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
 
-void softmax_crossentropy_cuda(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N,
-                               int V, int Vp, float dloss, void* stream) {
-  MT_CHECK(N >= 0 && V >= 1 && Vp >= V, "[crossentropy_cuda] N={}, V={}, Vp={}: need N >= 0 and 1 <= V <= Vp", N,
-           V, Vp);
-  if (N == 0) return;
-  softmax_crossentropy_kernel<<<N, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(losses, dlogits, logits, targets,
-                                                                                    V, Vp, dloss);
-  CUDA_CHECK(cudaGetLastError());
+void softmax_crossentropy_cuda(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
+                               int Vp, float dloss, void* stream) {
+  launch(losses, dlogits, logits, targets, N, V, Vp, dloss, stream);
+}
+
+void softmax_crossentropy_cuda(float* losses, Bf16* dlogits, const Bf16* logits, const int32_t* targets, int N, int V,
+                               int Vp, float dloss, void* stream) {
+  launch(losses, cuda_bf16(dlogits), cuda_bf16(logits), targets, N, V, Vp, dloss, stream);
 }
 
 }  // namespace meshtrain

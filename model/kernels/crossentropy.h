@@ -7,14 +7,19 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace meshtrain {
 
-void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N,
-                              int V, int Vp, float dloss);
+void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
+                              int Vp, float dloss);
 
 /// CUDA twin (crossentropy.cu) on device pointers; stream is a cudaStream_t (nullptr: the default
 /// stream). Targets are not validated on the device: a row whose target is >= V gets a NaN loss.
-void softmax_crossentropy_cuda(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N,
-                               int V, int Vp, float dloss, void* stream);
+void softmax_crossentropy_cuda(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
+                               int Vp, float dloss, void* stream);
+/// bf16 logits and dlogits (which may alias), fp32 losses and fp32 math within each row.
+void softmax_crossentropy_cuda(float* losses, Bf16* dlogits, const Bf16* logits, const int32_t* targets, int N, int V,
+                               int Vp, float dloss, void* stream);
 
 }  // namespace meshtrain

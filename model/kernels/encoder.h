@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace meshtrain {
 
 void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C);
@@ -17,6 +19,13 @@ void encoder_forward_cuda(float* out, const int32_t* tokens, const float* wte, c
                           void* stream);
 /// dwte and dwpe are accumulated into (+=), bit-identical run to run (no float atomics).
 void encoder_backward_cuda(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C,
+                           void* stream);
+/// bf16 storage, fp32 sum, rounded once to bf16.
+void encoder_forward_cuda(Bf16* out, const int32_t* tokens, const Bf16* wte, const Bf16* wpe, int B, int T, int C,
+                          void* stream);
+/// dwte and dwpe are accumulated into (+=), bit-identical run to run: each element's contributions
+/// are summed in fp32 in a fixed order, then added once into the bf16 gradient.
+void encoder_backward_cuda(Bf16* dwte, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T, int C,
                            void* stream);
 
 }  // namespace meshtrain

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace meshtrain {
 
 void gelu_forward_cpu(float* out, const float* inp, int64_t N);
@@ -13,5 +15,9 @@ void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, int64_t
 void gelu_forward_cuda(float* out, const float* inp, int64_t N, void* stream);
 /// dinp is accumulated into (+=).
 void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, int64_t N, void* stream);
+/// bf16 storage, fp32 math, each output rounded once to bf16.
+void gelu_forward_cuda(Bf16* out, const Bf16* inp, int64_t N, void* stream);
+/// dinp is accumulated into (+=) in fp32 and rounded once to bf16.
+void gelu_backward_cuda(Bf16* dinp, const Bf16* inp, const Bf16* dout, int64_t N, void* stream);
 
 }  // namespace meshtrain

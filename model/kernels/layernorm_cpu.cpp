@@ -11,10 +11,16 @@
 // The parameter gradients are reductions over rows. Rather than per-thread partial copies, a second
 // loop gives each thread whole blocks of channels and sums rows in order, so the result does not
 // depend on the thread count and no extra memory is needed.
+//
+// The fused residual + LayerNorm is, on the CPU, exactly the two unfused calls: it is the
+// specification of the GPU's one-pass kernel, and reproducing the vectorised row sums inside a fused
+// loop would tie its bit-exactness to the compiler's choices.
 #include <cmath>
+#include <cstdint>
 
 #include "core/error.h"
 #include "model/kernels/layernorm.h"
+#include "model/kernels/residual.h"
 
 namespace meshtrain {
 namespace {
@@ -101,6 +107,13 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
       dbias[c0 + c] += b_acc[c];
     }
   }
+}
+
+void residual_layernorm_forward_cpu(float* residual, float* out, float* mean, float* rstd, const float* a,
+                                    const float* b, const float* weight, const float* bias, int N, int C) {
+  MT_CHECK(N >= 0 && C >= 1, "[residual_layernorm_forward] N={}, C={}: need N >= 0 rows of C >= 1 channels", N, C);
+  residual_forward_cpu(residual, a, b, static_cast<int64_t>(N) * C);
+  layernorm_forward_cpu(out, mean, rstd, residual, weight, bias, N, C);
 }
 
 }  // namespace meshtrain

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "model/kernels/adamw.h"
+#include "model/kernels/convert.h"
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
@@ -39,6 +40,49 @@ void adamw_update_cuda(float*, const float*, float*, float*, int64_t, float, flo
   MT_NO_CUDA("adamw_update_cuda");
 }
 double sum_squares_cuda(const float*, int64_t, void*) { MT_NO_CUDA("sum_squares_cuda"); }
+
+// bf16 kernels, the fused residual + LayerNorm and the graph-capturable optimizer step.
+void encoder_forward_cuda(Bf16*, const int32_t*, const Bf16*, const Bf16*, int, int, int, void*) {
+  MT_NO_CUDA("encoder_forward_cuda");
+}
+void encoder_backward_cuda(Bf16*, Bf16*, const Bf16*, const int32_t*, int, int, int, void*) {
+  MT_NO_CUDA("encoder_backward_cuda");
+}
+void layernorm_forward_cuda(Bf16*, float*, float*, const Bf16*, const Bf16*, const Bf16*, int, int, void*) {
+  MT_NO_CUDA("layernorm_forward_cuda");
+}
+void layernorm_backward_cuda(Bf16*, Bf16*, Bf16*, const Bf16*, const Bf16*, const Bf16*, const float*, const float*,
+                             int, int, void*) {
+  MT_NO_CUDA("layernorm_backward_cuda");
+}
+void residual_layernorm_forward_cuda(float*, float*, float*, float*, const float*, const float*, const float*,
+                                     const float*, int, int, void*) {
+  MT_NO_CUDA("residual_layernorm_forward_cuda");
+}
+void residual_layernorm_forward_cuda(Bf16*, Bf16*, float*, float*, const Bf16*, const Bf16*, const Bf16*, const Bf16*,
+                                     int, int, void*) {
+  MT_NO_CUDA("residual_layernorm_forward_cuda");
+}
+void gelu_forward_cuda(Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("gelu_forward_cuda"); }
+void gelu_backward_cuda(Bf16*, const Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("gelu_backward_cuda"); }
+void residual_forward_cuda(Bf16*, const Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("residual_forward_cuda"); }
+void residual_accumulate_cuda(Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("residual_accumulate_cuda"); }
+void softmax_crossentropy_cuda(float*, Bf16*, const Bf16*, const int32_t*, int, int, int, float, void*) {
+  MT_NO_CUDA("softmax_crossentropy_cuda");
+}
+void convert_cuda(Bf16*, const float*, int64_t, void*) { MT_NO_CUDA("convert_cuda"); }
+void convert_cuda(float*, const Bf16*, int64_t, void*) { MT_NO_CUDA("convert_cuda"); }
+void sum_squares_async_cuda(double*, double*, const float*, int64_t, void*) { MT_NO_CUDA("sum_squares_async_cuda"); }
+void sum_squares_async_cuda(double*, double*, const Bf16*, int64_t, void*) { MT_NO_CUDA("sum_squares_async_cuda"); }
+void clip_scale_cuda(AdamWScalars*, const double*, float, void*) { MT_NO_CUDA("clip_scale_cuda"); }
+void adamw_update_cuda(float*, const float*, float*, float*, int64_t, const AdamWScalars*, float, float, float, float,
+                       void*) {
+  MT_NO_CUDA("adamw_update_cuda");
+}
+void adamw_update_cuda(Bf16*, float*, const Bf16*, float*, float*, int64_t, const AdamWScalars*, float, float, float,
+                       float, void*) {
+  MT_NO_CUDA("adamw_update_cuda");
+}
 
 #undef MT_NO_CUDA
 

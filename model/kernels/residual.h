@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace meshtrain {
 
 void residual_forward_cpu(float* out, const float* a, const float* b, int64_t N);
@@ -14,5 +16,9 @@ void residual_accumulate_cpu(float* dst, const float* src, int64_t N);
 void residual_forward_cuda(float* out, const float* a, const float* b, int64_t N, void* stream);
 /// dst += src.
 void residual_accumulate_cuda(float* dst, const float* src, int64_t N, void* stream);
+/// bf16 storage, fp32 sum, rounded once to bf16.
+void residual_forward_cuda(Bf16* out, const Bf16* a, const Bf16* b, int64_t N, void* stream);
+/// dst += src in bf16 storage: fp32 sum, rounded once to bf16.
+void residual_accumulate_cuda(Bf16* dst, const Bf16* src, int64_t N, void* stream);
 
 }  // namespace meshtrain

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

@@ -1,6 +1,6 @@
 // Argument checks shared by every Communicator implementation, so a misuse reads the same whether
 // it happens over MPI, NCCL or on a single rank.
-#include "parallel/communicator.h"
+#include "core/communicator.h"
 
 namespace meshtrain {
 

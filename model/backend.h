@@ -1,0 +1,82 @@
+// What the model asks of a device: its kernels in one compute dtype, and memory moves. The GPT is
+// written once against this interface; backend_cpu.cpp runs the CPU kernels (fp32, the
+// specification), backend_cuda.cpp the CUDA kernels (fp32 or bf16) in order on one stream.
+//
+// Pointers are void* because one model runs in fp32 or bf16: parameters, gradients and activations
+// are in dtype(); LayerNorm statistics, attention's saved values, losses and scratch are always fp32.
+// Every backward accumulates (+=) into its outputs, as the CPU kernels do.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace meshtrain {
+
+/// How attention runs: materialised keeps the (B, NH, T, T) probabilities for backward; flash keeps
+/// only each query row's log-sum-exp and recomputes the rest (CUDA only).
+enum class AttentionKind { materialised, flash };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  /// Element type of parameters, gradients and activations.
+  virtual DType dtype() const = 0;
+  /// "cpu fp32", "cuda bf16 (flash attention)".
+  virtual std::string describe() const = 0;
+  /// The cudaStream_t all work goes to (nullptr on the CPU).
+  virtual void* stream() const { return nullptr; }
+  /// Waits for queued work (a no-op on the CPU).
+  virtual void synchronize() {}
+
+  virtual void zero(void* p, size_t nbytes) = 0;
+  /// Host -> device, ordered with the kernels (the host memory must stay valid until synchronize()).
+  virtual void upload(void* dst, const void* src, size_t nbytes) = 0;
+  /// Device -> host; returns once the bytes are there.
+  virtual void download(void* dst, const void* src, size_t nbytes) = 0;
+
+  /// fp32 values attention's forward keeps for backward, and the fp32 scratch its backward needs.
+  virtual int64_t attention_saved(int B, int T, int C, int NH) const = 0;
+  virtual int64_t attention_scratch(int B, int T, int C, int NH) const = 0;
+
+  virtual void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                               int C) = 0;
+  virtual void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                int C) = 0;
+  virtual void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight,
+                                 const void* bias, int N, int C) = 0;
+  /// residual = a + b; out = layernorm(residual) (fused where the device has a fused kernel).
+  virtual void residual_layernorm_forward(void* residual, void* out, float* mean, float* rstd, const void* a,
+                                          const void* b, const void* weight, const void* bias, int N, int C) = 0;
+  virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                                  const void* weight, const float* mean, const float* rstd, int N, int C) = 0;
+  /// out = inp @ weight^T (+ bias); with pre_gelu, pre_gelu = that and out = gelu(pre_gelu).
+  virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C,
+                              int OC, void* pre_gelu = nullptr) = 0;
+  /// dinp and dbias may be null.
+  virtual void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                               const void* weight, int N, int C, int OC) = 0;
+  /// saved holds attention_saved() floats for backward.
+  virtual void attention_forward(void* out, float* saved, const void* qkv, int B, int T, int C, int NH) = 0;
+  virtual void attention_backward(void* dqkv, float* scratch, const void* dout, const void* qkv, const void* out,
+                                  const float* saved, int B, int T, int C, int NH) = 0;
+  virtual void gelu_forward(void* out, const void* inp, int64_t n) = 0;
+  virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n) = 0;
+  virtual void residual_forward(void* out, const void* a, const void* b, int64_t n) = 0;
+  /// Fused softmax + cross-entropy (model/kernels/crossentropy.h); dlogits may alias logits.
+  virtual void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V,
+                            int Vp, float dloss) = 0;
+  /// Copies n values of dtype() from device memory into host floats.
+  virtual void download_floats(float* dst, const void* src, int64_t n) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+/// A CUDA backend on the current device and a stream of its own. Throws "[cuda] not built" in builds
+/// without CUDA and a clear error when no GPU is present.
+std::unique_ptr<Backend> make_cuda_backend(DType dtype, AttentionKind attention = AttentionKind::flash);
+
+}  // namespace meshtrain

@@ -1,0 +1,88 @@
+// The CPU backend: the reference kernels of model/kernels/*_cpu.cpp in fp32, run synchronously.
+#include <cstring>
+
+#include "model/backend.h"
+#include "model/kernels/attention.h"
+#include "model/kernels/crossentropy.h"
+#include "model/kernels/encoder.h"
+#include "model/kernels/gelu.h"
+#include "model/kernels/layernorm.h"
+#include "model/kernels/matmul.h"
+#include "model/kernels/residual.h"
+
+namespace meshtrain {
+namespace {
+
+float* f(void* p) { return static_cast<float*>(p); }
+const float* f(const void* p) { return static_cast<const float*>(p); }
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu; }
+  DType dtype() const override { return DType::f32; }
+  std::string describe() const override { return "cpu fp32"; }
+  void zero(void* p, size_t nbytes) override { std::memset(p, 0, nbytes); }
+  void upload(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
+  void download(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
+  void download_floats(float* dst, const void* src, int64_t n) override {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  }
+  int64_t attention_saved(int B, int T, int /*C*/, int NH) const override { return int64_t{B} * NH * T * T; }
+  int64_t attention_scratch(int B, int T, int /*C*/, int NH) const override { return int64_t{B} * NH * T * T; }
+
+  void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                       int C) override {
+    encoder_forward_cpu(f(out), tokens, f(wte), f(wpe), B, T, C);
+  }
+  void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                        int C) override {
+    encoder_backward_cpu(f(dwte), f(dwpe), f(dout), tokens, B, T, C);
+  }
+  void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                         int N, int C) override {
+    layernorm_forward_cpu(f(out), mean, rstd, f(inp), f(weight), f(bias), N, C);
+  }
+  void residual_layernorm_forward(void* residual, void* out, float* mean, float* rstd, const void* a, const void* b,
+                                  const void* weight, const void* bias, int N, int C) override {
+    residual_forward_cpu(f(residual), f(a), f(b), static_cast<int64_t>(N) * C);
+    layernorm_forward_cpu(f(out), mean, rstd, f(residual), f(weight), f(bias), N, C);
+  }
+  void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                          const void* weight, const float* mean, const float* rstd, int N, int C) override {
+    layernorm_backward_cpu(f(dinp), f(dweight), f(dbias), f(dout), f(inp), f(weight), mean, rstd, N, C);
+  }
+  void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C, int OC,
+                      void* pre_gelu) override {
+    if (!pre_gelu) return matmul_forward_cpu(f(out), f(inp), f(weight), f(bias), N, C, OC);
+    matmul_forward_cpu(f(pre_gelu), f(inp), f(weight), f(bias), N, C, OC);
+    gelu_forward_cpu(f(out), f(pre_gelu), static_cast<int64_t>(N) * OC);
+  }
+  void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                       int N, int C, int OC) override {
+    matmul_backward_cpu(f(dinp), f(dweight), f(dbias), f(dout), f(inp), f(weight), N, C, OC);
+  }
+  void attention_forward(void* out, float* saved, const void* qkv, int B, int T, int C, int NH) override {
+    attention_forward_cpu(f(out), saved, f(qkv), B, T, C, NH);
+  }
+  void attention_backward(void* dqkv, float* scratch, const void* dout, const void* qkv, const void* /*out*/,
+                          const float* saved, int B, int T, int C, int NH) override {
+    attention_backward_cpu(f(dqkv), scratch, f(dout), f(qkv), saved, B, T, C, NH);
+  }
+  void gelu_forward(void* out, const void* inp, int64_t n) override { gelu_forward_cpu(f(out), f(inp), n); }
+  void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n) override {
+    gelu_backward_cpu(f(dinp), f(inp), f(dout), n);
+  }
+  void residual_forward(void* out, const void* a, const void* b, int64_t n) override {
+    residual_forward_cpu(f(out), f(a), f(b), n);
+  }
+  void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V, int Vp,
+                    float dloss) override {
+    softmax_crossentropy_cpu(losses, f(dlogits), f(logits), targets, N, V, Vp, dloss);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace meshtrain
