@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -21,67 +20,24 @@
 #include "core/tensor.h"
 #include "model/kernels/attention.h"
 #include "model/kernels/flash_attention.h"
-#include "tests/test_util.h"
+#include "tests/cuda_test_util.h"
 
 namespace meshtrain {
 namespace {
 
 using Vec = std::vector<float>;
+using testing::device_as;
+using testing::poisoned;
 using testing::random_floats;
+using testing::rel_error;
+using testing::rounded;
+using testing::to_host;
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr double kTol = 1e-4;         // fp32, relative to the largest reference magnitude
 constexpr double kTolBf16 = 2e-2;     // bf16 storage of out and dqkv
 constexpr double kTolLseBf16 = 1e-3;  // lse is fp32 math on exact bf16 products
 
-#define MT_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: attention kernel tests need a GPU"
-
-// A device copy of host values; kernels run on the default stream, which cudaMemcpy orders after.
-template <class T>
-Tensor to_device(const std::vector<T>& host) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cuda);
-  Tensor h = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cpu);
-  std::copy(host.begin(), host.end(), h.data<T>());
-  t.copy_from(h);
-  return t;
-}
-
-// Host floats stored on the device as T (bf16: rounded to nearest even).
-template <class T>
-Tensor device_as(const Vec& host) {
-  if constexpr (std::is_same_v<T, float>) {
-    return to_device(host);
-  } else {
-    std::vector<Bf16> b(host.size());
-    for (size_t i = 0; i < host.size(); ++i) b[i].bits = float_to_bf16(host[i]);
-    return to_device(b);
-  }
-}
-
-// The values of an f32 or bf16 device tensor, as floats.
-Vec to_host(const Tensor& t) {
-  Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
-  h.copy_from(t);
-  if (t.dtype() == DType::f32) return Vec(h.f32(), h.f32() + h.numel());
-  Vec v(static_cast<size_t>(h.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_float(h.data<Bf16>()[i].bits);
-  return v;
-}
-
-Tensor poisoned(size_t n) { return to_device(Vec(n, kNaN)); }
-
-// Max |got - want| over max(max |want|, floor): the infinity-norm relative error. Any NaN makes it infinite.
-double rel_error(const Vec& got, const Vec& want, double floor = 1e-30) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0.0, scale = floor;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
-  }
-  return diff / scale;
-}
+#define MT_REQUIRE_GPU() MT_REQUIRE_GPU_FOR("attention kernel tests")
 
 double max_abs(const Vec& v) {
   double m = 0.0;
@@ -111,11 +67,6 @@ struct Case {
   size_t n_square() const { return n_rows() * s.T; }
 };
 
-Vec rounded_to_bf16(Vec v) {
-  for (auto& x : v) x = bf16_to_float(float_to_bf16(x));
-  return v;
-}
-
 Case make_case(const Shape& s, bool bf16, uint64_t seed) {
   Case c{s, {}, {}, {}, {}, {}, {}, {}};
   const int B = s.B, T = s.T, C = s.C, NH = s.NH, hs = C / NH;
@@ -123,7 +74,7 @@ Case make_case(const Shape& s, bool bf16, uint64_t seed) {
   // Scores of a few units: the softmax is neither flat nor one-hot.
   c.qkv = random_floats(n_qkv, seed, -2.0f, 2.0f);
   c.dout = random_floats(c.n_out(), seed + 1);
-  if (bf16) c.qkv = rounded_to_bf16(c.qkv), c.dout = rounded_to_bf16(c.dout);
+  if (bf16) c.qkv = rounded(c.qkv), c.dout = rounded(c.dout);
 
   c.out.resize(c.n_out());
   c.att.resize(c.n_square());
@@ -155,7 +106,7 @@ Case make_case(const Shape& s, bool bf16, uint64_t seed) {
   // dqkv starts at the gradients' own magnitude, so a kernel that overwrote or dropped its part shows.
   const float gmax = static_cast<float>(max_abs(c.grad));
   c.dqkv0 = random_floats(n_qkv, seed + 2, -0.5f * gmax, 0.5f * gmax);
-  if (bf16) c.dqkv0 = rounded_to_bf16(c.dqkv0);
+  if (bf16) c.dqkv0 = rounded(c.dqkv0);
   return c;
 }
 
@@ -198,7 +149,7 @@ void check_flash(const Shape& s, uint64_t seed) {
   const double tol = bf16 ? kTolBf16 : kTol;
   const Case c = make_case(s, bf16, seed);
   Tensor qkv = device_as<T>(c.qkv), dout = device_as<T>(c.dout);
-  Tensor out = device_as<T>(Vec(c.n_out(), kNaN)), lse = poisoned(c.n_rows());
+  Tensor out = poisoned<T>(c.n_out()), lse = poisoned(c.n_rows());
   flash_attention_forward_cuda(out.data<T>(), lse.f32(), qkv.data<T>(), s.B, s.T, s.C, s.NH, nullptr);
   EXPECT_LE(rel_error(to_host(out), c.out), tol) << "out";
   EXPECT_LE(rel_error(to_host(lse), c.lse), bf16 ? kTolLseBf16 : kTol) << "lse";
@@ -215,7 +166,7 @@ void check_materialised(const Shape& s, uint64_t seed) {
   const double tol = bf16 ? kTolBf16 : kTol;
   const Case c = make_case(s, bf16, seed);
   Tensor qkv = device_as<T>(c.qkv), dout = device_as<T>(c.dout);
-  Tensor out = device_as<T>(Vec(c.n_out(), kNaN)), att = poisoned(c.n_square());
+  Tensor out = poisoned<T>(c.n_out()), att = poisoned(c.n_square());
   attention_forward_cuda(out.data<T>(), att.f32(), qkv.data<T>(), s.B, s.T, s.C, s.NH, nullptr);
   EXPECT_LE(rel_error(to_host(out), c.out), tol) << "out";
   EXPECT_LE(rel_error(to_host(att), c.att), tol) << "att";

@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
-#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,98 +29,40 @@
 #include "model/kernels/residual.h"
 #include "model/optimizer.h"
 #include "model/params.h"
-#include "tests/test_util.h"
+#include "tests/cuda_test_util.h"
 
 namespace meshtrain {
 namespace {
 
 using Vec = std::vector<float>;
 using Bits = std::vector<Bf16>;
+using testing::bits_of;
+using testing::device_as;
+using testing::DeviceScalars;
+using testing::kNaN;
+using testing::poisoned;
 using testing::random_floats;
+using testing::random_ids;
+using testing::rel_error;
+using testing::rounded;
+using testing::same_floats;
+using testing::step_scalars;
+using testing::to_device;
+using testing::to_host;
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr double kTolBf16 = 2e-2;   // bf16 outputs against the fp32 twin
 constexpr double kTolStats = 1e-3;  // fp32 statistics and losses computed from bf16 inputs
 
-#define MT_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: bf16 kernel tests need a GPU"
-
-Bits to_bf16(const Vec& v) {
-  Bits b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) b[i].bits = float_to_bf16(v[i]);
-  return b;
-}
-
-Vec widen(const Bits& b) {
-  Vec v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_float(b[i].bits);
-  return v;
-}
-
-// v rounded to bf16 and back: what the GPU sees of a bf16 input.
-Vec rounded(const Vec& v) { return widen(to_bf16(v)); }
+#define MT_REQUIRE_GPU() MT_REQUIRE_GPU_FOR("bf16 kernel tests")
 
 // n fresh random values in [lo, hi), already representable in bf16.
 Vec random_bf16_values(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   return rounded(random_floats(n, seed, lo, hi));
 }
 
-// A device copy of host values; kernels run on the default stream, which cudaMemcpy orders after.
-template <class T>
-Tensor to_device(const std::vector<T>& host) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cuda);
-  Tensor h = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cpu);
-  std::copy(host.begin(), host.end(), h.data<T>());
-  t.copy_from(h);
-  return t;
-}
-
-// A bf16 device tensor holding v rounded to bf16.
-Tensor bf16_device(const Vec& v) { return to_device(to_bf16(v)); }
-
-Bits bits_of(const Tensor& t) {
-  Tensor h = Tensor::empty(t.shape(), DType::bf16, Device::cpu);
-  h.copy_from(t);
-  return Bits(h.data<Bf16>(), h.data<Bf16>() + h.numel());
-}
-
-// The values of a device tensor as floats (bf16 widened exactly).
-Vec to_host(const Tensor& t) {
-  if (t.dtype() == DType::bf16) return widen(bits_of(t));
-  Tensor h = Tensor::empty(t.shape(), DType::f32, Device::cpu);
-  h.copy_from(t);
-  return Vec(h.f32(), h.f32() + h.numel());
-}
-
-Tensor poisoned_bf16(size_t n) { return bf16_device(Vec(n, kNaN)); }
-Tensor poisoned_f32(size_t n) { return to_device(Vec(n, kNaN)); }
-
 bool same_bits(const Tensor& a, const Tensor& b) {
   const Bits x = bits_of(a), y = bits_of(b);
   return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(Bf16)) == 0;
-}
-
-bool same_floats(const Vec& a, const Vec& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-// Max |got - want| over max |want|: the infinity-norm relative error. Any NaN makes it infinite.
-double rel_error(const Vec& got, const Vec& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
-std::vector<int32_t> random_ids(size_t n, int32_t limit, uint64_t seed) {
-  Vec u = random_floats(n, seed, 0.0f, 1.0f);
-  std::vector<int32_t> ids(n);
-  for (size_t i = 0; i < n; ++i) ids[i] = std::min(limit - 1, static_cast<int32_t>(u[i] * limit));
-  return ids;
 }
 
 // Device scratch of n doubles (a float tensor of 2n elements; device allocations are 256-byte aligned).
@@ -137,31 +78,6 @@ struct DeviceDoubles {
   Tensor t;
 };
 
-// AdamWScalars in device memory, written and read through float tensors of its five fields.
-struct DeviceScalars {
-  static_assert(sizeof(AdamWScalars) == 5 * sizeof(float));
-  DeviceScalars() : t(poisoned_f32(5)) {}
-  AdamWScalars* get() const { return static_cast<AdamWScalars*>(t.raw()); }
-  void set(const AdamWScalars& s) {
-    Vec v(5);
-    std::memcpy(v.data(), &s, sizeof(s));
-    t.copy_from(to_device(v));
-  }
-  AdamWScalars value() const {
-    const Vec v = to_host(t);
-    AdamWScalars s;
-    std::memcpy(&s, v.data(), sizeof(s));
-    return s;
-  }
-  Tensor t;
-};
-
-// The host side of a step's scalars, as adamw_cpu.cpp computes the bias corrections.
-AdamWScalars step_scalars(float lr, float beta1, float beta2, int t, float grad_scale) {
-  return {lr, static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t)),
-          static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t)), grad_scale, kNaN};
-}
-
 // ------------------------------------------------------------------------------------------- convert
 
 TEST(ConvertCuda, RoundsToNearestEvenAndRoundTripsExactly) {
@@ -174,7 +90,7 @@ TEST(ConvertCuda, RoundsToNearestEvenAndRoundTripsExactly) {
                                 0x7F800000u, 0x80000000u, 0x00000401u, 0x7FC00001u};
     for (size_t i = 0; i < std::size(special); ++i) std::memcpy(&x[i * 97], &special[i], sizeof(float));
     const Tensor d_x = to_device(x);
-    Tensor d_b = poisoned_bf16(n);
+    Tensor d_b = poisoned<Bf16>(n);
     convert_cuda(d_b.data<Bf16>(), d_x.f32(), n, nullptr);
     const Bits got = bits_of(d_b);
     for (int64_t i = 0; i < n; ++i) {
@@ -186,7 +102,7 @@ TEST(ConvertCuda, RoundsToNearestEvenAndRoundTripsExactly) {
     }
 
     // bf16 -> float is exact, and float -> bf16 of it gives the same bits back.
-    Tensor d_f = poisoned_f32(n), d_b2 = poisoned_bf16(n);
+    Tensor d_f = poisoned(n), d_b2 = poisoned<Bf16>(n);
     convert_cuda(d_f.f32(), d_b.data<Bf16>(), n, nullptr);
     const Vec wide = to_host(d_f);
     for (int64_t i = 0; i < n; ++i) {
@@ -212,7 +128,7 @@ TEST(ResidualBf16Cuda, ForwardAndAccumulateRoundTheFp32SumOnce) {
     Vec out_ref(N), dst_ref = dst0;
     residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
     residual_accumulate_cpu(dst_ref.data(), a.data(), N);
-    Tensor d_a = bf16_device(a), d_b = bf16_device(b), d_out = poisoned_bf16(N), d_dst = bf16_device(dst0);
+    Tensor d_a = device_as<Bf16>(a), d_b = device_as<Bf16>(b), d_out = poisoned<Bf16>(N), d_dst = device_as<Bf16>(dst0);
     residual_forward_cuda(d_out.data<Bf16>(), d_a.data<Bf16>(), d_b.data<Bf16>(), N, nullptr);
     residual_accumulate_cuda(d_dst.data<Bf16>(), d_a.data<Bf16>(), N, nullptr);
     EXPECT_LE(rel_error(to_host(d_out), out_ref), kTolBf16);
@@ -237,12 +153,12 @@ TEST(GeluBf16Cuda, ForwardAndBackwardMatchCpu) {
     Vec out_ref(N), dinp_ref = dinp0;
     gelu_forward_cpu(out_ref.data(), inp.data(), N);
     gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
-    Tensor d_inp = bf16_device(inp), d_out = poisoned_bf16(N), d_dout = bf16_device(dout);
+    Tensor d_inp = device_as<Bf16>(inp), d_out = poisoned<Bf16>(N), d_dout = device_as<Bf16>(dout);
     gelu_forward_cuda(d_out.data<Bf16>(), d_inp.data<Bf16>(), N, nullptr);
     EXPECT_LE(rel_error(to_host(d_out), out_ref), kTolBf16);
     Tensor first;
     for (int run = 0; run < 2; ++run) {
-      Tensor d_dinp = bf16_device(dinp0);
+      Tensor d_dinp = device_as<Bf16>(dinp0);
       gelu_backward_cuda(d_dinp.data<Bf16>(), d_inp.data<Bf16>(), d_dout.data<Bf16>(), N, nullptr);
       EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTolBf16);
       if (run == 0)
@@ -268,18 +184,18 @@ TEST(EncoderBf16Cuda, ForwardAndDeterministicBackwardMatchCpu) {
 
     Vec out_ref(dout.size());
     encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
-    Tensor d_tokens = to_device(tokens), d_wte = bf16_device(wte), d_wpe = bf16_device(wpe);
-    Tensor d_out = poisoned_bf16(dout.size());
+    Tensor d_tokens = to_device(tokens), d_wte = device_as<Bf16>(wte), d_wpe = device_as<Bf16>(wpe);
+    Tensor d_out = poisoned<Bf16>(dout.size());
     encoder_forward_cuda(d_out.data<Bf16>(), d_tokens.data<int32_t>(), d_wte.data<Bf16>(), d_wpe.data<Bf16>(), B, T, C,
                          nullptr);
     EXPECT_LE(rel_error(to_host(d_out), out_ref), kTolBf16);
 
     Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
     encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
-    Tensor d_dout = bf16_device(dout);
+    Tensor d_dout = device_as<Bf16>(dout);
     Tensor first_dwte, first_dwpe;
     for (int run = 0; run < 2; ++run) {
-      Tensor d_dwte = bf16_device(dwte0), d_dwpe = bf16_device(dwpe0);
+      Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
       encoder_backward_cuda(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>(), d_dout.data<Bf16>(), d_tokens.data<int32_t>(), B,
                             T, C, nullptr);
       EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
@@ -312,8 +228,8 @@ TEST(LayerNormBf16Cuda, ForwardAndBackwardMatchCpu) {
     Vec out_ref(NC), mean_ref(N), rstd_ref(N);
     layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(), N,
                           C);
-    Tensor d_inp = bf16_device(inp), d_w = bf16_device(weight), d_b = bf16_device(bias);
-    Tensor d_out = poisoned_bf16(NC), d_mean = poisoned_f32(N), d_rstd = poisoned_f32(N);
+    Tensor d_inp = device_as<Bf16>(inp), d_w = device_as<Bf16>(weight), d_b = device_as<Bf16>(bias);
+    Tensor d_out = poisoned<Bf16>(NC), d_mean = poisoned(N), d_rstd = poisoned(N);
     layernorm_forward_cuda(d_out.data<Bf16>(), d_mean.f32(), d_rstd.f32(), d_inp.data<Bf16>(), d_w.data<Bf16>(),
                            d_b.data<Bf16>(), N, C, nullptr);
     EXPECT_LE(rel_error(to_host(d_out), out_ref), kTolBf16);
@@ -325,10 +241,10 @@ TEST(LayerNormBf16Cuda, ForwardAndBackwardMatchCpu) {
     Vec dinp_ref = dinp0, dw_ref = dw0, db_ref = db0;
     layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(),
                            mean_ref.data(), rstd_ref.data(), N, C);
-    Tensor d_dout = bf16_device(dout), d_mean_ref = to_device(mean_ref), d_rstd_ref = to_device(rstd_ref);
+    Tensor d_dout = device_as<Bf16>(dout), d_mean_ref = to_device(mean_ref), d_rstd_ref = to_device(rstd_ref);
     Tensor first_dinp, first_dw, first_db;
     for (int run = 0; run < 2; ++run) {
-      Tensor d_dinp = bf16_device(dinp0), d_dw = bf16_device(dw0), d_db = bf16_device(db0);
+      Tensor d_dinp = device_as<Bf16>(dinp0), d_dw = device_as<Bf16>(dw0), d_db = device_as<Bf16>(db0);
       layernorm_backward_cuda(d_dinp.data<Bf16>(), d_dw.data<Bf16>(), d_db.data<Bf16>(), d_dout.data<Bf16>(),
                               d_inp.data<Bf16>(), d_w.data<Bf16>(), d_mean_ref.f32(), d_rstd_ref.f32(), N, C, nullptr);
       EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTolBf16);
@@ -365,8 +281,9 @@ TEST(LayerNormBf16Cuda, FusedResidualEqualsTheUnfusedPairAndNormalisesTheRounded
     layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), residual_ref.data(), weight.data(),
                           bias.data(), N, C);
 
-    Tensor d_a = bf16_device(a), d_b = bf16_device(b), d_w = bf16_device(weight), d_bias = bf16_device(bias);
-    Tensor d_res = poisoned_bf16(NC), d_out = poisoned_bf16(NC), d_mean = poisoned_f32(N), d_rstd = poisoned_f32(N);
+    Tensor d_a = device_as<Bf16>(a), d_b = device_as<Bf16>(b), d_w = device_as<Bf16>(weight),
+           d_bias = device_as<Bf16>(bias);
+    Tensor d_res = poisoned<Bf16>(NC), d_out = poisoned<Bf16>(NC), d_mean = poisoned(N), d_rstd = poisoned(N);
     residual_layernorm_forward_cuda(d_res.data<Bf16>(), d_out.data<Bf16>(), d_mean.f32(), d_rstd.f32(),
                                     d_a.data<Bf16>(), d_b.data<Bf16>(), d_w.data<Bf16>(), d_bias.data<Bf16>(), N, C,
                                     nullptr);
@@ -376,7 +293,7 @@ TEST(LayerNormBf16Cuda, FusedResidualEqualsTheUnfusedPairAndNormalisesTheRounded
     EXPECT_LE(rel_error(to_host(d_rstd), rstd_ref), kTolStats);
 
     // The unfused pair on the GPU gives the same bits.
-    Tensor u_res = poisoned_bf16(NC), u_out = poisoned_bf16(NC), u_mean = poisoned_f32(N), u_rstd = poisoned_f32(N);
+    Tensor u_res = poisoned<Bf16>(NC), u_out = poisoned<Bf16>(NC), u_mean = poisoned(N), u_rstd = poisoned(N);
     residual_forward_cuda(u_res.data<Bf16>(), d_a.data<Bf16>(), d_b.data<Bf16>(), static_cast<int64_t>(NC), nullptr);
     layernorm_forward_cuda(u_out.data<Bf16>(), u_mean.f32(), u_rstd.f32(), u_res.data<Bf16>(), d_w.data<Bf16>(),
                            d_bias.data<Bf16>(), N, C, nullptr);
@@ -386,7 +303,7 @@ TEST(LayerNormBf16Cuda, FusedResidualEqualsTheUnfusedPairAndNormalisesTheRounded
     EXPECT_TRUE(same_floats(to_host(d_rstd), to_host(u_rstd)));
 
     // In place: the residual stream overwritten with itself plus the branch.
-    Tensor in_place = bf16_device(a), p_out = poisoned_bf16(NC), p_mean = poisoned_f32(N), p_rstd = poisoned_f32(N);
+    Tensor in_place = device_as<Bf16>(a), p_out = poisoned<Bf16>(NC), p_mean = poisoned(N), p_rstd = poisoned(N);
     residual_layernorm_forward_cuda(in_place.data<Bf16>(), p_out.data<Bf16>(), p_mean.f32(), p_rstd.f32(),
                                     in_place.data<Bf16>(), d_b.data<Bf16>(), d_w.data<Bf16>(), d_bias.data<Bf16>(), N,
                                     C, nullptr);
@@ -412,19 +329,19 @@ TEST(CrossEntropyBf16Cuda, LossesAndInPlaceGradientMatchCpu) {
 
   Vec loss_ref(N), dlogits_ref(logits.size());
   softmax_crossentropy_cpu(loss_ref.data(), dlogits_ref.data(), logits.data(), targets.data(), N, V, Vp, dloss);
-  Tensor d_logits = bf16_device(logits), d_targets = to_device(targets);
-  Tensor d_loss = poisoned_f32(N), d_dlogits = poisoned_bf16(logits.size());
+  Tensor d_logits = device_as<Bf16>(logits), d_targets = to_device(targets);
+  Tensor d_loss = poisoned(N), d_dlogits = poisoned<Bf16>(logits.size());
   softmax_crossentropy_cuda(d_loss.f32(), d_dlogits.data<Bf16>(), d_logits.data<Bf16>(), d_targets.data<int32_t>(), N,
                             V, Vp, dloss, nullptr);
   EXPECT_LE(rel_error(to_host(d_loss), loss_ref), kTolStats);
   EXPECT_LE(rel_error(to_host(d_dlogits), dlogits_ref), kTolBf16);
 
   // Without a gradient, and with the gradient written over the logits themselves.
-  Tensor d_loss2 = poisoned_f32(N);
+  Tensor d_loss2 = poisoned(N);
   softmax_crossentropy_cuda(d_loss2.f32(), static_cast<Bf16*>(nullptr), d_logits.data<Bf16>(),
                             d_targets.data<int32_t>(), N, V, Vp, dloss, nullptr);
   EXPECT_LE(rel_error(to_host(d_loss2), loss_ref), kTolStats);
-  Tensor d_loss3 = poisoned_f32(N);
+  Tensor d_loss3 = poisoned(N);
   softmax_crossentropy_cuda(d_loss3.f32(), d_logits.data<Bf16>(), d_logits.data<Bf16>(), d_targets.data<int32_t>(), N,
                             V, Vp, dloss, nullptr);
   EXPECT_LE(rel_error(to_host(d_loss3), loss_ref), kTolStats);
@@ -439,8 +356,8 @@ TEST(AdamWBf16Cuda, MixedPrecisionUpdatesMasterAndRoundsParams) {
   const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.7f;
   Vec master = random_floats(n, 50), m = random_floats(n, 52, -0.1f, 0.1f), v = random_floats(n, 53, 0.01f, 0.1f);
   const Vec grads = random_bf16_values(n, 51);
-  Tensor d_master = to_device(master), d_m = to_device(m), d_v = to_device(v), d_grads = bf16_device(grads);
-  Tensor d_params = poisoned_bf16(n);
+  Tensor d_master = to_device(master), d_m = to_device(m), d_v = to_device(v), d_grads = device_as<Bf16>(grads);
+  Tensor d_params = poisoned<Bf16>(n);
   DeviceScalars scalars;
   for (int t = 1; t <= 3; ++t) {
     adamw_update_cpu(master.data(), grads.data(), m.data(), v.data(), n, lr, beta1, beta2, eps, wd, t, grad_scale);
@@ -468,7 +385,7 @@ TEST(AdamWBf16Cuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
   for (int64_t n : {int64_t{100003}, int64_t{4096}, int64_t{7}, int64_t{0}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);
     const Vec grads = random_bf16_values(static_cast<size_t>(n), 60, -0.05f, 0.05f);
-    Tensor d_grads = bf16_device(n > 0 ? grads : Vec(1, 0.0f));
+    Tensor d_grads = device_as<Bf16>(n > 0 ? grads : Vec(1, 0.0f));
     DeviceDoubles partials(sum_squares_partials(n)), sumsq(1);
     sum_squares_async_cuda(sumsq.get(), partials.get(), d_grads.data<Bf16>(), n, nullptr);
     const double want = sum_squares_cpu(grads.data(), n);

@@ -4,11 +4,9 @@
 // Without a GPU (or in a build without CUDA) every test skips, saying so.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,56 +22,25 @@
 #include "model/kernels/residual.h"
 #include "model/optimizer.h"
 #include "model/params.h"
-#include "tests/test_util.h"
+#include "tests/cuda_test_util.h"
 
 namespace meshtrain {
 namespace {
 
 using Vec = std::vector<float>;
+using testing::DeviceScalars;
+using testing::kNaN;
+using testing::poisoned;
 using testing::random_floats;
+using testing::random_ids;
+using testing::rel_error;
+using testing::step_scalars;
+using testing::to_device;
+using testing::to_host;
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr double kTol = 1e-4;  // fp32, relative to the largest reference magnitude
 
-#define MT_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: kernel tests need a GPU"
-
-// A device copy of host values; kernels run on the default stream, which cudaMemcpy orders after.
-template <class T>
-Tensor to_device(const std::vector<T>& host) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cuda);
-  Tensor h = Tensor::empty({static_cast<int64_t>(host.size())}, dtype_of<T>(), Device::cpu);
-  std::copy(host.begin(), host.end(), h.data<T>());
-  t.copy_from(h);
-  return t;
-}
-
-Vec to_host(const Tensor& t) {
-  Tensor h = Tensor::empty(t.shape(), DType::f32, Device::cpu);
-  h.copy_from(t);
-  return Vec(h.f32(), h.f32() + h.numel());
-}
-
-Tensor poisoned(size_t n) { return to_device(Vec(n, kNaN)); }
-
-// Max |got - want| over max |want|: the infinity-norm relative error. Any NaN makes it infinite.
-double rel_error(const Vec& got, const Vec& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
-std::vector<int32_t> random_ids(size_t n, int32_t limit, uint64_t seed) {
-  Vec u = random_floats(n, seed, 0.0f, 1.0f);
-  std::vector<int32_t> ids(n);
-  for (size_t i = 0; i < n; ++i) ids[i] = std::min(limit - 1, static_cast<int32_t>(u[i] * limit));
-  return ids;
-}
+#define MT_REQUIRE_GPU() MT_REQUIRE_GPU_FOR("kernel tests")
 
 TEST(EncoderCuda, ForwardAndDeterministicBackwardMatchCpu) {
   MT_REQUIRE_GPU();
@@ -264,25 +231,6 @@ TEST(LayerNormCuda, FusedResidualMatchesCpuAndTheUnfusedPair) {
   }
 }
 
-// AdamWScalars in device memory, written and read through a float tensor of its five fields.
-struct DeviceScalars {
-  static_assert(sizeof(AdamWScalars) == 5 * sizeof(float));
-  DeviceScalars() : t(poisoned(5)) {}
-  AdamWScalars* get() const { return static_cast<AdamWScalars*>(t.raw()); }
-  void set(const AdamWScalars& s) {
-    Vec v(5);
-    std::memcpy(v.data(), &s, sizeof(s));
-    t.copy_from(to_device(v));
-  }
-  AdamWScalars value() const {
-    const Vec v = to_host(t);
-    AdamWScalars s;
-    std::memcpy(&s, v.data(), sizeof(s));
-    return s;
-  }
-  Tensor t;
-};
-
 TEST(AdamWCuda, DeviceScalarUpdateMatchesCpuAndTheHostScalarKernel) {
   MT_REQUIRE_GPU();
   const int64_t n = 100003;
@@ -297,9 +245,7 @@ TEST(AdamWCuda, DeviceScalarUpdateMatchesCpuAndTheHostScalarKernel) {
     adamw_update_cpu(params.data(), grads.data(), m.data(), v.data(), n, lr, beta1, beta2, eps, wd, t, grad_scale);
     adamw_update_cuda(h_params.f32(), d_grads.f32(), h_m.f32(), h_v.f32(), n, lr, beta1, beta2, eps, wd, t, grad_scale,
                       nullptr);
-    // What the host writes before a captured step: bias corrections in double, as adamw_cpu.cpp.
-    scalars.set({lr, static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t)),
-                 static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t)), grad_scale, kNaN});
+    scalars.set(step_scalars(lr, beta1, beta2, t, grad_scale));  // what the host writes before a captured step
     adamw_update_cuda(d_params.f32(), d_grads.f32(), d_m.f32(), d_v.f32(), n, scalars.get(), beta1, beta2, eps, wd,
                       nullptr);
   }

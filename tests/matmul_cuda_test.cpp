@@ -12,9 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -24,19 +23,23 @@
 #include "core/tensor.h"
 #include "model/kernels/gelu.h"
 #include "model/kernels/matmul.h"
-#include "tests/test_util.h"
+#include "tests/cuda_test_util.h"
 
 namespace meshtrain {
 namespace {
 
 using Vec = std::vector<float>;
+using testing::device_as;
+using testing::poisoned;
 using testing::random_floats;
+using testing::rel_error;
+using testing::rounded;
+using testing::same_floats;
+using testing::to_host;
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr int64_t kGuard = 16;  // NaN elements after every output, which no launch may touch
 
-#define MT_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: the cuBLASLt matmul tests need a GPU"
+#define MT_REQUIRE_GPU() MT_REQUIRE_GPU_FOR("the cuBLASLt matmul tests")
 
 struct Shape3 {
   int N, C, OC;
@@ -57,61 +60,15 @@ double tolerance<Bf16>() {
 
 // v as the element type would hold it: rounded to bf16 for Bf16, unchanged for float.
 template <class T>
-Vec representable(Vec v) {
-  if constexpr (std::is_same_v<T, Bf16>) {
-    for (auto& x : v) x = bf16_to_float(float_to_bf16(x));
-  }
-  return v;
-}
-
-template <class T>
-T from_float(float x) {
+Vec representable(const Vec& v) {
   if constexpr (std::is_same_v<T, Bf16>)
-    return Bf16{float_to_bf16(x)};
+    return rounded(v);
   else
-    return x;
+    return v;
 }
 
-template <class T>
-float to_float(T x) {
-  if constexpr (std::is_same_v<T, Bf16>)
-    return bf16_to_float(x.bits);
-  else
-    return x;
-}
-
-// A device buffer of T holding values, starting offset elements into its storage (NaN before it), and
-// followed by kGuard NaNs when guard is set. The returned view covers values (and the guard).
-template <class T>
-Tensor to_device(const Vec& values, int64_t offset = 0, bool guard = false) {
-  const int64_t n = static_cast<int64_t>(values.size()) + (guard ? kGuard : 0);
-  Tensor host = Tensor::empty({offset + n}, dtype_of<T>(), Device::cpu);
-  T* h = host.data<T>();
-  std::fill(h, h + offset + n, from_float<T>(kNaN));
-  for (size_t i = 0; i < values.size(); ++i) h[offset + static_cast<int64_t>(i)] = from_float<T>(values[i]);
-  Tensor dev = Tensor::empty({offset + n}, dtype_of<T>(), Device::cuda);
-  dev.copy_from(host);
-  return dev.view(offset, {n});
-}
-
-// An output buffer: n NaNs and the guard.
-template <class T>
-Tensor poisoned(size_t n, int64_t offset = 0) {
-  return to_device<T>(Vec(n, kNaN), offset, true);
-}
-
-template <class T>
-Vec to_host(const Tensor& t) {
-  Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
-  h.copy_from(t);
-  Vec v(static_cast<size_t>(h.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = to_float(h.data<T>()[i]);
-  return v;
-}
-
-// Max |got - want| over max |want| on the first want.size() elements (any NaN there: infinite); the
-// kGuard elements after them must still be NaN.
-double rel_error(const Vec& got, const Vec& want) {
+// rel_error on the first want.size() elements of got; the kGuard elements after them must still be NaN.
+double guarded_rel_error(const Vec& got, const Vec& want) {
   EXPECT_EQ(got.size(), want.size() + kGuard);
   for (size_t i = want.size(); i < got.size(); ++i) {
     if (!std::isnan(got[i])) {
@@ -119,17 +76,8 @@ double rel_error(const Vec& got, const Vec& want) {
       break;
     }
   }
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
-bool bit_identical(const Vec& a, const Vec& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  const Vec head(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(std::min(got.size(), want.size())));
+  return rel_error(head, want);
 }
 
 // Forward against the CPU, with or without bias and GELU; weight and bias sit param_offset elements
@@ -149,14 +97,14 @@ void check_forward(CudaMatmul& mm, Shape3 s, bool with_bias, bool with_gelu, int
   Vec out_ref = pre_ref;
   if (with_gelu) gelu_forward_cpu(out_ref.data(), pre_ref.data(), static_cast<int64_t>(NOC));
 
-  Tensor d_inp = to_device<T>(inp), d_weight = to_device<T>(weight, param_offset),
-         d_bias = to_device<T>(bias, param_offset);
-  Tensor d_out = poisoned<T>(NOC), d_pre = poisoned<T>(NOC);
+  Tensor d_inp = device_as<T>(inp), d_weight = device_as<T>(weight, param_offset),
+         d_bias = device_as<T>(bias, param_offset);
+  Tensor d_out = poisoned<T>(NOC + kGuard), d_pre = poisoned<T>(NOC + kGuard);  // outputs and their guards
   mm.forward(d_out.data<T>(), d_inp.data<T>(), d_weight.data<T>(), with_bias ? d_bias.data<T>() : nullptr, s.N, s.C,
              s.OC, with_gelu ? d_pre.data<T>() : nullptr);
-  EXPECT_LE(rel_error(to_host<T>(d_out), out_ref), tolerance<T>());
+  EXPECT_LE(guarded_rel_error(to_host(d_out), out_ref), tolerance<T>());
   if (with_gelu) {
-    EXPECT_LE(rel_error(to_host<T>(d_pre), pre_ref), tolerance<T>());
+    EXPECT_LE(guarded_rel_error(to_host(d_pre), pre_ref), tolerance<T>());
   }
 }
 
@@ -179,26 +127,26 @@ void check_backward(CudaMatmul& mm, Shape3 s, bool with_dinp, bool with_dbias, i
   matmul_backward_cpu(with_dinp ? dinp_ref.data() : nullptr, dweight_ref.data(),
                       with_dbias ? dbias_ref.data() : nullptr, dout.data(), inp.data(), weight.data(), s.N, s.C, s.OC);
 
-  Tensor d_inp = to_device<T>(inp), d_weight = to_device<T>(weight, param_offset), d_dout = to_device<T>(dout);
+  Tensor d_inp = device_as<T>(inp), d_weight = device_as<T>(weight, param_offset), d_dout = device_as<T>(dout);
   Vec first_dinp, first_dweight, first_dbias;
   for (int run = 0; run < 2; ++run) {
-    Tensor d_dinp = to_device<T>(dinp0, 0, true), d_dweight = to_device<T>(dweight0, param_offset, true),
-           d_dbias = to_device<T>(dbias0, param_offset, true);
+    Tensor d_dinp = device_as<T>(dinp0, 0, kGuard), d_dweight = device_as<T>(dweight0, param_offset, kGuard),
+           d_dbias = device_as<T>(dbias0, param_offset, kGuard);
     mm.backward(with_dinp ? d_dinp.data<T>() : nullptr, d_dweight.data<T>(), with_dbias ? d_dbias.data<T>() : nullptr,
                 d_dout.data<T>(), d_inp.data<T>(), d_weight.data<T>(), s.N, s.C, s.OC);
-    const Vec got_dinp = to_host<T>(d_dinp), got_dweight = to_host<T>(d_dweight), got_dbias = to_host<T>(d_dbias);
+    const Vec got_dinp = to_host(d_dinp), got_dweight = to_host(d_dweight), got_dbias = to_host(d_dbias);
     // A skipped gradient is left as it was (dinp_ref / dbias_ref are the starting values then).
-    EXPECT_LE(rel_error(got_dinp, dinp_ref), tolerance<T>());
-    EXPECT_LE(rel_error(got_dweight, dweight_ref), tolerance<T>());
-    EXPECT_LE(rel_error(got_dbias, dbias_ref), tolerance<T>());
+    EXPECT_LE(guarded_rel_error(got_dinp, dinp_ref), tolerance<T>());
+    EXPECT_LE(guarded_rel_error(got_dweight, dweight_ref), tolerance<T>());
+    EXPECT_LE(guarded_rel_error(got_dbias, dbias_ref), tolerance<T>());
     if (run == 0) {
       first_dinp = got_dinp;
       first_dweight = got_dweight;
       first_dbias = got_dbias;
     } else {
-      EXPECT_TRUE(bit_identical(first_dinp, got_dinp)) << "dinp differs between two identical runs";
-      EXPECT_TRUE(bit_identical(first_dweight, got_dweight)) << "dweight differs between two identical runs";
-      EXPECT_TRUE(bit_identical(first_dbias, got_dbias)) << "dbias differs between two identical runs";
+      EXPECT_TRUE(same_floats(first_dinp, got_dinp)) << "dinp differs between two identical runs";
+      EXPECT_TRUE(same_floats(first_dweight, got_dweight)) << "dweight differs between two identical runs";
+      EXPECT_TRUE(same_floats(first_dbias, got_dbias)) << "dbias differs between two identical runs";
     }
   }
 }
@@ -273,7 +221,7 @@ TEST(MatmulCuda, RejectsBadArguments) {
   MT_REQUIRE_GPU();
   CudaMatmul mm(nullptr);
   EXPECT_EQ(mm.workspace_bytes(), size_t{32} << 20);
-  Tensor buf = to_device<float>(Vec(64, 1.0f));
+  Tensor buf = device_as<float>(Vec(64, 1.0f));
   float* p = buf.f32();
   EXPECT_THROW(mm.forward(p, p, p, nullptr, 0, 4, 4), Error);
   EXPECT_THROW(mm.forward(p, p, p, nullptr, 4, 4, -1), Error);

@@ -19,6 +19,7 @@
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "core/communicator.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 #include "tiny_corpus.h"
 
@@ -27,8 +28,7 @@ using namespace meshtrain;
 
 namespace {
 
-#define MT_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU training tests need a GPU"
+#define MT_REQUIRE_GPU() MT_REQUIRE_GPU_FOR("GPU training tests")
 
 /// ||got - want|| / ||want|| over whole vectors (L2), infinite on any non-finite value.
 double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
