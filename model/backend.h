@@ -4,7 +4,8 @@
 //
 // Pointers are void* because one model runs in fp32 or bf16: parameters, gradients and activations
 // are in dtype(); LayerNorm statistics, attention's saved values, losses and scratch are always fp32.
-// Every backward accumulates (+=) into its outputs, as the CPU kernels do.
+// Every backward accumulates (+=) into its outputs, as the CPU kernels do, except matmul_backward's
+// dinp, which it overwrites (a GEMM with beta = 0 costs nothing, zeroing first costs a pass).
 #pragma once
 
 #include <cstddef>
@@ -57,6 +58,7 @@ class Backend {
   /// out = inp @ weight^T (+ bias); with pre_gelu, pre_gelu = that and out = gelu(pre_gelu).
   virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C,
                               int OC, void* pre_gelu = nullptr) = 0;
+  /// dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column sums of dout.
   /// dinp and dbias may be null.
   virtual void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
                                const void* weight, int N, int C, int OC) = 0;

@@ -59,6 +59,7 @@ class CpuBackend final : public Backend {
   }
   void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
                        int N, int C, int OC) override {
+    if (dinp) std::memset(dinp, 0, static_cast<size_t>(N) * C * sizeof(float));  // the CPU kernel accumulates
     matmul_backward_cpu(f(dinp), f(dweight), f(dbias), f(dout), f(inp), f(weight), N, C, OC);
   }
   void attention_forward(void* out, float* saved, const void* qkv, int B, int T, int C, int NH) override {

@@ -101,7 +101,7 @@ class CudaBackend final : public Backend {
     each([&](auto t) {
       using T_ = decltype(t);
       matmul_.backward(as<T_>(dinp), as<T_>(dweight), as<T_>(dbias), as<T_>(dout), as<T_>(inp), as<T_>(weight), N,
-                       C, OC);
+                       C, OC, /*accumulate_dinp=*/false);
     });
   }
   void attention_forward(void* out, float* saved, const void* qkv, int B, int T, int C, int NH) override {

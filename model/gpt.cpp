@@ -13,6 +13,7 @@
 #include "model/gpt.h"
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #include "model/kernels/matmul.h"
@@ -233,10 +234,10 @@ void Gpt::ensure_acts(int B, int T) {
   // The plan runs twice: once from address 0 to size the buffer, then from the buffer's start. On a
   // GPU every piece starts on a 256-byte boundary (what cuBLASLt and vector loads like best).
   const int64_t align = be_->device() == Device::cpu ? 1 : 256;
-  auto lay_out = [&](std::byte* base) {
+  auto lay_out = [&](uintptr_t base) {
     int64_t off = 0;  // bytes
     auto take_bytes = [&](int64_t bytes) {
-      std::byte* p = base + off;
+      auto* p = reinterpret_cast<std::byte*>(base + static_cast<uintptr_t>(off));
       off += (bytes + align - 1) / align * align;
       return p;
     };
@@ -265,10 +266,10 @@ void Gpt::ensure_acts(int B, int T) {
     a->att_scratch = take_f32(att_scratch);
     return off;
   };
-  const int64_t bytes = lay_out(nullptr);
+  const int64_t bytes = lay_out(0);
   a->buffer = Tensor::empty({(bytes + static_cast<int64_t>(esize_) - 1) / static_cast<int64_t>(esize_)},
                             be_->dtype(), be_->device());
-  lay_out(static_cast<std::byte*>(a->buffer.raw()));
+  lay_out(reinterpret_cast<uintptr_t>(a->buffer.raw()));
   a->ids = Tensor::zeros({2 * BT}, DType::i32, be_->device());
   a->loss_buf = Tensor::zeros({BT}, DType::f32, be_->device());
   slot = std::move(a);
@@ -480,7 +481,6 @@ void Gpt::backward() {
   const int64_t BTC = static_cast<int64_t>(BT) * C;
   const size_t e = esize_;
   if (table_.last_stage()) {
-    be.zero(a.dln, BTC * e);
     {
       Region r(prof_, be, "classifier");
       be.matmul_backward(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
@@ -509,7 +509,6 @@ void Gpt::backward() {
       }
     }
     // a.dres holds d(res[l+1]); the residual passes it unchanged to res2.
-    be.zero(a.dfch_gelu, static_cast<int64_t>(BT) * Fl_ * e);
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dfch_gelu, gw.fcproj_w, gw.fcproj_b, a.dres, y.fch_gelu, w.fcproj_w, BT, Fl_, C);
@@ -519,7 +518,6 @@ void Gpt::backward() {
       Region r(prof_, be, "gelu");
       be.gelu_backward(a.dfch, y.fch, a.dfch_gelu, static_cast<int64_t>(BT) * Fl_);
     }
-    be.zero(a.dln, BTC * e);
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
@@ -530,7 +528,6 @@ void Gpt::backward() {
       be.layernorm_backward(a.dres, gw.ln2_w, gw.ln2_b, a.dln, y.res2, w.ln2_w, y.ln2_mean, y.ln2_rstd, BT, C);
     }
     // a.dres now holds d(res2); the attention residual passes it to res[l].
-    be.zero(a.datty, static_cast<int64_t>(BT) * Cl_ * e);
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.datty, gw.attproj_w, gw.attproj_b, a.dres, y.atty, w.attproj_w, BT, Cl_, C);
@@ -540,7 +537,6 @@ void Gpt::backward() {
       Region r(prof_, be, "attention");
       be.attention_backward(a.dqkv, a.att_scratch, a.datty, y.qkv, y.atty, y.att, B, T, Cl_, NHl_);
     }
-    be.zero(a.dln, BTC * e);
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);

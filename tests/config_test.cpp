@@ -83,6 +83,16 @@ TEST(Config, BadValuesNameTheKeyAndTheExpectedForm) {
   EXPECT_NE(e.find("multiple of model.n_head"), std::string::npos) << e;
   e = error_of([] { load_config("", {"train.steps"}); });
   EXPECT_NE(e.find("section.key=value"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"train.device=tpu"}); });
+  EXPECT_NE(e.find("train.device must be auto, cpu or cuda"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"train.precision=fp16"}); });
+  EXPECT_NE(e.find("train.precision must be fp32 or bf16"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"train.attention=sparse"}); });
+  EXPECT_NE(e.find("train.attention must be flash or materialised"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"train.device=cpu", "train.precision=bf16"}); });
+  EXPECT_NE(e.find("train.device = cpu trains in fp32"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"train.cuda_graph=maybe"}); });
+  EXPECT_NE(e.find("train.cuda_graph"), std::string::npos) << e;
 
   meshtrain::testing::ScratchDir dir("config");
   std::ofstream(dir.str("types.toml")) << "[train]\nsteps = \"many\"\n";

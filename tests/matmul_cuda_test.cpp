@@ -30,6 +30,7 @@ namespace {
 
 using Vec = std::vector<float>;
 using testing::device_as;
+using testing::kNaN;
 using testing::poisoned;
 using testing::random_floats;
 using testing::rel_error;
@@ -109,21 +110,24 @@ void check_forward(CudaMatmul& mm, Shape3 s, bool with_bias, bool with_gelu, int
 }
 
 // Backward against the CPU, accumulating into random starting values, twice (bit-identical); dweight
-// and dbias sit param_offset elements into their buffers.
+// and dbias sit param_offset elements into their buffers. With overwrite_dinp, dinp starts as NaN and
+// must be overwritten (accumulate_dinp = false, the model's use).
 template <class T>
-void check_backward(CudaMatmul& mm, Shape3 s, bool with_dinp, bool with_dbias, int64_t param_offset) {
+void check_backward(CudaMatmul& mm, Shape3 s, bool with_dinp, bool with_dbias, int64_t param_offset,
+                    bool overwrite_dinp = false) {
   SCOPED_TRACE(::testing::Message() << dtype_name(dtype_of<T>()) << " N=" << s.N << " C=" << s.C << " OC=" << s.OC
-                                    << " dinp=" << with_dinp << " dbias=" << with_dbias << " offset=" << param_offset);
+                                    << " dinp=" << with_dinp << " dbias=" << with_dbias << " offset=" << param_offset
+                                    << " overwrite=" << overwrite_dinp);
   const size_t NC = size_t(s.N) * s.C, NOC = size_t(s.N) * s.OC, W = size_t(s.OC) * s.C;
   const uint64_t seed = 2000 * uint64_t(s.OC) + s.C;
   const Vec inp = representable<T>(random_floats(NC, seed + 1));
   const Vec weight = representable<T>(random_floats(W, seed + 2));
   const Vec dout = representable<T>(random_floats(NOC, seed + 3));
-  const Vec dinp0 = representable<T>(random_floats(NC, seed + 4));
+  const Vec dinp0 = overwrite_dinp ? Vec(NC, kNaN) : representable<T>(random_floats(NC, seed + 4));
   const Vec dweight0 = representable<T>(random_floats(W, seed + 5));
   const Vec dbias0 = representable<T>(random_floats(s.OC, seed + 6));
 
-  Vec dinp_ref = dinp0, dweight_ref = dweight0, dbias_ref = dbias0;
+  Vec dinp_ref = overwrite_dinp ? Vec(NC, 0.0f) : dinp0, dweight_ref = dweight0, dbias_ref = dbias0;
   matmul_backward_cpu(with_dinp ? dinp_ref.data() : nullptr, dweight_ref.data(),
                       with_dbias ? dbias_ref.data() : nullptr, dout.data(), inp.data(), weight.data(), s.N, s.C, s.OC);
 
@@ -133,7 +137,7 @@ void check_backward(CudaMatmul& mm, Shape3 s, bool with_dinp, bool with_dbias, i
     Tensor d_dinp = device_as<T>(dinp0, 0, kGuard), d_dweight = device_as<T>(dweight0, param_offset, kGuard),
            d_dbias = device_as<T>(dbias0, param_offset, kGuard);
     mm.backward(with_dinp ? d_dinp.data<T>() : nullptr, d_dweight.data<T>(), with_dbias ? d_dbias.data<T>() : nullptr,
-                d_dout.data<T>(), d_inp.data<T>(), d_weight.data<T>(), s.N, s.C, s.OC);
+                d_dout.data<T>(), d_inp.data<T>(), d_weight.data<T>(), s.N, s.C, s.OC, !overwrite_dinp);
     const Vec got_dinp = to_host(d_dinp), got_dweight = to_host(d_dweight), got_dbias = to_host(d_dbias);
     // A skipped gradient is left as it was (dinp_ref / dbias_ref are the starting values then).
     EXPECT_LE(guarded_rel_error(got_dinp, dinp_ref), tolerance<T>());
@@ -171,6 +175,8 @@ void check_all_backward() {
   check_backward<T>(mm, kShapes[0], false, true, 0);
   check_backward<T>(mm, kShapes[2], true, false, 0);
   check_backward<T>(mm, kShapes[3], false, false, 0);
+  check_backward<T>(mm, kShapes[0], true, true, 0, /*overwrite_dinp=*/true);
+  check_backward<T>(mm, kShapes[3], true, true, 0, /*overwrite_dinp=*/true);
 }
 
 // Weight, bias and their gradients one element into their buffers: 4-byte (fp32) or 2-byte (bf16)

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/rng.h"
@@ -185,6 +186,33 @@ TEST(Gpt, SameSeedGivesBitIdenticalLosses) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i;
   EXPECT_NE(a.front(), a.back());
+}
+
+// The device-side entry points a captured CUDA graph uses (tokens and targets already in the model's
+// buffers, losses left in losses()) compute exactly what forward() does; on the CPU backend too.
+TEST(Gpt, QueuedForwardMatchesForward) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt a(c, comm), b(c, comm);
+  a.initialize(8);
+  b.initialize(8);
+  const int B = 2, T = 8, BT = B * T;
+  auto inp = random_tokens(BT, c.vocab_size, 40), tgt = random_tokens(BT, c.vocab_size, 41);
+  a.zero_grad();
+  const float la = a.forward(inp.data(), tgt.data(), B, T, true, 0.5f);
+  a.backward();
+  b.zero_grad();
+  std::copy(inp.begin(), inp.end(), b.input_tokens(B, T).data<int32_t>());
+  std::copy(tgt.begin(), tgt.end(), b.input_targets(B, T).data<int32_t>());
+  b.forward_queued(B, T, true, true, 0.5f / BT);
+  b.backward();
+  Tensor losses = b.losses();
+  ASSERT_EQ(losses.numel(), BT);
+  double sum = 0.0;
+  for (int i = 0; i < BT; ++i) sum += losses.f32()[i];
+  EXPECT_EQ(la, static_cast<float>(sum / BT));
+  ASSERT_EQ(a.grads().numel(), b.grads().numel());
+  EXPECT_EQ(0, std::memcmp(a.grads().raw(), b.grads().raw(), a.grads().nbytes()));
 }
 
 TEST(Gpt, GradientAccumulationMatchesOneBigBatch) {

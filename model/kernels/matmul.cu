@@ -354,7 +354,8 @@ struct CudaMatmul::Impl {
   }
 
   template <class T>
-  void backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C, int OC) {
+  void backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, int N, int C, int OC,
+                bool accumulate_dinp) {
     MT_CHECK(N >= 1 && C >= 1 && OC >= 1,
              "[CudaMatmul::backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C, OC);
     MT_CHECK(dweight != nullptr && dout != nullptr && inp != nullptr,
@@ -362,7 +363,8 @@ struct CudaMatmul::Impl {
     MT_CHECK(dinp == nullptr || weight != nullptr, "[CudaMatmul::backward] dinp needs the weight, which is null");
     const cudaDataType_t type = TypeOf<T>::cuda;
     if (dinp != nullptr)
-      run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, type, weight, dout, dinp, 1.0f), kOpBackward);
+      run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, type, weight, dout, dinp, accumulate_dinp ? 1.0f : 0.0f),
+                  kOpBackward);
     run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, type, inp, dout, dweight, 1.0f), kOpBackward);
     if (dbias == nullptr) return;
 
@@ -405,13 +407,13 @@ void CudaMatmul::forward(Bf16* out, const Bf16* inp, const Bf16* weight, const B
 }
 
 void CudaMatmul::backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                          const float* weight, int N, int C, int OC) {
-  impl_->backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+                          const float* weight, int N, int C, int OC, bool accumulate_dinp) {
+  impl_->backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, accumulate_dinp);
 }
 
 void CudaMatmul::backward(Bf16* dinp, Bf16* dweight, Bf16* dbias, const Bf16* dout, const Bf16* inp, const Bf16* weight,
-                          int N, int C, int OC) {
-  impl_->backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+                          int N, int C, int OC, bool accumulate_dinp) {
+  impl_->backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, accumulate_dinp);
 }
 
 size_t CudaMatmul::workspace_bytes() const { return kWorkspaceBytes; }

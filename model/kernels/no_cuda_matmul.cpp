@@ -19,10 +19,10 @@ void CudaMatmul::forward(float*, const float*, const float*, const float*, int, 
 void CudaMatmul::forward(Bf16*, const Bf16*, const Bf16*, const Bf16*, int, int, int, Bf16*) {
   MT_NO_CUDA("CudaMatmul::forward");
 }
-void CudaMatmul::backward(float*, float*, float*, const float*, const float*, const float*, int, int, int) {
+void CudaMatmul::backward(float*, float*, float*, const float*, const float*, const float*, int, int, int, bool) {
   MT_NO_CUDA("CudaMatmul::backward");
 }
-void CudaMatmul::backward(Bf16*, Bf16*, Bf16*, const Bf16*, const Bf16*, const Bf16*, int, int, int) {
+void CudaMatmul::backward(Bf16*, Bf16*, Bf16*, const Bf16*, const Bf16*, const Bf16*, int, int, int, bool) {
   MT_NO_CUDA("CudaMatmul::backward");
 }
 size_t CudaMatmul::workspace_bytes() const { MT_NO_CUDA("CudaMatmul::workspace_bytes"); }
