@@ -44,32 +44,35 @@ constexpr double kTol = 1e-4;  // fp32, relative to the largest reference magnit
 
 TEST(EncoderCuda, ForwardAndDeterministicBackwardMatchCpu) {
   MT_REQUIRE_GPU();
-  const int B = 3, T = 37, C = 100, V = 29;  // few tokens: many positions share a dwte row
-  const auto tokens = random_ids(static_cast<size_t>(B) * T, V, 1);
-  const Vec wte = random_floats(static_cast<size_t>(V) * C, 2), wpe = random_floats(static_cast<size_t>(T) * C, 3);
-  const Vec dout = random_floats(static_cast<size_t>(B) * T * C, 4);
-  const Vec dwte0 = random_floats(wte.size(), 5), dwpe0 = random_floats(wpe.size(), 6);
+  for (const int C : {100, 128}) {  // scalar loads, then the 16-byte path
+    SCOPED_TRACE(::testing::Message() << "C=" << C);
+    const int B = 3, T = 37, V = 29;  // few tokens: many positions share a dwte row
+    const auto tokens = random_ids(static_cast<size_t>(B) * T, V, 1);
+    const Vec wte = random_floats(static_cast<size_t>(V) * C, 2), wpe = random_floats(static_cast<size_t>(T) * C, 3);
+    const Vec dout = random_floats(static_cast<size_t>(B) * T * C, 4);
+    const Vec dwte0 = random_floats(wte.size(), 5), dwpe0 = random_floats(wpe.size(), 6);
 
-  Vec out_ref(dout.size());
-  encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
-  Tensor d_tokens = to_device(tokens), d_wte = to_device(wte), d_wpe = to_device(wpe), d_out = poisoned(dout.size());
-  encoder_forward_cuda(d_out.f32(), d_tokens.data<int32_t>(), d_wte.f32(), d_wpe.f32(), B, T, C, nullptr);
-  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
+    Vec out_ref(dout.size());
+    encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+    Tensor d_tokens = to_device(tokens), d_wte = to_device(wte), d_wpe = to_device(wpe), d_out = poisoned(dout.size());
+    encoder_forward_cuda(d_out.f32(), d_tokens.data<int32_t>(), d_wte.f32(), d_wpe.f32(), B, T, C, nullptr);
+    EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
 
-  Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
-  encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
-  Tensor d_dout = to_device(dout);
-  Vec first_dwte;
-  for (int run = 0; run < 2; ++run) {
-    Tensor d_dwte = to_device(dwte0), d_dwpe = to_device(dwpe0);
-    encoder_backward_cuda(d_dwte.f32(), d_dwpe.f32(), d_dout.f32(), d_tokens.data<int32_t>(), B, T, C, nullptr);
-    const Vec got_dwte = to_host(d_dwte);
-    EXPECT_LE(rel_error(got_dwte, dwte_ref), kTol);
-    EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTol);
-    if (run == 0)
-      first_dwte = got_dwte;
-    else
-      EXPECT_EQ(0, std::memcmp(first_dwte.data(), got_dwte.data(), got_dwte.size() * sizeof(float)));
+    Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
+    encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
+    Tensor d_dout = to_device(dout);
+    Vec first_dwte;
+    for (int run = 0; run < 2; ++run) {
+      Tensor d_dwte = to_device(dwte0), d_dwpe = to_device(dwpe0);
+      encoder_backward_cuda(d_dwte.f32(), d_dwpe.f32(), d_dout.f32(), d_tokens.data<int32_t>(), B, T, C, nullptr);
+      const Vec got_dwte = to_host(d_dwte);
+      EXPECT_LE(rel_error(got_dwte, dwte_ref), kTol);
+      EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTol);
+      if (run == 0)
+        first_dwte = got_dwte;
+      else
+        EXPECT_EQ(0, std::memcmp(first_dwte.data(), got_dwte.data(), got_dwte.size() * sizeof(float)));
+    }
   }
 }
 
@@ -114,32 +117,58 @@ TEST(LayerNormCuda, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// Sizes: an odd count (scalar tail), a multiple of 4 (the 16-byte path), and that multiple one float
+// into every buffer (misaligned pointers: the scalar path on a size the vector path would take).
+struct ElementwiseCase {
+  int64_t n;
+  int64_t offset;
+};
+constexpr ElementwiseCase kElementwiseCases[] = {{37 * 100 + 3, 0}, {4096, 0}, {4096, 1}};
+
+/// A device copy of v placed offset elements into its buffer (the lead elements are NaN).
+Tensor at_offset(const Vec& v, int64_t offset) {
+  Vec padded(static_cast<size_t>(offset), kNaN);
+  padded.insert(padded.end(), v.begin(), v.end());
+  return to_device(padded);
+}
+
+/// The n values after the first offset of a device buffer.
+Vec tail(const Tensor& t, int64_t offset) {
+  Vec all = to_host(t);
+  return Vec(all.begin() + offset, all.end());
+}
+
 TEST(GeluCuda, ForwardAndBackwardMatchCpu) {
   MT_REQUIRE_GPU();
-  const int64_t N = 37 * 100 + 3;
-  const Vec inp = random_floats(N, 20, -4.0f, 4.0f), dout = random_floats(N, 21), dinp0 = random_floats(N, 22);
-  Vec out_ref(N), dinp_ref = dinp0;
-  gelu_forward_cpu(out_ref.data(), inp.data(), N);
-  gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
-  Tensor d_inp = to_device(inp), d_out = poisoned(N), d_dout = to_device(dout), d_dinp = to_device(dinp0);
-  gelu_forward_cuda(d_out.f32(), d_inp.f32(), N, nullptr);
-  gelu_backward_cuda(d_dinp.f32(), d_inp.f32(), d_dout.f32(), N, nullptr);
-  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
-  EXPECT_LE(rel_error(to_host(d_dinp), dinp_ref), kTol);
+  for (const auto [N, o] : kElementwiseCases) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " offset=" << o);
+    const Vec inp = random_floats(N, 20, -4.0f, 4.0f), dout = random_floats(N, 21), dinp0 = random_floats(N, 22);
+    Vec out_ref(N), dinp_ref = dinp0;
+    gelu_forward_cpu(out_ref.data(), inp.data(), N);
+    gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
+    Tensor d_inp = at_offset(inp, o), d_out = poisoned(N + o), d_dout = at_offset(dout, o),
+           d_dinp = at_offset(dinp0, o);
+    gelu_forward_cuda(d_out.f32() + o, d_inp.f32() + o, N, nullptr);
+    gelu_backward_cuda(d_dinp.f32() + o, d_inp.f32() + o, d_dout.f32() + o, N, nullptr);
+    EXPECT_LE(rel_error(tail(d_out, o), out_ref), kTol);
+    EXPECT_LE(rel_error(tail(d_dinp, o), dinp_ref), kTol);
+  }
 }
 
 TEST(ResidualCuda, ForwardAndAccumulateMatchCpu) {
   MT_REQUIRE_GPU();
-  const int64_t N = 37 * 100 + 5;
-  const Vec a = random_floats(N, 30), b = random_floats(N, 31), dst0 = random_floats(N, 32);
-  Vec out_ref(N), dst_ref = dst0;
-  residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
-  residual_accumulate_cpu(dst_ref.data(), a.data(), N);
-  Tensor d_a = to_device(a), d_b = to_device(b), d_out = poisoned(N), d_dst = to_device(dst0);
-  residual_forward_cuda(d_out.f32(), d_a.f32(), d_b.f32(), N, nullptr);
-  residual_accumulate_cuda(d_dst.f32(), d_a.f32(), N, nullptr);
-  EXPECT_LE(rel_error(to_host(d_out), out_ref), kTol);
-  EXPECT_LE(rel_error(to_host(d_dst), dst_ref), kTol);
+  for (const auto [N, o] : kElementwiseCases) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " offset=" << o);
+    const Vec a = random_floats(N, 30), b = random_floats(N, 31), dst0 = random_floats(N, 32);
+    Vec out_ref(N), dst_ref = dst0;
+    residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
+    residual_accumulate_cpu(dst_ref.data(), a.data(), N);
+    Tensor d_a = at_offset(a, o), d_b = at_offset(b, o), d_out = poisoned(N + o), d_dst = at_offset(dst0, o);
+    residual_forward_cuda(d_out.f32() + o, d_a.f32() + o, d_b.f32() + o, N, nullptr);
+    residual_accumulate_cuda(d_dst.f32() + o, d_a.f32() + o, N, nullptr);
+    EXPECT_LE(rel_error(tail(d_out, o), out_ref), kTol);
+    EXPECT_LE(rel_error(tail(d_dst, o), dst_ref), kTol);
+  }
 }
 
 TEST(CrossEntropyCuda, LossesAndInPlaceGradientMatchCpu) {
