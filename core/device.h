@@ -89,6 +89,8 @@ class CudaGraph {
   void begin_capture(void* stream);
   /// Ends the capture and instantiates the graph (replacing any earlier one).
   void end_capture(void* stream);
+  /// Ends a capture that failed part-way and drops what it recorded, so the stream runs work again.
+  void abort_capture(void* stream) noexcept;
   void replay(void* stream);
   bool ready() const { return exec_ != nullptr; }
   /// Drops the captured graph (the next step captures again).

@@ -158,6 +158,14 @@ void CudaGraph::end_capture(void* stream) {
   exec_ = e;
 }
 
+void CudaGraph::abort_capture(void* stream) noexcept {
+  cudaGraph_t g = nullptr;
+  (void)cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &g);
+  if (g) (void)cudaGraphDestroy(g);
+  (void)cudaGetLastError();  // an invalidated capture leaves an error behind
+  reset();
+}
+
 void CudaGraph::replay(void* stream) {
   MT_CHECK(exec_, "[cuda_graph] replay before a capture");
   CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)));

@@ -26,6 +26,7 @@ CudaGraph::~CudaGraph() = default;
 void CudaGraph::reset() {}
 void CudaGraph::begin_capture(void*) { MT_NOT_BUILT(); }
 void CudaGraph::end_capture(void*) { MT_NOT_BUILT(); }
+void CudaGraph::abort_capture(void*) noexcept {}
 void CudaGraph::replay(void*) { MT_NOT_BUILT(); }
 
 }  // namespace meshtrain

@@ -332,7 +332,14 @@ void Gpt::block_forward(int l, int B, int T) {
     be.residual_layernorm_forward(y.res2, y.ln2, y.ln2_mean, y.ln2_rstd, a.res[l], a.proj_out, w.ln2_w, w.ln2_b, BT,
                                   C);
   }
-  {
+  if (recompute_ == Recompute::selective) {
+    // Backward recomputes the GELU output with gelu_forward from y.fch, so forward must make it the same
+    // way: a GELU fused into the GEMM epilogue (cuBLASLt, bf16) works on the unrounded sum and gives
+    // other bits than gelu_forward on the stored y.fch.
+    Region r(prof_, be, "matmul");
+    be.matmul_forward(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_);
+    be.gelu_forward(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
+  } else {
     Region r(prof_, be, "matmul");  // with GELU in the epilogue where the device fuses it
     be.matmul_forward(y.fch_gelu, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_, y.fch);
   }

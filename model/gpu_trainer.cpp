@@ -152,7 +152,12 @@ GpuTrainer::StepResult GpuTrainer::step(const int32_t* tokens, const int32_t* ta
   if (use_graph_ && eager_steps_ > 0) {
     if (!graph_.ready() || !(key == graph_key_)) {
       graph_.begin_capture(be.stream());
-      queue_step(micro, B, T, dloss);
+      try {
+        queue_step(micro, B, T, dloss);
+      } catch (...) {
+        graph_.abort_capture(be.stream());
+        throw;
+      }
       graph_.end_capture(be.stream());
       graph_key_ = key;
     }

@@ -77,7 +77,7 @@ __device__ double block_sum(double v) {
   __shared__ double sh[kBlock];
   sh[threadIdx.x] = v;
   __syncthreads();
-  for (int stride = kBlock / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = kBlock / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) sh[threadIdx.x] += sh[threadIdx.x + stride];
     __syncthreads();
   }
