@@ -27,6 +27,11 @@ if [ -f .devdeps/unpack.sh ]; then
   # shellcheck disable=SC1091
   source .devdeps/unpack.sh >"$out/unpack.log" 2>&1 || echo "[device-check] unpack failed (see $out/unpack.log)"
 fi
+# nvcc and compute-sanitizer live under the toolkit, which is not always on PATH.
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer /usr/local/cuda-*/bin; do
+  [ -d "$d" ] && PATH="$PATH:$d"
+done
+export PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 arch=${cap:-90}
