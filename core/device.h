@@ -15,6 +15,9 @@ namespace meshtrain {
 int cuda_device_count();
 /// True when this binary was built with the CUDA backend.
 bool cuda_built();
+/// Throws a clear error, naming what asked (e.g. "train.device = cuda"), unless this build has CUDA
+/// and a GPU is visible.
+void require_cuda(const char* who);
 /// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" for the current device.
 std::string cuda_device_description();
 void* device_malloc(size_t nbytes);

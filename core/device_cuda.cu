@@ -48,6 +48,12 @@ int cuda_device_count() {
 
 bool cuda_built() { return true; }
 
+void require_cuda(const char* who) {
+  MT_CHECK(cuda_device_count() > 0,
+           "[cuda] {}, but no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or run on the CPU",
+           who);
+}
+
 std::string cuda_device_description() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));

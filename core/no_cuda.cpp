@@ -7,6 +7,12 @@ namespace meshtrain {
 
 int cuda_device_count() { return 0; }
 bool cuda_built() { return false; }
+void require_cuda(const char* who) {
+  MT_FAIL(
+      "[cuda] {}, but this build has no CUDA backend; rebuild with nvcc present (-DMESHTRAIN_CUDA=ON), or run on the "
+      "CPU",
+      who);
+}
 std::string cuda_device_description() { MT_NOT_BUILT(); }
 void* device_malloc(size_t) { MT_NOT_BUILT(); }
 void device_free(void*, size_t) noexcept {}

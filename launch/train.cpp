@@ -152,12 +152,7 @@ double run_train(const TrainArgs& args, Communicator& world) {
            "[train] train.device = cuda trains one whole model in one process: run a single rank with parallel.tp = "
            "parallel.pp = 1, or use train.device = cpu for multi-rank layouts");
 
-  if (use_cuda) {
-    MT_CHECK(cuda_built(), "[train] train.device = cuda, but this build has no CUDA backend; rebuild with nvcc "
-                           "present (-DMESHTRAIN_CUDA=ON) or use train.device = cpu");
-    MT_CHECK(cuda_device_count() > 0, "[train] train.device = cuda, but no CUDA device is visible (check nvidia-smi "
-                                      "and CUDA_VISIBLE_DEVICES); use train.device = cpu or auto");
-  }
+  if (use_cuda) require_cuda("train.device = cuda");
 
   const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);

@@ -167,9 +167,7 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, AttentionKind attention) {
-  MT_CHECK(cuda_built(), "[cuda] not built: train.device = cuda needs a build with -DMESHTRAIN_CUDA=ON");
-  MT_CHECK(cuda_device_count() > 0, "[cuda] no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES); "
-                                    "use train.device = cpu or auto");
+  require_cuda("a CUDA backend was asked for");
   return std::make_unique<CudaBackend>(dtype, attention);
 }
 

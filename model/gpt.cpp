@@ -125,8 +125,8 @@ void Gpt::use_slot(int slot) {
   slot_ = slot;
 }
 
-void* Gpt::act(void* base, int64_t elements) const {
-  return static_cast<std::byte*>(base) + elements * static_cast<int64_t>(esize_);
+const void* Gpt::act(const void* base, int64_t elements) const {
+  return static_cast<const std::byte*>(base) + elements * static_cast<int64_t>(esize_);
 }
 
 namespace {
@@ -452,7 +452,7 @@ const float* Gpt::logits_row(int64_t r) const {
   const Acts& a = acts();
   MT_CHECK(table_.last_stage() && !a.grad_ready && r >= 0 && r < static_cast<int64_t>(a.last_B) * a.last_T,
            "[gpt] logits_row({}) without a matching forward", r);
-  const void* row = static_cast<const std::byte*>(a.logits) + r * Vl_ * static_cast<int64_t>(esize_);
+  const void* row = act(a.logits, r * Vl_);
   if (be_->device() == Device::cpu) return static_cast<const float*>(row);
   host_logits_.resize(static_cast<size_t>(Vl_));
   be_->download_floats(host_logits_.data(), row, Vl_);
@@ -553,8 +553,7 @@ void Gpt::backward() {
       Region r(prof_, be, "layernorm");
       be.layernorm_backward(a.dres, gw.ln1_w, gw.ln1_b, a.dln, a.res[l], w.ln1_w, y.ln1_mean, y.ln1_rstd, BT, C);
     }
-    if (grad_ready_) grad_ready_((static_cast<std::byte*>(gw.ln1_w) - static_cast<std::byte*>(grads_.raw())) /
-                                 static_cast<int64_t>(e));
+    if (grad_ready_) grad_ready_(offset_in(grads_, gw.ln1_w));
   }
   if (table_.first_stage()) {
     Region r(prof_, be, "encoder");

@@ -125,7 +125,8 @@ class Gpt {
   void run_blocks(int B, int T);                              // encoder, blocks, final LayerNorm
   void head_forward(int B, int T, bool has_targets, bool compute_grad, float dloss);  // logits, loss
   void block_forward(int l, int B, int T);
-  void* act(void* base, int64_t elements) const;
+  /// The address elements activation elements past base.
+  const void* act(const void* base, int64_t elements) const;
 
   GptConfig cfg_;
   std::unique_ptr<Communicator> own_tp_;  // a size-1 group when no tp group is given

@@ -17,16 +17,12 @@
 
 namespace meshtrain {
 
-namespace {
-int64_t numel_of(const GptConfig& cfg) { return ParameterTable(cfg).total(); }
-}  // namespace
-
 GpuTrainer::GpuTrainer(const GptConfig& cfg, std::unique_ptr<Backend> backend, AdamWConfig adam, bool cuda_graph)
     : adam_(adam), use_graph_(cuda_graph) {
   MT_CHECK(backend && backend->device() == Device::cuda, "[gpu_trainer] needs a CUDA backend");
   LocalCommunicator one;
   model_ = std::make_unique<Gpt>(cfg, one, nullptr, 1, 0, std::move(backend));
-  const int64_t n = numel_of(cfg);
+  const int64_t n = model_->table().total();
   m_ = Tensor::zeros({n}, DType::f32, Device::cuda);
   v_ = Tensor::zeros({n}, DType::f32, Device::cuda);
   if (model_->backend().dtype() == DType::bf16) master_ = Tensor::zeros({n}, DType::f32, Device::cuda);

@@ -3,13 +3,6 @@
 // methods and non-blocking (MPI_I*) for the _async ones; bf16, u16 and u8 sums use MPI ops of our own.
 #pragma once
 
-// Only MPI's C API: its deprecated C++ bindings need a library we do not link (HDF5 does the same).
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
 #include <mpi.h>
 
 #include <cstdint>

@@ -2,13 +2,6 @@
 // A plain single process never initialises MPI: world_communicator(nullptr) is a LocalCommunicator.
 #pragma once
 
-// Only MPI's C API: its deprecated C++ bindings need a library we do not link (HDF5 does the same).
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
 #include <mpi.h>
 
 #include <memory>
