@@ -353,15 +353,30 @@ void Gpt::block_forward(int l, int B, int T) {
   }
 }
 
+void Gpt::check_tokens(const int32_t* tokens, int64_t n) const {
+  for (int64_t i = 0; i < n; ++i)
+    MT_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[gpt] token id {} at position {} outside [0, {})",
+             tokens[i], i, cfg_.vocab_size);
+}
+
+int64_t Gpt::count_targets(const int32_t* targets, int64_t n) const {
+  int64_t counted = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    MT_CHECK(targets[i] < cfg_.vocab_size, "[gpt] target id {} at position {} outside [0, {})", targets[i], i,
+             cfg_.vocab_size);
+    counted += targets[i] >= 0;
+  }
+  MT_CHECK(counted > 0, "[gpt] every target of the batch is ignored");
+  return counted;
+}
+
 void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
   ensure_acts(B, T);
   Acts& a = acts();
   const int BT = B * T;
   if (table_.first_stage()) {
     MT_CHECK(tokens, "[gpt] the first stage needs tokens");
-    for (int i = 0; i < BT; ++i)
-      MT_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[gpt] token id {} at position {} outside [0, {})",
-               tokens[i], i, cfg_.vocab_size);
+    check_tokens(tokens, BT);
     be_->upload(a.ids.raw(), tokens, static_cast<size_t>(BT) * sizeof(int32_t));
   }
   run_blocks(B, T);
@@ -427,12 +442,7 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T, 
   }
   int64_t counted = 0;
   if (targets) {
-    for (int i = 0; i < BT; ++i) {
-      MT_CHECK(targets[i] < cfg_.vocab_size, "[gpt] target id {} at position {} outside [0, {})", targets[i], i,
-               cfg_.vocab_size);
-      counted += targets[i] >= 0;
-    }
-    MT_CHECK(counted > 0, "[gpt] every target of the batch is ignored");
+    counted = count_targets(targets, BT);
     be_->upload(a.ids.data<int32_t>() + static_cast<int64_t>(a.B) * a.T, targets,
                 static_cast<size_t>(BT) * sizeof(int32_t));
   }

@@ -69,6 +69,10 @@ class Gpt {
   /// last stage computes logits and the loss (others return 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T, bool compute_grad = false,
                 float dloss_scale = 1.0f);
+  /// Throws unless each of n token ids lies in [0, vocab_size).
+  void check_tokens(const int32_t* tokens, int64_t n) const;
+  /// Throws on a target id >= vocab_size, or when all n are ignored (negative); returns how many count.
+  int64_t count_targets(const int32_t* targets, int64_t n) const;
   /// The device-side form of forward() for work that must not wait on the host (a captured CUDA
   /// graph): reads B*T tokens (and targets when has_targets) from input_tokens() / input_targets(),
   /// leaves per-position losses in losses(); nothing is validated and nothing waits for the device.

@@ -106,20 +106,14 @@ void GpuTrainer::queue_step(int micro, int B, int T, const std::vector<float>& d
 
 GpuTrainer::StepResult GpuTrainer::step(const int32_t* tokens, const int32_t* targets, int micro, int B, int T,
                                         float lr) {
-  const GptConfig& cfg = model_->config();
   MT_CHECK(micro >= 1, "[gpu_trainer] a step needs at least one micro-batch");
   const int64_t BT = static_cast<int64_t>(B) * T;
   // Checks the host can do before anything is queued (the device validates nothing).
   std::vector<float> dloss(static_cast<size_t>(micro));
   std::vector<int64_t> counted(static_cast<size_t>(micro), 0);
   for (int i = 0; i < micro; ++i) {
-    for (int64_t j = 0; j < BT; ++j) {
-      const int32_t tok = tokens[BT * i + j], tgt = targets[BT * i + j];
-      MT_CHECK(tok >= 0 && tok < cfg.vocab_size, "[gpu_trainer] token id {} outside [0, {})", tok, cfg.vocab_size);
-      MT_CHECK(tgt < cfg.vocab_size, "[gpu_trainer] target id {} outside [0, {})", tgt, cfg.vocab_size);
-      counted[static_cast<size_t>(i)] += tgt >= 0;
-    }
-    MT_CHECK(counted[static_cast<size_t>(i)] > 0, "[gpu_trainer] every target of micro-batch {} is ignored", i);
+    model_->check_tokens(tokens + BT * i, BT);
+    counted[static_cast<size_t>(i)] = model_->count_targets(targets + BT * i, BT);
     dloss[static_cast<size_t>(i)] = 1.0f / static_cast<float>(micro) / static_cast<float>(counted[static_cast<size_t>(i)]);
   }
   const size_t ids_bytes = static_cast<size_t>(2 * BT * micro) * sizeof(int32_t);
