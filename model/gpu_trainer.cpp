@@ -130,8 +130,8 @@ GpuTrainer::StepResult GpuTrainer::step(const int32_t* tokens, const int32_t* ta
   ++adam_steps_;
   AdamWScalars in{};
   in.lr = lr;
-  in.bias_corr1 = static_cast<float>(1.0 - std::pow(static_cast<double>(adam_.beta1), static_cast<double>(adam_steps_)));
-  in.bias_corr2 = static_cast<float>(1.0 - std::pow(static_cast<double>(adam_.beta2), static_cast<double>(adam_steps_)));
+  in.bias_corr1 = adamw_bias_correction(adam_.beta1, adam_steps_);
+  in.bias_corr2 = adamw_bias_correction(adam_.beta2, adam_steps_);
   std::memcpy(host_scalars_in_.data(), &in, sizeof in);
 
   Backend& be = model_->backend();

@@ -121,8 +121,7 @@ inline std::vector<int32_t> random_ids(size_t n, int32_t limit, uint64_t seed) {
 
 /// The host side of step t's AdamWScalars, bias corrections in double as adamw_cpu.cpp; grad_norm NaN.
 inline AdamWScalars step_scalars(float lr, float beta1, float beta2, int t, float grad_scale) {
-  return {lr, static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t)),
-          static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t)), grad_scale, kNaN};
+  return {lr, adamw_bias_correction(beta1, t), adamw_bias_correction(beta2, t), grad_scale, kNaN};
 }
 
 /// AdamWScalars in device memory (poisoned at first), written and read through a float tensor of its five fields.

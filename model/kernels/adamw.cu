@@ -158,8 +158,8 @@ void adamw_update_cuda(float* params, const float* grads, float* m, float* v, in
   MT_CHECK(t >= 1, "[adamw_cuda] step t={}: steps count from 1 (the bias correction divides by 1 - beta^t)", t);
   check_betas(beta1, beta2);
   if (n == 0) return;
-  const float bias_corr1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t));
-  const float bias_corr2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t));
+  const float bias_corr1 = adamw_bias_correction(beta1, t);
+  const float bias_corr2 = adamw_bias_correction(beta2, t);
   adamw_kernel<<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
       params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2, grad_scale);
   CUDA_CHECK(cudaGetLastError());

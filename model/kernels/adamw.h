@@ -4,11 +4,18 @@
 // (t starts at 1). Also the sum of squares used for the global gradient norm.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "core/bf16.h"
 
 namespace meshtrain {
+
+/// Adam's bias correction 1 - beta^t for step t (from 1), computed in double: beta2^t for beta2 near 1
+/// loses digits in float over many steps.
+inline float adamw_bias_correction(float beta, int64_t t) {
+  return static_cast<float>(1.0 - std::pow(static_cast<double>(beta), static_cast<double>(t)));
+}
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int64_t n, float lr, float beta1,
                       float beta2, float eps, float weight_decay, int t, float grad_scale);
@@ -25,7 +32,7 @@ double sum_squares_cuda(const float* x, int64_t n, void* stream);
 
 /// Scalars of one optimizer step, read by the kernels from DEVICE memory so that a captured CUDA graph
 /// replays with each step's values. The host writes lr, bias_corr1 = 1 - beta1^t, bias_corr2 = 1 - beta2^t
-/// (computed in double, as adamw_cpu.cpp); clip_scale_cuda writes grad_norm and grad_scale.
+/// (adamw_bias_correction); clip_scale_cuda writes grad_norm and grad_scale.
 struct AdamWScalars {
   float lr, bias_corr1, bias_corr2, grad_scale, grad_norm;
 };

@@ -26,8 +26,8 @@ void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int
   MT_CHECK(t >= 1, "[adamw] step t={}: steps count from 1 (the bias correction divides by 1 - beta^t)", t);
   MT_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
            "[adamw] beta1={}, beta2={}: both must lie in [0, 1)", beta1, beta2);
-  const float bias_corr1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), t));
-  const float bias_corr2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), t));
+  const float bias_corr1 = adamw_bias_correction(beta1, t);
+  const float bias_corr2 = adamw_bias_correction(beta2, t);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float g = grads[i] * grad_scale;
