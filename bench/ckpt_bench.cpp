@@ -11,7 +11,7 @@
 
 #include "core/timer.h"
 #include "launch/config.h"
-#include "launch/train_state.h"
+#include "launch/train/train_state.h"
 #include "model/gpt.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_runtime.h"

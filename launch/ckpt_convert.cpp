@@ -37,7 +37,7 @@ void write_meshtrain_checkpoint(const std::string& path, const ModelWeights& w, 
     entries.push_back({"optim/m/" + s.name, zeros.view(0, s.global_shape)});
     entries.push_back({"optim/v/" + s.name, zeros.view(0, s.global_shape)});
   }
-  // Everything launch/train_state.cpp's load_run and read_run_config look for, as a fresh run has it.
+  // Everything launch/train/train_state.cpp's load_run and read_run_config look for, as a fresh run has it.
   CheckpointMeta meta;
   meta.ints["step"] = 0;
   meta.ints["seed"] = run.train.seed;

@@ -14,7 +14,7 @@
 #include "launch/ckpt_tools.h"
 #include "launch/config.h"
 #include "launch/generate.h"
-#include "launch/train.h"
+#include "launch/train/train.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
 #include "core/communicator.h"

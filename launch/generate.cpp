@@ -6,7 +6,7 @@
 
 #include "core/threads.h"
 #include "launch/config.h"
-#include "launch/train_state.h"
+#include "launch/train/train_state.h"
 #include "model/gpt.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"

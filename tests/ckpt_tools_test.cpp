@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "core/bf16.h"
-#include "launch/train_state.h"
+#include "launch/train/train_state.h"
 #include "model/gpt.h"
 #include "parallel/checkpoint.h"
 #include "core/communicator.h"

@@ -89,7 +89,7 @@ struct BackwardSpan {
 };
 
 // Forward and backward of this rank's slice of global batch `step`, with the reduction armed as in
-// launch/train.cpp (one micro-batch, so arm() comes before it), then finish(): gradients are averaged.
+// launch/train/train.cpp (one micro-batch, so arm() comes before it), then finish(): gradients are averaged.
 BackwardSpan reduce_step(Replica& r, Communicator& dp, int step) {
   const int T = tiny_config().seq_len, rows = kGlobalRows / dp.size();
   const Batch b = global_batch(step);

@@ -4,7 +4,7 @@
 // that of the global mean loss; then global-norm clipping, the scheduled learning rate and AdamW.
 // Everything that decides the next step's numbers (weights, moments, data position, step) is in the
 // checkpoint, so a resumed run repeats the uninterrupted one exactly.
-#include "launch/train.h"
+#include "launch/train/train.h"
 
 #include <filesystem>
 #include <algorithm>
@@ -18,8 +18,8 @@
 #include "launch/builtin_corpus.h"
 #include "launch/config.h"
 #include "launch/generate.h"
-#include "launch/progress.h"
-#include "launch/train_state.h"
+#include "launch/train/progress.h"
+#include "launch/train/train_state.h"
 #include "model/data.h"
 #include "model/gpt.h"
 #include "model/gpu_trainer.h"

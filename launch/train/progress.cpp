@@ -1,5 +1,5 @@
 // StepLog implementation.
-#include "launch/progress.h"
+#include "launch/train/progress.h"
 
 #include <unistd.h>
 

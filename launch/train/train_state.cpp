@@ -2,7 +2,7 @@
 // names whatever the layout: on several ranks each rank writes its own blocks of them (tp shards of
 // its pipeline stage; data-parallel replicas write nothing), and on load each rank cuts its shard
 // out of the whole tensors, so any layout loads any checkpoint.
-#include "launch/train_state.h"
+#include "launch/train/train_state.h"
 
 #include <algorithm>
 #include <cstring>
