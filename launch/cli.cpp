@@ -41,7 +41,16 @@ void run_tokenize(const std::string& tok_dir, const std::vector<std::string>& in
              now_seconds() - t0);
 }
 
-void run_tokenizer_train(const std::vector<std::string>& inputs, int vocab_size, const std::string& out_dir) {
+void run_tokenizer_train(const std::vector<std::string>& inputs, int vocab_size, const std::string& out_dir,
+                         bool overwrite) {
+  // Checkpoints and token shards name their tokenizer's folder: silently replacing its files would
+  // make them decode to other text.
+  std::error_code ec;
+  const bool occupied = std::filesystem::exists(out_dir, ec) &&
+                        (!std::filesystem::is_directory(out_dir, ec) || !std::filesystem::is_empty(out_dir, ec));
+  MT_CHECK(!occupied || overwrite,
+           "[tokenizer] '{}' is not empty; models and token shards made with a tokenizer there would no longer "
+           "match it. Choose a new --output folder, or pass --overwrite to replace its files", out_dir);
   double t0 = now_seconds();
   bool tty = ::isatty(STDOUT_FILENO);
   train_bpe(inputs, vocab_size, out_dir, [&](int done, int wanted) {
@@ -60,7 +69,8 @@ void run_tokenizer_train(const std::vector<std::string>& inputs, int vocab_size,
 }  // namespace
 
 int run_cli(int argc, char** argv) {
-  CLI::App app{"meshtrain: train GPT-style language models from scratch (CPU now; CUDA and a device mesh to come)"};
+  CLI::App app{"meshtrain: train GPT-style language models from scratch, on CPUs or GPUs, over a data x tensor x "
+               "pipeline mesh of ranks under mpirun or srun"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "meshtrain 0.1.0");
 
@@ -69,8 +79,14 @@ int run_cli(int argc, char** argv) {
   train->add_option("--config", targs.config_file, "TOML file with [model], [data], [train] and [parallel] sections")
       ->check(CLI::ExistingFile);
   train->add_option("--set", targs.overrides, "override one key: section.key=value (repeatable)");
-  train->add_option("--resume", targs.resume, "continue from a checkpoint file, or 'latest' in train.out_dir");
-  train->add_option("--metrics", targs.metrics, "append one JSON object per step to this file (JSON Lines)");
+  train->add_option("--resume", targs.resume,
+                    "continue from a checkpoint file, a run folder (its latest checkpoint), or 'latest' in "
+                    "train.out_dir; writes beside the checkpoint unless train.out_dir is set");
+  train->add_flag("--branch", targs.branch,
+                  "with --resume: allow continuing in a folder that holds later checkpoints, moving them into "
+                  "a superseded_after_* subfolder (nothing is deleted)");
+  train->add_option("--metrics", targs.metrics,
+                    "append one JSON object per step to this file (JSON Lines; its folder is created)");
   bool print_config = false, print_reference = false;
   train->add_flag("--print-config", print_config, "print the resolved configuration as TOML and exit");
   train->add_flag("--help-config", print_reference, "list every configuration key with its default and exit");
@@ -114,7 +130,9 @@ int run_cli(int argc, char** argv) {
   bpe->add_option("--vocab-size", vocab_size, "ids in the vocabulary, 256 bytes and <|endoftext|> included")
       ->required();
   bpe->add_option("--input", bpe_inputs, "text files")->required();
-  bpe->add_option("--output", bpe_out, "folder for encoder.json and vocab.bpe")->required();
+  bpe->add_option("--output", bpe_out, "folder for encoder.json and vocab.bpe (new or empty)")->required();
+  bool bpe_overwrite = false;
+  bpe->add_flag("--overwrite", bpe_overwrite, "replace the files of a non-empty --output folder");
 
   std::function<void()> ckpt_action;
   add_ckpt_commands(app, ckpt_action);
@@ -133,6 +151,7 @@ int run_cli(int argc, char** argv) {
       runtime = MpiRuntime::init_if_launched(&argc, &argv);
       world = world_communicator(runtime.get());
       if (runtime) targs.default_threads = runtime->threads_per_rank();
+      if (runtime) targs.ranks_on_host = runtime->local_size();
       if (runtime && gargs.threads == 0) gargs.threads = runtime->threads_per_rank();
     }
     if (*train) {
@@ -145,13 +164,14 @@ int run_cli(int argc, char** argv) {
         fmt::print("{}", config_to_toml(load_config(targs.config_file, targs.overrides)));
         return 0;
       }
-      run_train(targs, *world);
+      const TrainResult r = run_train(targs, *world);
+      if (r.stop_signal) return 128 + r.stop_signal;  // the shell's convention for "ended by a signal"
     } else if (*gen) {
       run_generate(gargs, *world);
     } else if (*tokenize) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);
     } else if (*bpe) {
-      run_tokenizer_train(bpe_inputs, vocab_size, bpe_out);
+      run_tokenizer_train(bpe_inputs, vocab_size, bpe_out, bpe_overwrite);
     } else if (ckpt_action) {
       ckpt_action();
     }

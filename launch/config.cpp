@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "core/error.h"
+#include "launch/train/stop_signals.h"
 
 namespace meshtrain {
 namespace {
@@ -127,6 +128,12 @@ const std::vector<Key>& schema() {
                          &C::train, &TrainConfig::cuda_graph));
     k.push_back(make_key("train.attention", Kind::string, "CUDA attention: flash (fused) or materialised",
                          &C::train, &TrainConfig::attention));
+    k.push_back(make_key("train.resume_schedule", Kind::string,
+                         "when a resume changes steps/warm-up/lr/min_lr: continue (decay on from the current "
+                         "rate) or restart (jump to the new plan)", &C::train, &TrainConfig::resume_schedule));
+    k.push_back(make_key("train.stop_signal", Kind::string,
+                         "a signal besides SIGINT/SIGTERM that checkpoints and stops, e.g. USR1 for Slurm's "
+                         "--signal=USR1@120; empty = none", &C::train, &TrainConfig::stop_signal));
     k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
@@ -282,18 +289,38 @@ Config config_from_toml(const std::string& text, const std::string& origin) {
   return cfg;
 }
 
+namespace {
+toml::table parse_config_file(const std::string& file) {
+  try {
+    return toml::parse_file(file);
+  } catch (const toml::parse_error& e) {
+    MT_FAIL("[config] cannot read '{}': {} (line {}, column {})", file, e.description(), e.source().begin.line,
+            e.source().begin.column);
+  }
+}
+}  // namespace
+
+void apply_config_file(Config& cfg, const std::string& file) { apply_table(cfg, parse_config_file(file), file); }
+
+std::vector<std::string> keys_named(const std::string& file, const std::vector<std::string>& overrides) {
+  std::vector<std::string> keys;
+  if (!file.empty())
+    for (const auto& [section, node] : parse_config_file(file))
+      if (const toml::table* tbl = node.as_table())
+        for (const auto& kv : *tbl) keys.push_back(std::string(section.str()) + "." + std::string(kv.first.str()));
+  for (const auto& o : overrides) keys.push_back(o.substr(0, o.find('=')));
+  return keys;
+}
+
+std::string config_value(const Config& cfg, const std::string& key) {
+  const Key* k = find_key(key);
+  MT_CHECK(k, "[config] no key '{}'", key);
+  return value_to_toml(k->get(cfg));
+}
+
 Config load_config(const std::string& file, const std::vector<std::string>& overrides) {
   Config cfg = default_config();
-  if (!file.empty()) {
-    toml::table root;
-    try {
-      root = toml::parse_file(file);
-    } catch (const toml::parse_error& e) {
-      MT_FAIL("[config] cannot read '{}': {} (line {}, column {})", file, e.description(), e.source().begin.line,
-              e.source().begin.column);
-    }
-    apply_table(cfg, root, file);
-  }
+  if (!file.empty()) apply_config_file(cfg, file);
   for (const auto& o : overrides) apply_override(cfg, o);
   validate_config(cfg);
   return cfg;
@@ -317,6 +344,11 @@ void validate_config(const Config& cfg) {
            t.precision);
   MT_CHECK(t.attention == "flash" || t.attention == "materialised",
            "[config] train.attention must be flash or materialised (got '{}')", t.attention);
+  MT_CHECK(t.resume_schedule == "continue" || t.resume_schedule == "restart",
+           "[config] train.resume_schedule must be continue or restart (got '{}')", t.resume_schedule);
+  MT_CHECK(t.stop_signal.empty() || signal_number(t.stop_signal) > 0,
+           "[config] train.stop_signal must be a signal name such as USR1, USR2, HUP or QUIT (got '{}')",
+           t.stop_signal);
   MT_CHECK(t.device != "cpu" || (t.precision == "fp32" && !t.cuda_graph),
            "[config] train.device = cpu trains in fp32 without CUDA graphs; set train.precision = fp32 and "
            "train.cuda_graph = false, or train.device = cuda");

@@ -42,6 +42,8 @@ struct TrainConfig {
   std::string precision = "fp32";  // fp32 or bf16 (bf16 needs CUDA)
   bool cuda_graph = false;         // capture the whole step in a CUDA graph and replay it
   std::string attention = "flash"; // CUDA attention kernels: flash or materialised
+  std::string resume_schedule = "continue";  // on resume with a changed schedule: continue or restart
+  std::string stop_signal = "";    // a signal besides SIGINT/SIGTERM that checkpoints and stops (USR1, ...)
 };
 
 struct ParallelConfig {
@@ -67,6 +69,12 @@ Config default_config();
 Config load_config(const std::string& file, const std::vector<std::string>& overrides);
 /// Parses TOML text (as stored in a checkpoint) over the defaults.
 Config config_from_toml(const std::string& text, const std::string& origin);
+/// Applies a TOML file's keys (only those it names) over cfg.
+void apply_config_file(Config& cfg, const std::string& file);
+/// The keys ("section.key") that a config file and --set overrides name, in order.
+std::vector<std::string> keys_named(const std::string& file, const std::vector<std::string>& overrides);
+/// One key's value as TOML text ("4", "\"runs/a\"").
+std::string config_value(const Config& cfg, const std::string& key);
 /// Applies one "section.key=value" override.
 void apply_override(Config& cfg, const std::string& assignment);
 /// Checks values that are independent of the data; throws naming the key.

@@ -66,6 +66,11 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   std::string tok_dir = args.tokenizer.empty() ? cfg.data.tokenizer : args.tokenizer;
   MT_CHECK(!tok_dir.empty(), "[generate] the checkpoint names no tokenizer; pass --tokenizer DIR");
   Tokenizer tok = Tokenizer::load(tok_dir);
+  const std::string made_with = read_run_info(path).counters.tokenizer_id;
+  MT_CHECK(made_with.empty() || made_with == tok.fingerprint_hex(),
+           "[generate] the model was trained with tokenizer {} ('{}'), but '{}' is tokenizer {}: its ids would "
+           "decode to other text; pass --tokenizer with the run's tokenizer folder", made_with, cfg.data.tokenizer,
+           tok_dir, tok.fingerprint_hex());
   MT_CHECK(tok.vocab_size() == cfg.model.vocab_size,
            "[generate] tokenizer '{}' has {} tokens but the model was trained with {}", tok_dir, tok.vocab_size(),
            cfg.model.vocab_size);

@@ -16,10 +16,14 @@ namespace meshtrain {
 inline constexpr int32_t kShardMagic = 20240520;
 inline constexpr int32_t kShardVersion = 1;
 inline constexpr int kShardHeaderInts = 256;
+/// Header word 3 holds this tag when words 4 and 5 hold the fingerprint (low, high 32 bits) of the
+/// tokenizer that made the shard; llm.c ignores words past 2, so its readers are unaffected.
+inline constexpr int32_t kShardTokenizerTag = 0x544f4b31;  // "TOK1"
 
-/// Writes tokens to path as a shard (via a temporary file renamed into place). Throws when a token
-/// does not fit in uint16.
-void write_token_shard(const std::string& path, std::span<const int32_t> tokens);
+/// Writes tokens to path as a shard (via a temporary file renamed into place), recording
+/// tokenizer_id (Tokenizer::fingerprint, 0 = unknown) in the header. Throws when a token does not
+/// fit in uint16.
+void write_token_shard(const std::string& path, std::span<const int32_t> tokens, uint64_t tokenizer_id = 0);
 
 /// A memory-mapped shard; validates the header (magic, version, size) on open.
 class TokenShard {
@@ -28,12 +32,20 @@ class TokenShard {
   const uint16_t* tokens() const { return tokens_; }
   int64_t size() const { return size_; }
   const std::string& path() const { return file_.path(); }
+  /// The fingerprint of the tokenizer that wrote it, or 0 when the header does not say (llm.c files).
+  uint64_t tokenizer_id() const { return tokenizer_id_; }
 
  private:
   MappedFile file_;
   const uint16_t* tokens_ = nullptr;
   int64_t size_ = 0;
+  uint64_t tokenizer_id_ = 0;
 };
+
+/// Throws when a shard records a tokenizer other than tokenizer_id (shards that record none pass),
+/// naming the shard, both fingerprints and tokenizer_dir.
+void check_shard_tokenizer(const std::vector<std::string>& paths, uint64_t tokenizer_id,
+                           const std::string& tokenizer_dir);
 
 /// Expands a comma-separated list of paths and globs into sorted, existing files; throws when a
 /// pattern matches nothing.

@@ -39,7 +39,7 @@ void write_all(std::FILE* f, const void* data, size_t bytes, const std::string& 
 
 }  // namespace
 
-void write_token_shard(const std::string& path, std::span<const int32_t> tokens) {
+void write_token_shard(const std::string& path, std::span<const int32_t> tokens, uint64_t tokenizer_id) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     MT_CHECK(tokens[i] >= 0 && tokens[i] <= kMaxToken,
              "[data] cannot write shard '{}': token {} at index {} is outside [0, 65535]; vocabularies over "
@@ -61,6 +61,11 @@ void write_token_shard(const std::string& path, std::span<const int32_t> tokens)
     header[0] = kShardMagic;
     header[1] = kShardVersion;
     header[2] = static_cast<int32_t>(tokens.size());
+    if (tokenizer_id != 0) {
+      header[3] = kShardTokenizerTag;
+      header[4] = static_cast<int32_t>(static_cast<uint32_t>(tokenizer_id));
+      header[5] = static_cast<int32_t>(static_cast<uint32_t>(tokenizer_id >> 32));
+    }
     write_all(f.get(), header.data(), kHeaderBytes, tmp);
 
     constexpr size_t kChunk = 1 << 20;
@@ -86,8 +91,11 @@ TokenShard::TokenShard(const std::string& path) : file_(path) {
            "[data] '{}' is not a token shard: it has {} bytes, shorter than the {}-byte header; regenerate it "
            "with `meshtrain tokenize`",
            path, bytes, kHeaderBytes);
-  int32_t header[3];
+  int32_t header[6];
   std::memcpy(header, file_.data(), sizeof(header));
+  if (header[3] == kShardTokenizerTag)
+    tokenizer_id_ = static_cast<uint64_t>(static_cast<uint32_t>(header[4])) |
+                    (static_cast<uint64_t>(static_cast<uint32_t>(header[5])) << 32);
   MT_CHECK(header[0] == kShardMagic, "[data] '{}' is not a token shard: magic {}, expected {}", path, header[0],
            kShardMagic);
   MT_CHECK(header[1] == kShardVersion,
@@ -102,6 +110,18 @@ TokenShard::TokenShard(const std::string& path) : file_(path) {
   size_ = count;
   // mmap returns page-aligned memory and the header is 1024 bytes, so the tokens are 2-byte aligned.
   tokens_ = reinterpret_cast<const uint16_t*>(file_.data() + kHeaderBytes);
+}
+
+void check_shard_tokenizer(const std::vector<std::string>& paths, uint64_t tokenizer_id,
+                           const std::string& tokenizer_dir) {
+  for (const auto& p : paths) {
+    const uint64_t made_by = TokenShard(p).tokenizer_id();
+    MT_CHECK(made_by == 0 || made_by == tokenizer_id,
+             "[data] '{}' was made by tokenizer {:016x}, but this run uses tokenizer {:016x} ('{}'): the token ids "
+             "would mean other text; re-tokenize the data with `meshtrain tokenize --tokenizer {}` or point "
+             "data.tokenizer at the tokenizer that made it",
+             p, made_by, tokenizer_id, tokenizer_dir, tokenizer_dir);
+  }
 }
 
 std::vector<std::string> expand_shard_paths(const std::string& patterns) {

@@ -58,7 +58,7 @@ int write_split(const Tokenizer& tokenizer, std::string_view part, const std::st
   int shards = 0;
   auto flush = [&](size_t count) {
     const std::string path = (std::filesystem::path(out_dir) / fmt::format("{}_{:06d}.bin", prefix, shards)).string();
-    write_token_shard(path, std::span<const int32_t>(buffer.data(), count));
+    write_token_shard(path, std::span<const int32_t>(buffer.data(), count), tokenizer.fingerprint());
     buffer.erase(buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(count));
     ++shards;
   };

@@ -25,6 +25,14 @@ constexpr size_t kShortWord = 64;
 // Longer words are rare and would bloat the cache.
 constexpr size_t kMaxCachedWord = 256;
 
+constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ull;
+
+// FNV-1a, 64-bit: a short, stable name for a tokenizer's files (not a cryptographic hash).
+uint64_t fnv1a(std::string_view bytes, uint64_t h) {
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
 std::string read_whole_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   MT_CHECK(in, "[tokenizer] cannot open '{}': {}", path, std::strerror(errno));
@@ -173,6 +181,7 @@ struct Tokenizer::Impl {
   std::vector<uint8_t> present;    // id -> whether encoder.json defines it
   int32_t byte_id[256] = {};
   int32_t eot = -1;
+  uint64_t fingerprint = 0;  // FNV-1a of encoder.json then vocab.bpe
   PairRankMap merges;  // (left id, right id) -> rank and merged id
   WordCache cache;
   std::vector<int32_t> scratch;
@@ -195,8 +204,10 @@ Tokenizer Tokenizer::load(const std::string& dir) {
   const std::string bpe_path = (std::filesystem::path(dir) / "vocab.bpe").string();
 
   nlohmann::json enc;
+  std::string enc_text;
   try {
-    enc = nlohmann::json::parse(read_whole_file(enc_path));
+    enc_text = read_whole_file(enc_path);
+    enc = nlohmann::json::parse(enc_text);
   } catch (const nlohmann::json::exception& e) {
     MT_FAIL("[tokenizer] '{}' is not valid JSON ({}); expected GPT-2's object of token -> id", enc_path, e.what());
   }
@@ -248,6 +259,7 @@ Tokenizer Tokenizer::load(const std::string& dir) {
   if (auto it = id_of.find(kEndOfText); it != id_of.end()) im.eot = it->second;
 
   const std::string text = read_whole_file(bpe_path);
+  im.fingerprint = fnv1a(text, fnv1a(enc_text, kFnvBasis));
   MT_CHECK(text.starts_with("#version"),
            "[tokenizer] '{}' must start with a '#version: 0.2' line followed by merges \"A B\"", bpe_path);
   size_t pos = text.find('\n');
@@ -420,6 +432,10 @@ const std::string& Tokenizer::token_bytes(int32_t id) const {
 }
 
 int Tokenizer::vocab_size() const { return static_cast<int>(impl_->bytes.size()); }
+
+uint64_t Tokenizer::fingerprint() const { return impl_->fingerprint; }
+
+std::string Tokenizer::fingerprint_hex() const { return fmt::format("{:016x}", impl_->fingerprint); }
 
 int32_t Tokenizer::eot_id() const { return impl_->eot; }
 

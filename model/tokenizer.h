@@ -35,6 +35,11 @@ class Tokenizer {
   int vocab_size() const;
   /// Id of <|endoftext|>, or -1 when the vocabulary has none.
   int32_t eot_id() const;
+  /// A 64-bit hash of encoder.json and vocab.bpe as stored: recorded in checkpoints and token
+  /// shards so that data and models made with another tokenizer are recognised.
+  uint64_t fingerprint() const;
+  /// fingerprint() as 16 hex digits.
+  std::string fingerprint_hex() const;
 
  private:
   struct Impl;

@@ -13,6 +13,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -416,6 +417,36 @@ void update_latest(const std::string& out_dir, const std::string& checkpoint) {
   fs::rename(tmp, target, ec);
   MT_CHECK(!ec, "[checkpoint] cannot rename '{}' to '{}': {}", tmp.string(), target.string(), ec.message());
   fsync_path(out_dir, true);
+}
+
+std::vector<std::pair<int64_t, std::string>> checkpoints_after(const std::string& out_dir, int64_t step) {
+  std::vector<std::pair<int64_t, std::string>> later;
+  for (auto& c : list_checkpoints(out_dir))
+    if (c.first > step) later.push_back(std::move(c));
+  std::sort(later.begin(), later.end());
+  return later;
+}
+
+std::string set_aside_checkpoints_after(const std::string& out_dir, int64_t step) {
+  const auto later = checkpoints_after(out_dir, step);
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  const fs::path aside = fs::path(out_dir) / fmt::format("superseded_after_{:06d}_{}", step, stamp);
+  std::error_code ec;
+  fs::create_directories(aside, ec);
+  MT_CHECK(!ec, "[checkpoint] cannot create '{}': {}", aside.string(), ec.message());
+  const std::string latest = read_latest_pointer(out_dir);
+  for (const auto& [s, path] : later) {
+    fs::rename(path, aside / fs::path(path).filename(), ec);
+    MT_CHECK(!ec, "[checkpoint] cannot move '{}' into '{}': {}", path, aside.string(), ec.message());
+  }
+  if (!latest.empty() && !fs::exists(latest)) {  // it named a checkpoint that moved: it moves too
+    fs::rename(fs::path(out_dir) / "latest", aside / "latest", ec);
+    MT_CHECK(!ec, "[checkpoint] cannot move '{}/latest' into '{}': {}", out_dir, aside.string(), ec.message());
+  }
+  fsync_path(out_dir, true);
+  return aside.string();
 }
 
 std::vector<std::string> prune_checkpoints(const std::string& out_dir, int keep) {

@@ -77,6 +77,11 @@ std::string find_latest_checkpoint(const std::string& out_dir);
 /// Makes out_dir/latest name checkpoint_path (atomically: temporary file, fsync, rename). Called
 /// last, after the checkpoint itself is complete.
 void update_latest(const std::string& out_dir, const std::string& checkpoint_path);
+/// The checkpoints of out_dir past step, as (step, path) in increasing step order.
+std::vector<std::pair<int64_t, std::string>> checkpoints_after(const std::string& out_dir, int64_t step);
+/// Moves the checkpoints of out_dir past step (and a latest pointer naming one of them) into a new
+/// folder out_dir/superseded_after_<step>_<time>, deleting nothing; returns that folder.
+std::string set_aside_checkpoints_after(const std::string& out_dir, int64_t step);
 /// Deletes all but the newest keep checkpoints of out_dir (never the one latest names); keep <= 0
 /// keeps everything. Returns the paths removed.
 std::vector<std::string> prune_checkpoints(const std::string& out_dir, int keep);

@@ -68,6 +68,24 @@ TEST(Reshard, CheckpointFrom222Zero1ResumesOnEveryLayout) {
     }
   }
 
+  // With no parallel.* keys the layout is chosen for the world: the saved one where it fits (8
+  // ranks), otherwise data parallelism over every rank (1 and 2 ranks), and the log says which.
+  for (int np : {1, 2, 8}) {
+    const std::string name = fmt::format("auto_np{}", np);
+    SCOPED_TRACE(name);
+    auto r = run(mpi(np) + kBinary + fmt::format(" train --resume {} --set train.out_dir={} --metrics {}", ckpt,
+                                                 (root / name).string(), (root / (name + ".jsonl")).string()));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find(np == 8 ? "as saved" : fmt::format("training data-parallel over all of them (dp {})", np)),
+              std::string::npos) << r.output;
+    auto got = losses((root / (name + ".jsonl")).string());
+    ASSERT_EQ(got.size(), 10u);
+    for (int i = 0; i < 10; ++i) {
+      if (np == 8) EXPECT_EQ(got[i], expected[10 + i]) << "step " << 11 + i;
+      else EXPECT_LE(std::fabs(got[i] - expected[10 + i]), 1e-5 * std::fabs(expected[10 + i])) << "step " << 11 + i;
+    }
+  }
+
   // The sharded file holds whole tensors with their checksums: a flipped bit inside one tensor stops
   // the resume with a message naming that tensor, and nothing on disk changes.
   const std::string bad = (root / "bad" / "ckpt_000010.h5").string();

@@ -1,6 +1,8 @@
 // StepLog implementation.
 #include "launch/train/progress.h"
 
+#include <filesystem>
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -26,6 +28,10 @@ StepLog::StepLog(int64_t first_step, int64_t total_steps, int log_every, const s
     : first_(first_step), total_(total_steps), log_every_(log_every), tty_(allow_bar && ::isatty(STDOUT_FILENO)),
       start_(now_seconds()) {
   if (!metrics_path.empty()) {
+    const std::filesystem::path parent = std::filesystem::path(metrics_path).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    MT_CHECK(!ec, "[metrics] cannot create the folder '{}' for '{}': {}", parent.string(), metrics_path, ec.message());
     metrics_ = std::fopen(metrics_path.c_str(), "a");
     MT_CHECK(metrics_, "[metrics] cannot open '{}' for appending: {}", metrics_path, std::strerror(errno));
   }

@@ -19,6 +19,8 @@
 #include "launch/config.h"
 #include "launch/generate.h"
 #include "launch/train/progress.h"
+#include "launch/train/lr_schedule.h"
+#include "launch/train/stop_signals.h"
 #include "launch/train/train_state.h"
 #include "model/data.h"
 #include "model/gpt.h"
@@ -48,15 +50,55 @@ void split_windows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt
     }
 }
 
-std::string resolve_resume(const std::string& resume, const Config& cfg) {
-  if (resume.empty()) return "";
+/// --resume takes a checkpoint file, a run folder (its latest checkpoint) or "latest" (in out_dir).
+std::string resolve_resume(const std::string& resume, const std::string& out_dir) {
   if (resume == "latest") {
-    std::string p = find_latest_checkpoint(cfg.train.out_dir);
-    MT_CHECK(!p.empty(), "[train] --resume latest: no checkpoint in '{}'", cfg.train.out_dir);
+    std::string p = find_latest_checkpoint(out_dir);
+    MT_CHECK(!p.empty(),
+             "[train] --resume latest: no checkpoint in '{}' (train.out_dir); set train.out_dir to the run's folder, "
+             "or name the folder or file itself: --resume runs/NAME", out_dir);
     return p;
   }
-  MT_CHECK(fs::exists(resume), "[train] --resume: checkpoint '{}' does not exist", resume);
+  std::error_code ec;
+  if (fs::is_directory(resume, ec)) {
+    std::string p = find_latest_checkpoint(resume);
+    MT_CHECK(!p.empty(), "[train] --resume {}: the folder holds no checkpoint (ckpt_NNNNNN.h5)", resume);
+    return p;
+  }
+  MT_CHECK(fs::is_regular_file(resume, ec),
+           "[train] --resume: '{}' does not exist; give a checkpoint file, a run folder or 'latest'", resume);
   return resume;
+}
+
+/// The keys a resumed run may not change, with one message naming the key and both values.
+void check_unchanged(const Config& saved, const Config& now) {
+  for (const char* key : {"model.n_layer", "model.n_head", "model.n_embd", "model.seq_len", "model.vocab_size"}) {
+    const std::string was = config_value(saved, key), is = config_value(now, key);
+    if (std::string(key) == "model.vocab_size" && now.model.vocab_size == 0) continue;  // resolved later
+    MT_CHECK(was == is,
+             "[train] {} cannot change on resume: the checkpoint has {}, this run asks for {}; drop the key to keep "
+             "the checkpoint's value, or start a new run (another train.out_dir) to train a different model",
+             key, was, is);
+  }
+}
+
+/// Which layout a resumed run trains at when no parallel.dp/tp/pp key is given: the saved one when
+/// it fits the world, otherwise plain data parallelism over every rank. Returns the log line.
+std::string choose_resume_layout(Config& cfg, const Config& saved, const std::string& saved_layout, int world,
+                                 bool microbatches_named) {
+  const ParallelConfig& p = saved.parallel;
+  const bool fits = world % (p.tp * p.pp) == 0 && (p.dp == 0 || p.dp * p.tp * p.pp == world);
+  if (fits && world == 1 && p.tp * p.pp == 1) return "";  // one process then and now: nothing to say
+  if (fits)
+    return fmt::format("[train] layout: the checkpoint's ({}) on {} rank{}, as saved", saved_layout, world,
+                       world == 1 ? "" : "s");
+  cfg.parallel.dp = 0;
+  cfg.parallel.tp = 1;
+  cfg.parallel.pp = 1;
+  if (!microbatches_named) cfg.parallel.microbatches = 0;
+  return fmt::format("[train] layout: the checkpoint was saved at {} (tp {} x pp {}), which does not fit {} rank{}; "
+                     "training data-parallel over all of them (dp {}); set parallel.dp/tp/pp to choose",
+                     saved_layout, p.tp, p.pp, world, world == 1 ? "" : "s", world);
 }
 
 using LossFn = std::function<double(const int32_t* inputs, const int32_t* targets, int B, int T)>;
@@ -112,30 +154,60 @@ void check_same_config(const Config& cfg, Communicator& world) {
 
 }  // namespace
 
-double run_train(const TrainArgs& args, Communicator& world) {
+TrainResult run_train(const TrainArgs& args, Communicator& world) {
   const bool lead = world.rank() == 0;
+  const std::vector<std::string> named = keys_named(args.config_file, args.overrides);
+  auto is_named = [&](const std::string& key) { return std::find(named.begin(), named.end(), key) != named.end(); };
   Config cfg;
-  std::string resume_path;
+  std::string resume_path, layout_note;
+  std::optional<RunInfo> saved;
   if (!args.resume.empty()) {
-    MT_CHECK(args.config_file.empty(),
-             "[train] --resume takes the configuration from the checkpoint; change keys with --set instead of --config");
-    Config probe = default_config();
-    for (const auto& o : args.overrides) apply_override(probe, o);  // validates the overrides early
-    // out_dir may be overridden to find "latest".
+    // The checkpoint's configuration, then the file's keys, then --set; "latest" is looked for in
+    // the train.out_dir those name (or the default).
     Config lookup = default_config();
-    for (const auto& o : args.overrides)
-      if (o.rfind("train.out_dir=", 0) == 0) apply_override(lookup, o);
-    resume_path = resolve_resume(args.resume, lookup);
-    cfg = read_run_config(resume_path);
+    if (!args.config_file.empty()) apply_config_file(lookup, args.config_file);
+    for (const auto& o : args.overrides) apply_override(lookup, o);
+    resume_path = resolve_resume(args.resume, lookup.train.out_dir);
+    saved = read_run_info(resume_path);
+    cfg = saved->config;
+    if (!args.config_file.empty()) apply_config_file(cfg, args.config_file);
     for (const auto& o : args.overrides) apply_override(cfg, o);
+    // A resumed run writes beside the checkpoint it came from, never into a folder merely recorded
+    // inside it (a copied run would otherwise write into the original).
+    if (!is_named("train.out_dir")) {
+      const fs::path parent = fs::path(resume_path).parent_path();
+      cfg.train.out_dir = parent.empty() ? "." : parent.string();
+    }
+    if (!is_named("parallel.dp") && !is_named("parallel.tp") && !is_named("parallel.pp"))
+      layout_note = choose_resume_layout(cfg, saved->config, saved->layout, world.size(),
+                                         is_named("parallel.microbatches"));
     validate_config(cfg);
+    check_unchanged(saved->config, cfg);
+    // Never replace checkpoints this run did not write: later ones in the folder are another trajectory.
+    const int64_t from = saved->counters.step;
+    const auto later = checkpoints_after(cfg.train.out_dir, from);
+    if (!later.empty()) {
+      MT_CHECK(args.branch,
+               "[train] '{}' already holds checkpoints past step {} (the newest is step {}: {}); resuming from step {} "
+               "here would replace them. Continue in a new folder with --set train.out_dir=OTHER, or pass --branch to "
+               "move the later checkpoints aside (never deleted) and continue here",
+               cfg.train.out_dir, from, later.back().first, later.back().second, from);
+      world.barrier();  // every rank has looked before rank 0 moves anything
+      if (lead) {
+        std::string aside = set_aside_checkpoints_after(cfg.train.out_dir, from);
+        fmt::print("[train] --branch: moved {} checkpoint{} past step {} into {}\n", later.size(),
+                   later.size() == 1 ? "" : "s", from, aside);
+      }
+      world.barrier();
+    }
   } else {
+    MT_CHECK(!args.branch, "[train] --branch only applies with --resume");
     cfg = load_config(args.config_file, args.overrides);
     std::string existing = find_latest_checkpoint(cfg.train.out_dir);
     MT_CHECK(existing.empty(),
-             "[train] '{}' already holds checkpoints (latest: {}); continue with --resume latest, or start afresh "
+             "[train] '{}' already holds checkpoints (latest: {}); continue with --resume {}, or start afresh "
              "with --set train.out_dir=OTHER (existing checkpoints are never overwritten)",
-             cfg.train.out_dir, existing);
+             cfg.train.out_dir, existing, cfg.train.out_dir);
   }
 
   check_same_config(cfg, world);
@@ -180,15 +252,28 @@ double run_train(const TrainArgs& args, Communicator& world) {
     cfg.model.vocab_size = tokenizer->vocab_size();
   }
   cfg.model.validate();
+  const std::string tokenizer_id = tokenizer ? tokenizer->fingerprint_hex() : "";
+  if (saved) {
+    check_unchanged(saved->config, cfg);  // the vocabulary, now that it is resolved
+    const std::string& was = saved->counters.tokenizer_id;
+    MT_CHECK(was.empty() || tokenizer_id.empty() || was == tokenizer_id,
+             "[train] data.tokenizer cannot change on resume: the checkpoint was trained with tokenizer {} ('{}'), "
+             "this run loads tokenizer {} ('{}'); point data.tokenizer at the checkpoint's tokenizer",
+             was, saved->config.data.tokenizer, tokenizer_id, cfg.data.tokenizer);
+  }
 
   auto train_paths = expand_shard_paths(cfg.data.train);
   std::vector<std::string> val_paths;
   if (!cfg.data.val.empty()) val_paths = expand_shard_paths(cfg.data.val);
+  if (tokenizer) {
+    check_shard_tokenizer(train_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
+    check_shard_tokenizer(val_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
+  }
   const int T = cfg.model.seq_len;
   const int tp_size = cfg.parallel.tp, pp_size = cfg.parallel.pp;
   MT_CHECK(world.size() % (tp_size * pp_size) == 0,
-           "[train] parallel.tp x parallel.pp = {} x {} must divide the number of ranks ({}); a resumed run keeps "
-           "the layout it was saved with unless --set parallel.dp=, parallel.tp=, parallel.pp= say otherwise",
+           "[train] parallel.tp x parallel.pp = {} x {} must divide the number of ranks ({}); set parallel.tp and "
+           "parallel.pp to fit, or leave all parallel.* keys out on resume to let the run choose",
            tp_size, pp_size, world.size());
   const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / (tp_size * pp_size);
   Mesh mesh(world, MeshShape{dp_size, tp_size, pp_size});
@@ -240,7 +325,8 @@ double run_train(const TrainArgs& args, Communicator& world) {
       ddp->optimizer().set_steps(moments.adam_steps);
     }
     loader.set_state(counters.loader);
-    if (lead) fmt::print("[train] resumed from {} at step {}\n", resume_path, counters.step);
+    if (lead) fmt::print("[train] resumed from {} at step {}; writing into {}\n", resume_path, counters.step,
+                         cfg.train.out_dir);
   } else {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
     if (gpu) gpu->set_params(model.params().f32());
@@ -250,7 +336,30 @@ double run_train(const TrainArgs& args, Communicator& world) {
   const int64_t total = cfg.train.steps;
   MT_CHECK(counters.step < total, "[train] the run is already at step {} of train.steps = {}; raise it with --set "
                                   "train.steps=N to continue", counters.step, total);
+  counters.tokenizer_id = tokenizer_id;
+  LrSchedule schedule = LrSchedule::from_config(cfg.train);
+  std::string schedule_note;
+  if (saved) {
+    LrSchedule before = LrSchedule::from_config(saved->config.train);
+    before.anchor_step = counters.lr_anchor_step;
+    before.anchor_lr = counters.lr_anchor;
+    schedule = schedule_on_resume(before, schedule, counters.step, cfg.train.resume_schedule, &schedule_note);
+  }
+  counters.lr_anchor_step = schedule.anchor_step;
+  counters.lr_anchor = schedule.anchor_lr;
+  // Ranks x threads beyond the host's cores: ranks then wait for a core inside collectives.
+  Tensor crowded = Tensor::zeros({1}, DType::i32);
+  const int cores = available_cores();
+  crowded.data<int32_t>()[0] = args.ranks_on_host * threads > cores ? 1 : 0;
+  if (world.size() > 1) world.all_reduce(crowded, ReduceOp::max);
   if (lead) {
+    if (!layout_note.empty()) fmt::print("{}\n", layout_note);
+    if (!schedule_note.empty()) fmt::print("{}\n", schedule_note);
+    if (crowded.data<int32_t>()[0])
+      fmt::print("[train] note: {} rank{} x {} thread{} on this host exceed its {} core{}: ranks wait for a core, so "
+                 "the communication times below include that waiting, not only data movement\n",
+                 args.ranks_on_host, args.ranks_on_host == 1 ? "" : "s", threads, threads == 1 ? "" : "s", cores,
+                 cores == 1 ? "" : "s");
     fmt::print("[train] model: {} layers, {} heads, {} channels, T={}, vocab {} (padded {}), {:.2f}M parameters\n",
              cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, cfg.model.vocab_size,
              cfg.model.padded_vocab(), static_cast<double>(cfg.model.num_params()) / 1e6);
@@ -292,11 +401,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
     if (lead) log->message("\n--------------------");
   };
 
+  StopSignals signals(cfg.train.stop_signal);
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
     double t0 = now_seconds();
-    float lr = lr_at(step, cfg.train.warmup_steps, total, static_cast<float>(cfg.train.lr),
-                     static_cast<float>(cfg.train.min_lr));
+    float lr = schedule.at(step);
     float norm = 0.0f;
     model.take_tp_comm_seconds();  // restart the count (evaluations between steps add to it)
     loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
@@ -376,7 +485,12 @@ double run_train(const TrainArgs& args, Communicator& world) {
 
     if (cfg.train.sample_every > 0 && rec.step % cfg.train.sample_every == 0 && !last)
       sample(fmt::format("step {}", rec.step).c_str());
-    if ((cfg.train.checkpoint_every > 0 && rec.step % cfg.train.checkpoint_every == 0) || last) {
+    // A stop signal on any rank stops every rank after this step, with a checkpoint.
+    Tensor stop = Tensor::zeros({1}, DType::i32);
+    stop.data<int32_t>()[0] = signals.received();
+    if (world.size() > 1) world.all_reduce(stop, ReduceOp::max);
+    const int stop_signal = stop.data<int32_t>()[0];
+    if ((cfg.train.checkpoint_every > 0 && rec.step % cfg.train.checkpoint_every == 0) || last || stop_signal) {
       counters.step = rec.step;
       counters.loader = loader.state();
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
@@ -393,6 +507,11 @@ double run_train(const TrainArgs& args, Communicator& world) {
           ddp->gather_moments(moments.m, moments.v);
         }
       }
+      // The file must be new: a run replaces no checkpoint it did not write (all ranks see the same folder).
+      const std::string target = checkpoint_path(cfg.train.out_dir, rec.step);
+      MT_CHECK(!fs::exists(target),
+               "[train] refusing to replace '{}', which this run did not write; move it away or choose another "
+               "train.out_dir", target);
       std::string path =
           world.size() == 1
               ? save_run(cfg, model, moments, counters)
@@ -406,10 +525,20 @@ double run_train(const TrainArgs& args, Communicator& world) {
                                  removed.empty() ? "" : fmt::format(" (removed {} older)", removed.size())));
       }
       world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
+      if (stop_signal) {
+        if (lead) {
+          log->clear_bar();
+          fmt::print(stderr,
+                     "[train] stopped by {} after step {} of {}; checkpoint {}\n"
+                     "[train] continue with: meshtrain train --resume {} (and the same --config/--set arguments)\n",
+                     signal_name(stop_signal), rec.step, total, path, cfg.train.out_dir);
+        }
+        return {last_loss, stop_signal};
+      }
     }
   }
   sample("final");
-  return last_loss;
+  return {last_loss, 0};
 }
 
 }  // namespace meshtrain

@@ -11,16 +11,24 @@ namespace meshtrain {
 struct TrainArgs {
   std::string config_file;
   std::vector<std::string> overrides;
-  std::string resume;   // checkpoint path, "latest", or ""
+  std::string resume;   // checkpoint file, run folder, "latest", or ""
+  bool branch = false;  // resume into a folder holding later checkpoints, moving them aside
   std::string metrics;  // JSON Lines file, or ""
   bool quiet_samples = false;
   int default_threads = 0;  // threads when train.threads = 0; 0 = the cores available to the process
+  int ranks_on_host = 1;    // ranks of this job on this rank's host
+};
+
+struct TrainResult {
+  double last_loss = 0.0;
+  int stop_signal = 0;  // the signal that stopped the run early (after a checkpoint), or 0
 };
 
 class Communicator;
 
 /// Runs training on the ranks of world (a LocalCommunicator for one process); returns the final
-/// training loss. Every rank calls it; rank 0 prints, writes metrics and checkpoints.
-double run_train(const TrainArgs& args, Communicator& world);
+/// training loss, and the signal when one stopped it. Every rank calls it; rank 0 prints, writes
+/// metrics and checkpoints.
+TrainResult run_train(const TrainArgs& args, Communicator& world);
 
 }  // namespace meshtrain

@@ -76,6 +76,12 @@ RunCounters read_counters(const CheckpointReader& r, MomentBuffers* moments) {
   c.rng_counter = r.get_int("rng_counter");
   c.loader.epoch = static_cast<uint64_t>(r.get_int("loader_epoch"));
   c.loader.cursor = static_cast<uint64_t>(r.get_int("loader_cursor"));
+  // Written since schedules can be re-planned on resume and tokenizers are fingerprinted; older
+  // checkpoints have neither and keep their plain schedule.
+  const auto& m = r.meta();
+  if (auto it = m.ints.find("lr_anchor_step"); it != m.ints.end()) c.lr_anchor_step = it->second;
+  if (auto it = m.strings.find("lr_anchor"); it != m.strings.end()) c.lr_anchor = std::stod(it->second);
+  if (auto it = m.strings.find("tokenizer_id"); it != m.strings.end()) c.tokenizer_id = it->second;
   if (moments) moments->adam_steps = r.get_int("adam_steps");
   return c;
 }
@@ -90,6 +96,9 @@ CheckpointMeta run_meta(const Config& cfg, const MomentBuffers& moments, const R
   meta.ints["adam_steps"] = moments.adam_steps;
   meta.strings["config"] = config_to_toml(cfg);
   meta.strings["tokenizer"] = cfg.data.tokenizer;
+  meta.strings["tokenizer_id"] = c.tokenizer_id;
+  meta.ints["lr_anchor_step"] = c.lr_anchor_step;
+  meta.strings["lr_anchor"] = fmt::format("{:.17g}", c.lr_anchor);
   return meta;
 }
 
@@ -203,6 +212,16 @@ RunCounters load_run_sharded(const std::string& path, Gpt& model, MomentBuffers*
 Config read_run_config(const std::string& path) {
   CheckpointReader r(path);
   return config_from_toml(r.get_string("config"), path + ":config");
+}
+
+RunInfo read_run_info(const std::string& path) {
+  CheckpointReader r(path);
+  RunInfo info;
+  info.config = config_from_toml(r.get_string("config"), path + ":config");
+  auto it = r.meta().strings.find("layout");
+  info.layout = it == r.meta().strings.end() ? "unknown" : it->second;
+  info.counters = read_counters(r, nullptr);
+  return info;
 }
 
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments) {

@@ -20,6 +20,16 @@ struct RunCounters {
   int64_t step = 0;          // optimizer steps completed
   int64_t rng_counter = 0;   // sampling RNG position
   LoaderState loader;        // training data position
+  int64_t lr_anchor_step = -1;  // where a resume re-planned the schedule (LrSchedule), or -1
+  double lr_anchor = 0.0;       // the learning rate it continued from
+  std::string tokenizer_id;     // Tokenizer::fingerprint_hex of the run's tokenizer; "" = unknown
+};
+
+/// What a resume needs to know of a checkpoint before building the model.
+struct RunInfo {
+  Config config;
+  std::string layout;  // "single process" or "dp=2 tp=2 pp=2 zero=0"
+  RunCounters counters;
 };
 
 /// AdamW state laid out like the flat parameter buffer (whole, on every rank).
@@ -39,6 +49,8 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
                              const AdamW* zero_shards = nullptr);
 /// Reads the run's configuration from a checkpoint (to rebuild the model before load_run).
 Config read_run_config(const std::string& path);
+/// Reads the configuration, layout and counters of a checkpoint (no tensors).
+RunInfo read_run_info(const std::string& path);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the
 /// parameters) and counters into a whole model; checks every tensor's shape and checksum.
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments);
