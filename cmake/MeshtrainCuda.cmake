@@ -1,5 +1,41 @@
 # CUDA detection. MESHTRAIN_CUDA defaults to ON when nvcc is found; the architectures are fixed to
 # sm_80 and sm_90 (never "native": build machines often have no GPU).
+option(MESHTRAIN_CUDA_EMULATION
+       "Build the CUDA sources with the host compiler over the CPU emulation in tests/cuda_emulation (no GPU, no nvcc)"
+       OFF)
+if(MESHTRAIN_CUDA_EMULATION)
+  # The CUDA backend is built, but as host C++: each .cu is rewritten (launch syntax) into the build
+  # tree and compiled against the emulation's headers; the emulation library stands in for cudart
+  # and cuBLASLt. NCCL stays off (multi-rank GPU paths are not emulated yet).
+  set(MESHTRAIN_CUDA ON)
+  find_package(Python3 REQUIRED COMPONENTS Interpreter)
+  set(MESHTRAIN_CUDART meshtrain_cuda_emulation)
+  set(MESHTRAIN_CUBLASLT meshtrain_cuda_emulation)
+  message(STATUS "meshtrain: CUDA sources built for the CPU emulation (tests/cuda_emulation)")
+  # meshtrain_cuda_sources(OUT a.cu b.cu ...): the host-C++ copies of the sources, made at build time.
+  function(meshtrain_cuda_sources out)
+    set(generated)
+    foreach(cu ${ARGN})
+      file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${cu})
+      set(cpp ${PROJECT_BINARY_DIR}/cuda_emulated/${rel}.cpp)
+      add_custom_command(OUTPUT ${cpp}
+                         COMMAND Python3::Interpreter ${PROJECT_SOURCE_DIR}/tests/cuda_emulation/rewrite_launches.py
+                                 ${cu} ${cpp}
+                         DEPENDS ${cu} ${PROJECT_SOURCE_DIR}/tests/cuda_emulation/rewrite_launches.py
+                         COMMENT "Rewriting ${rel} for the CUDA emulation")
+      list(APPEND generated ${cpp})
+    endforeach()
+    set(${out} ${generated} PARENT_SCOPE)
+  endfunction()
+  return()
+endif()
+
+function(meshtrain_cuda_sources out)
+  set(${out} ${ARGN} PARENT_SCOPE)
+endfunction()
+set(MESHTRAIN_CUDART CUDA::cudart)
+set(MESHTRAIN_CUBLASLT CUDA::cublasLt)
+
 include(CheckLanguage)
 check_language(CUDA)
 if(CMAKE_CUDA_COMPILER)

@@ -5,7 +5,9 @@ include(CMakeDependentOption)
 
 set(_mt_nccl_usable OFF)
 set(_mt_nccl_why "MESHTRAIN_CUDA is OFF")
-if(MESHTRAIN_CUDA)
+if(MESHTRAIN_CUDA_EMULATION)
+  set(_mt_nccl_why "the CUDA emulation has no NCCL yet")
+elseif(MESHTRAIN_CUDA)
   # NCCL ships inside the CUDA toolkit on some systems, as a distribution package on others, or in a
   # prefix named by NCCL_ROOT / NCCL_HOME.
   find_path(NCCL_INCLUDE_DIR nccl.h

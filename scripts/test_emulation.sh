@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CUDA code on the CPU: builds the `emulation` preset (the real .cu sources and CUDA test files
+# over tests/cuda_emulation), runs every CUDA test file as <name>_emulated, then the mutation check
+# (injected bugs must each make an emulated test fail). scripts/test.sh runs it after the main suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+t0=$(date +%s)
+cmake --preset emulation >/dev/null
+cmake --build build/emulation -j"$(nproc)"
+t1=$(date +%s)
+echo "[emulation] build: $((t1 - t0)) s"
+ctest --preset emulation -j1 "$@"
+t2=$(date +%s)
+echo "[emulation] emulated tests: $((t2 - t1)) s"
+/usr/bin/env python3 tests/cuda_emulation/mutation_check.py build/emulation
+t3=$(date +%s)
+echo "[emulation] mutation check: $((t3 - t2)) s"

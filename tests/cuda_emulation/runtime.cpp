@@ -1,0 +1,286 @@
+// CUDA emulation: the runtime API. Device memory is host memory (256-byte aligned, filled with 0xFF
+// when allocated, so unwritten fp32/bf16 values read as NaN); every stream runs its work at once, in
+// issue order, on the calling thread, which is a legal schedule of a real GPU's streams; a stream
+// that captures a graph records its work instead, and a graph launch replays the recording.
+// Events record host time. One device is visible unless CUDA_VISIBLE_DEVICES is set and empty.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+namespace mt_emu {
+
+void run_grid_now(const char* name, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+
+struct Graph {
+  std::vector<std::function<void()>> ops;
+  std::vector<void*> owned;  // allocations made while capturing: they live as long as the graph
+};
+struct GraphExec {
+  std::vector<std::function<void()>> ops;
+};
+struct Stream {
+  Graph* capture = nullptr;
+};
+struct Event {
+  double seconds = 0.0;
+};
+struct MemPool {};
+
+namespace {
+
+thread_local cudaError_t g_last = cudaSuccess;
+std::mutex g_mutex;
+std::map<void*, size_t> g_allocations;  // device pointer -> bytes
+size_t g_in_use = 0;
+constexpr size_t kDeviceBytes = size_t{16} << 30;
+Stream g_default_stream;
+MemPool g_pool;
+
+Stream* resolve(cudaStream_t s) { return s ? s : &g_default_stream; }
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+cudaError_t fail(cudaError_t e) {
+  g_last = e;
+  return e;
+}
+
+void* allocate(size_t n) {
+  void* p = nullptr;
+  if (::posix_memalign(&p, 256, n ? n : 1) != 0) return nullptr;
+  std::memset(p, 0xFF, n);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_allocations[p] = n;
+  g_in_use += n;
+  return p;
+}
+
+bool release(void* p) {
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_allocations.find(p);
+    if (it == g_allocations.end()) return false;
+    g_in_use -= it->second;
+    g_allocations.erase(it);
+  }
+  std::free(p);
+  return true;
+}
+
+}  // namespace
+
+void set_error(cudaError_t e) { g_last = e; }
+
+void enqueue_grid(const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t s, std::function<void()> body) {
+  Stream* st = resolve(s);
+  if (st->capture) {
+    st->capture->ops.push_back([=, body = std::move(body)] { run_grid_now(name, grid, block, smem, body); });
+    return;
+  }
+  run_grid_now(name, grid, block, smem, body);
+}
+
+void enqueue_host(cudaStream_t s, std::function<void()> work) {
+  Stream* st = resolve(s);
+  if (st->capture) st->capture->ops.push_back(std::move(work));
+  else work();
+}
+
+}  // namespace mt_emu
+
+using mt_emu::enqueue_host;
+using mt_emu::fail;
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  *count = visible && *visible == '\0' ? 0 : 1;
+  return *count ? cudaSuccess : fail(cudaErrorNoDevice);
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+  std::memset(p, 0, sizeof(*p));
+  std::snprintf(p->name, sizeof(p->name), "CUDA emulation on the CPU");
+  p->totalGlobalMem = mt_emu::kDeviceBytes;
+  p->sharedMemPerBlock = 48 * 1024;
+  p->sharedMemPerBlockOptin = 227 * 1024;
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 1;
+  p->warpSize = 32;
+  p->maxThreadsPerBlock = 1024;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaGetLastError() {
+  cudaError_t e = mt_emu::g_last;
+  mt_emu::g_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return mt_emu::g_last; }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    default: return "cudaError (emulated)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(mt_emu::g_mutex);
+  *total_bytes = mt_emu::kDeviceBytes;
+  *free_bytes = mt_emu::kDeviceBytes - std::min(mt_emu::g_in_use, mt_emu::kDeviceBytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = n > mt_emu::kDeviceBytes ? nullptr : mt_emu::allocate(n);
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  return mt_emu::release(p) ? cudaSuccess : fail(cudaErrorInvalidDevicePointer);
+}
+cudaError_t cudaMallocHost(void** p, size_t n) {
+  *p = std::malloc(n ? n : 1);
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
+  cudaError_t e = cudaMalloc(p, n);
+  if (e != cudaSuccess) return e;
+  mt_emu::Stream* st = mt_emu::resolve(s);
+  if (st->capture) {
+    // A graph's allocation: fixed address, uninitialised again at every replay.
+    st->capture->owned.push_back(*p);
+    void* q = *p;
+    st->capture->ops.push_back([q, n] { std::memset(q, 0xFF, n); });
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  if (mt_emu::resolve(s)->capture) return cudaSuccess;  // freed with the graph
+  return cudaFree(p);
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
+  if (n) std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t s) {
+  enqueue_host(s, [=] {
+    if (n) std::memmove(dst, src, n);
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* p, int value, size_t n) {
+  std::memset(p, value, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
+  enqueue_host(s, [=] { std::memset(p, value, n); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
+  *pool = &mt_emu::g_pool;
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr, void* value) {
+  *static_cast<uint64_t*>(value) = 0;  // pooled allocations are counted with the others
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  *s = new mt_emu::Stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  return mt_emu::resolve(s)->capture ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  mt_emu::Stream* st = mt_emu::resolve(s);
+  if (st->capture) return fail(cudaErrorInvalidValue);
+  st->capture = new mt_emu::Graph;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  mt_emu::Stream* st = mt_emu::resolve(s);
+  if (!st->capture) return fail(cudaErrorInvalidValue);
+  *graph = st->capture;
+  st->capture = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  *status = mt_emu::resolve(s)->capture ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new mt_emu::Event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  enqueue_host(s, [e] { e->seconds = mt_emu::now(); });
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  *ms = static_cast<float>((end->seconds - start->seconds) * 1e3);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  *exec = new mt_emu::GraphExec{graph->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  for (const auto& op : exec->ops) enqueue_host(s, op);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  for (void* p : graph->owned) mt_emu::release(p);
+  delete graph;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize && (value < 0 || value > 227 * 1024))
+    return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
