@@ -62,11 +62,12 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   }
   MT_CHECK(std::filesystem::exists(path), "[generate] checkpoint '{}' does not exist", path);
   set_num_threads(args.threads > 0 ? args.threads : available_cores());
-  Config cfg = read_run_config(path);
+  const RunInfo info = read_run_info(path);  // configuration and tokenizer fingerprint in one read
+  Config cfg = info.config;
   std::string tok_dir = args.tokenizer.empty() ? cfg.data.tokenizer : args.tokenizer;
   MT_CHECK(!tok_dir.empty(), "[generate] the checkpoint names no tokenizer; pass --tokenizer DIR");
   Tokenizer tok = Tokenizer::load(tok_dir);
-  const std::string made_with = read_run_info(path).counters.tokenizer_id;
+  const std::string& made_with = info.counters.tokenizer_id;
   MT_CHECK(made_with.empty() || made_with == tok.fingerprint_hex(),
            "[generate] the model was trained with tokenizer {} ('{}'), but '{}' is tokenizer {}: its ids would "
            "decode to other text; pass --tokenizer with the run's tokenizer folder", made_with, cfg.data.tokenizer,
