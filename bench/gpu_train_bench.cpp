@@ -19,7 +19,10 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "model/backend.h"
-#include "model/gpu_trainer.h"
+#include "core/communicator.h"
+#include "launch/train/train_step.h"
+#include "model/gpt.h"
+#include "parallel/data_parallel.h"
 
 using namespace meshtrain;
 
@@ -31,17 +34,30 @@ struct Options {
   double peak_tflops = 989.0;  // H100/H200 SXM dense bf16
 };
 
-std::unique_ptr<GpuTrainer> make_trainer(const GptConfig& cfg, const Options& o, bool graph) {
-  AdamWConfig adam;
-  auto t = std::make_unique<GpuTrainer>(
-      cfg,
+/// The trainer's own step (launch/train/train_step.h) on one GPU: model, data parallelism of one
+/// rank (the optimizer) and the step, as `meshtrain train` builds them.
+struct Trainer {
+  LocalCommunicator one;
+  std::unique_ptr<Gpt> model;
+  std::unique_ptr<DataParallel> ddp;
+  std::unique_ptr<TrainStep> step;
+  StepResult run(const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int B, int T) {
+    return step->run(tok.data(), tgt.data(), 1, B, T, 1e-4f);
+  }
+};
+
+std::unique_ptr<Trainer> make_trainer(const GptConfig& cfg, const Options& o, bool graph) {
+  auto t = std::make_unique<Trainer>();
+  t->model = std::make_unique<Gpt>(
+      cfg, t->one, nullptr, 1, 0,
       make_cuda_backend(o.precision == "bf16" ? DType::bf16 : DType::f32,
-                        o.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised),
-      adam, graph);
-  t->model().set_recompute(parse_recompute(o.recompute));
-  std::vector<float> host(static_cast<size_t>(t->model().table().total()));
-  t->model().table().initialize(host.data(), 1);
-  t->set_params(host.data());
+                        o.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised));
+  t->model->set_recompute(parse_recompute(o.recompute));
+  t->ddp = std::make_unique<DataParallel>(*t->model, t->one, DataParallelConfig{}, AdamWConfig{});
+  t->step = std::make_unique<TrainStep>(*t->model, *t->ddp, nullptr, nullptr, t->one, graph);
+  std::vector<float> host(static_cast<size_t>(t->model->table().total()));
+  t->model->table().initialize(host.data(), 1);
+  t->ddp->set_params(host.data());
   return t;
 }
 
@@ -65,12 +81,12 @@ struct Timing {
   double ms = 0.0, tokens_per_s = 0.0, loss = 0.0;
 };
 
-Timing time_steps(GpuTrainer& t, const GptConfig& cfg, int B, int T, int steps) {
+Timing time_steps(Trainer& t, const GptConfig& cfg, int B, int T, int steps) {
   Batch b = random_batch(cfg, B, T, 3);
-  for (int i = 0; i < 3; ++i) t.step(b.tok.data(), b.tgt.data(), 1, B, T, 1e-4f);  // warm-up (and capture)
+  for (int i = 0; i < 3; ++i) t.run(b.tok, b.tgt, B, T);  // warm-up (and capture)
   double t0 = now_seconds();
   Timing r;
-  for (int i = 0; i < steps; ++i) r.loss = t.step(b.tok.data(), b.tgt.data(), 1, B, T, 1e-4f).loss;
+  for (int i = 0; i < steps; ++i) r.loss = t.run(b.tok, b.tgt, B, T).loss;
   double dt = (now_seconds() - t0) / steps;
   r.ms = dt * 1e3;
   r.tokens_per_s = static_cast<double>(B) * T / dt;
@@ -126,7 +142,7 @@ int main(int argc, char** argv) {
       try {
         auto t = make_trainer(cfg, o, false);
         Batch x = random_batch(cfg, b, T, 1);
-        t->step(x.tok.data(), x.tgt.data(), 1, b, T, 1e-4f);
+        t->run(x.tok, x.tgt, b, T);
         B = b;
         break;
       } catch (const std::exception& e) {
@@ -152,10 +168,10 @@ int main(int argc, char** argv) {
       peak = device_memory_peak();
       // One step with a profiler: each family's kernels timed between device synchronisations.
       Profiler prof;
-      t->model().set_profiler(&prof);
+      t->model->set_profiler(&prof);
       Batch x = random_batch(cfg, B, T, 5);
       double t0 = now_seconds();
-      t->step(x.tok.data(), x.tgt.data(), 1, B, T, 1e-4f);
+      t->run(x.tok, x.tgt, B, T);
       profiled_ms = (now_seconds() - t0) * 1e3;
       families.insert(prof.totals().begin(), prof.totals().end());
     }

@@ -18,6 +18,8 @@ bool cuda_built();
 /// Throws a clear error, naming what asked (e.g. "train.device = cuda"), unless this build has CUDA
 /// and a GPU is visible.
 void require_cuda(const char* who);
+/// Makes GPU `device` (0-based, of cuda_device_count()) the calling thread's current device.
+void use_cuda_device(int device);
 /// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" for the current device.
 std::string cuda_device_description();
 void* device_malloc(size_t nbytes);

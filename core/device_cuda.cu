@@ -54,6 +54,12 @@ void require_cuda(const char* who) {
            who);
 }
 
+void use_cuda_device(int device) {
+  const int n = cuda_device_count();
+  MT_CHECK(device >= 0 && device < n, "[cuda] GPU {} asked for, but {} GPU{} visible", device, n, n == 1 ? " is" : "s are");
+  CUDA_CHECK(cudaSetDevice(device));
+}
+
 std::string cuda_device_description() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -91,10 +97,17 @@ void device_memset(void* ptr, int value, size_t nbytes) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+// Ordered after the work of every stream and finished before it returns: the model's stream is
+// non-blocking, so a plain cudaMemcpy (legacy default stream) would neither wait for kernels still
+// writing src nor, from pageable memory, finish writing dst before the next kernel reads it. This is
+// the copy that staging through host memory (an MPI communicator) relies on.
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   cudaMemcpyKind kind = cudaMemcpyDefault;
   if (dst_device == Device::cpu && src_device == Device::cpu) kind = cudaMemcpyHostToHost;
+  const bool on_device = dst_device == Device::cuda || src_device == Device::cuda;
+  if (on_device) CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
+  if (on_device) CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void device_copy_async(void* dst, const void* src, size_t nbytes, void* stream) {

@@ -13,6 +13,7 @@ void require_cuda(const char* who) {
       "CPU",
       who);
 }
+void use_cuda_device(int) { MT_NOT_BUILT(); }
 std::string cuda_device_description() { MT_NOT_BUILT(); }
 void* device_malloc(size_t) { MT_NOT_BUILT(); }
 void device_free(void*, size_t) noexcept {}

@@ -152,6 +152,7 @@ int run_cli(int argc, char** argv) {
       world = world_communicator(runtime.get());
       if (runtime) targs.default_threads = runtime->threads_per_rank();
       if (runtime) targs.ranks_on_host = runtime->local_size();
+      if (runtime) targs.local_rank = runtime->local_rank();
       if (runtime && gargs.threads == 0) gargs.threads = runtime->threads_per_rank();
     }
     if (*train) {

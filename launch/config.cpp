@@ -149,6 +149,10 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("parallel.microbatches", Kind::integer,
                          "micro-batches per rank and step; 0 = train.grad_accum", &C::parallel,
                          &ParallelConfig::microbatches, 0));
+    k.push_back(make_key("parallel.comm", Kind::string,
+                         "how ranks exchange tensors: auto, mpi (GPU tensors staged through host memory; several "
+                         "ranks may share a GPU) or nccl (GPU to GPU, one GPU per rank)", &C::parallel,
+                         &ParallelConfig::comm));
     return k;
   }();
   return keys;
@@ -357,6 +361,11 @@ void validate_config(const Config& cfg) {
   MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",
            p.schedule);
   MT_CHECK(p.bucket_mb > 0.0, "[config] parallel.bucket_mb must be > 0 (got {})", p.bucket_mb);
+  MT_CHECK(p.comm == "auto" || p.comm == "mpi" || p.comm == "nccl",
+           "[config] parallel.comm must be auto, mpi or nccl (got '{}')", p.comm);
+  MT_CHECK(p.comm != "nccl" || t.device != "cpu",
+           "[config] parallel.comm = nccl moves GPU tensors, but train.device = cpu; use parallel.comm = mpi (or "
+           "auto) on the CPU, or train.device = cuda");
 }
 
 std::string config_to_toml(const Config& cfg) {

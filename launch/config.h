@@ -54,6 +54,7 @@ struct ParallelConfig {
   int zero = 0;             // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 4.0;   // gradient bucket size for the overlapped reduction
   int microbatches = 0;     // micro-batches per rank and step; 0 = train.grad_accum
+  std::string comm = "auto";  // auto, mpi (GPU tensors staged through host memory) or nccl
 };
 
 struct Config {

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "model/kernels/adamw.h"
 
 namespace meshtrain {
 
@@ -74,6 +75,39 @@ class Backend {
                             int Vp, float dloss) = 0;
   /// Copies n values of dtype() from device memory into host floats.
   virtual void download_floats(float* dst, const void* src, int64_t n) = 0;
+
+  // ---- Copies for work that must not wait on the host (a step captured as a CUDA graph).
+  /// Device -> host, ordered with the kernels; the bytes are there after synchronize().
+  virtual void download_async(void* dst, const void* src, size_t nbytes) = 0;
+  /// nbytes of host memory that upload() and download_async() move asynchronously (page-locked on
+  /// a GPU; a captured graph reads and writes it at every replay).
+  virtual std::shared_ptr<void> host_buffer(size_t nbytes) = 0;
+
+  // ---- Vocabulary-parallel embedding and cross-entropy: the kernels of
+  // model/kernels/vocab_parallel.h, between which the model all-reduces over its tp group.
+  virtual void vocab_embedding_rows(void* out, const int32_t* tokens, const void* wte_local, int64_t BT, int C,
+                                    int64_t v0, int64_t Vl) = 0;
+  virtual void add_positions(void* out, const void* wpe, int B, int T, int C) = 0;
+  virtual void vocab_embedding_backward(void* dwte_local, void* dwpe, const void* dout, const int32_t* tokens, int B,
+                                        int T, int C, int64_t v0, int64_t Vl) = 0;
+  virtual void vocab_xent_max(float* mx, const void* logits, int N, int64_t Vl, int64_t V, int64_t v0) = 0;
+  virtual void vocab_xent_sums(float* sums, const void* logits, const int32_t* targets, const float* mx, int N,
+                               int64_t Vl, int64_t V, int64_t v0) = 0;
+  virtual void vocab_xent_finish(float* losses, void* dlogits, const void* logits, const int32_t* targets,
+                                 const float* mx, const float* sums, int N, int64_t Vl, int64_t V, int64_t v0,
+                                 float dloss) = 0;
+
+  // ---- The optimizer step (model/kernels/adamw.h), its per-step scalars in this device's memory.
+  /// Doubles of scratch sum_squares() needs for n elements.
+  virtual int64_t sum_squares_scratch(int64_t n) const = 0;
+  /// *out = the sum of x[i]^2 over n elements of dtype(), in double and in a fixed order.
+  virtual void sum_squares(double* out, double* scratch, const void* x, int64_t n) = 0;
+  /// grad_norm = sqrt(sum of the count pieces, in order) and the clipping factor, into scalars.
+  virtual void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) = 0;
+  /// AdamW over n parameters with lr, bias corrections and grad_scale from scalars. fp32: params
+  /// are updated and master is null; bf16: master (fp32) is updated and params get it rounded.
+  virtual void adamw_update(void* params, float* master, const void* grads, float* m, float* v, int64_t n,
+                            const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

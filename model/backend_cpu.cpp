@@ -9,6 +9,7 @@
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
 namespace {
@@ -79,6 +80,42 @@ class CpuBackend final : public Backend {
   void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V, int Vp,
                     float dloss) override {
     softmax_crossentropy_cpu(losses, f(dlogits), f(logits), targets, N, V, Vp, dloss);
+  }
+
+  void download_async(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
+  std::shared_ptr<void> host_buffer(size_t nbytes) override {
+    return std::shared_ptr<void>(::operator new(nbytes > 0 ? nbytes : 1), [](void* p) { ::operator delete(p); });
+  }
+
+  void vocab_embedding_rows(void* out, const int32_t* tokens, const void* wte_local, int64_t BT, int C, int64_t v0,
+                            int64_t Vl) override {
+    vocab_embedding_rows_cpu(f(out), tokens, f(wte_local), BT, C, v0, Vl);
+  }
+  void add_positions(void* out, const void* wpe, int B, int T, int C) override { add_positions_cpu(f(out), f(wpe), B, T, C); }
+  void vocab_embedding_backward(void* dwte_local, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl) override {
+    vocab_embedding_backward_cpu(f(dwte_local), f(dwpe), f(dout), tokens, B, T, C, v0, Vl);
+  }
+  void vocab_xent_max(float* mx, const void* logits, int N, int64_t Vl, int64_t V, int64_t v0) override {
+    vocab_xent_max_cpu(mx, f(logits), N, Vl, V, v0);
+  }
+  void vocab_xent_sums(float* sums, const void* logits, const int32_t* targets, const float* mx, int N, int64_t Vl,
+                       int64_t V, int64_t v0) override {
+    vocab_xent_sums_cpu(sums, f(logits), targets, mx, N, Vl, V, v0);
+  }
+  void vocab_xent_finish(float* losses, void* dlogits, const void* logits, const int32_t* targets, const float* mx,
+                         const float* sums, int N, int64_t Vl, int64_t V, int64_t v0, float dloss) override {
+    vocab_xent_finish_cpu(losses, f(dlogits), f(logits), targets, mx, sums, N, Vl, V, v0, dloss);
+  }
+
+  int64_t sum_squares_scratch(int64_t /*n*/) const override { return 0; }
+  void sum_squares(double* out, double* /*scratch*/, const void* x, int64_t n) override { *out = sum_squares_cpu(f(x), n); }
+  void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) override {
+    clip_scale_cpu(scalars, pieces, count, grad_clip);
+  }
+  void adamw_update(void* params, float* /*master*/, const void* grads, float* m, float* v, int64_t n,
+                    const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay) override {
+    adamw_update_cpu(f(params), f(grads), m, v, n, *scalars, beta1, beta2, eps, weight_decay);
   }
 };
 

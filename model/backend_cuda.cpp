@@ -13,6 +13,7 @@
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul_cuda.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
 namespace {
@@ -145,6 +146,72 @@ class CudaBackend final : public Backend {
       using T_ = decltype(t);
       softmax_crossentropy_cuda(losses, as<T_>(dlogits), as<T_>(logits), targets, N, V, Vp, dloss, s());
     });
+  }
+
+  void download_async(void* dst, const void* src, size_t nbytes) override { device_copy_async(dst, src, nbytes, s()); }
+  std::shared_ptr<void> host_buffer(size_t nbytes) override {
+    auto pinned = std::make_shared<PinnedBuffer>(nbytes > 0 ? nbytes : 1);
+    return std::shared_ptr<void>(pinned, pinned->data());
+  }
+
+  void vocab_embedding_rows(void* out, const int32_t* tokens, const void* wte_local, int64_t BT, int C, int64_t v0,
+                            int64_t Vl) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      vocab_embedding_rows_cuda(as<T_>(out), tokens, as<T_>(wte_local), BT, C, v0, Vl, s());
+    });
+  }
+  void add_positions(void* out, const void* wpe, int B, int T, int C) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      add_positions_cuda(as<T_>(out), as<T_>(wpe), B, T, C, s());
+    });
+  }
+  void vocab_embedding_backward(void* dwte_local, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      vocab_embedding_backward_cuda(as<T_>(dwte_local), as<T_>(dwpe), as<T_>(dout), tokens, B, T, C, v0, Vl, s());
+    });
+  }
+  void vocab_xent_max(float* mx, const void* logits, int N, int64_t Vl, int64_t V, int64_t v0) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      vocab_xent_max_cuda(mx, as<T_>(logits), N, Vl, V, v0, s());
+    });
+  }
+  void vocab_xent_sums(float* sums, const void* logits, const int32_t* targets, const float* mx, int N, int64_t Vl,
+                       int64_t V, int64_t v0) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      vocab_xent_sums_cuda(sums, as<T_>(logits), targets, mx, N, Vl, V, v0, s());
+    });
+  }
+  void vocab_xent_finish(float* losses, void* dlogits, const void* logits, const int32_t* targets, const float* mx,
+                         const float* sums, int N, int64_t Vl, int64_t V, int64_t v0, float dloss) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      vocab_xent_finish_cuda(losses, as<T_>(dlogits), as<T_>(logits), targets, mx, sums, N, Vl, V, v0, dloss, s());
+    });
+  }
+
+  int64_t sum_squares_scratch(int64_t n) const override { return sum_squares_partials(n); }
+  void sum_squares(double* out, double* scratch, const void* x, int64_t n) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      sum_squares_async_cuda(out, scratch, as<T_>(x), n, s());
+    });
+  }
+  void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) override {
+    clip_scale_cuda(scalars, pieces, count, grad_clip, s());
+  }
+  void adamw_update(void* params, float* master, const void* grads, float* m, float* v, int64_t n,
+                    const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay) override {
+    if (dtype_ == DType::bf16)
+      adamw_update_cuda(as<Bf16>(params), master, as<Bf16>(grads), m, v, n, scalars, beta1, beta2, eps, weight_decay,
+                        s());
+    else
+      adamw_update_cuda(as<float>(params), as<float>(grads), m, v, n, scalars, beta1, beta2, eps, weight_decay, s());
   }
 
  private:

@@ -7,9 +7,10 @@
 // QKV and fc are column-parallel (this rank's heads / MLP columns), the two projections are
 // row-parallel (partial sums, all-reduced before the bias: the "g" operator), and the LayerNorm
 // input gradients of the column-parallel layers are all-reduced in backward (the "f" operator).
-// Embedding and head are vocabulary-parallel (model/vocab_parallel.h). With tp = 1 every
-// all-reduce disappears and the code is the plain single-process model. Tensor and pipeline
-// parallelism exchange host memory, so they run on the CPU backend.
+// Embedding and head are vocabulary-parallel (model/kernels/vocab_parallel.h). With tp = 1 every
+// all-reduce disappears and the code is the plain single-process model. The all-reduces take views
+// of the device's activation buffer: an NCCL communicator reduces them on the GPU in the order of
+// the compute stream, an MPI one stages them through host memory; either way the code is the same.
 #include "model/gpt.h"
 
 #include <cstddef>
@@ -17,7 +18,7 @@
 #include <cstring>
 
 #include "model/kernels/matmul.h"
-#include "model/vocab_parallel.h"
+#include "model/kernels/vocab_parallel.h"
 #include "core/communicator.h"
 
 namespace meshtrain {
@@ -27,6 +28,7 @@ struct Gpt::Acts {
   Tensor buffer;     // every activation below is a view into this one allocation (backend dtype)
   Tensor ids;        // B*T tokens then B*T targets (int32, on the device)
   Tensor loss_buf;   // B*T per-position losses (fp32, on the device)
+  Tensor xent;       // vocabulary-parallel row statistics: B*T maxima, then 2*B*T sums (fp32, tp > 1 only)
   int last_B = 0, last_T = 0;  // shape of the last forward in this slot
   bool grad_ready = false;     // a forward with compute_grad awaits its backward
   // Activations are in the backend's dtype (void*); LayerNorm statistics, attention's saved values
@@ -84,9 +86,6 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
       table_((cfg.validate(), cfg), tp_->size(), tp_->rank(), pp_size, pp_stage),
       be_(backend ? std::move(backend) : make_cpu_backend()),
       esize_(dtype_size(be_->dtype())) {
-  MT_CHECK(be_->device() == Device::cpu || (tp_->size() == 1 && pp_size == 1),
-           "[gpt] tensor and pipeline parallelism run on the CPU backend; on {} use parallel.tp = parallel.pp = 1",
-           be_->describe());
   n_local_ = table_.layer_end() - table_.layer_begin();
   slots_.resize(1);
   const int t = tp_->size();
@@ -272,6 +271,7 @@ void Gpt::ensure_acts(int B, int T) {
   lay_out(reinterpret_cast<uintptr_t>(a->buffer.raw()));
   a->ids = Tensor::zeros({2 * BT}, DType::i32, be_->device());
   a->loss_buf = Tensor::zeros({BT}, DType::f32, be_->device());
+  if (tp_->size() > 1) a->xent = Tensor::zeros({3 * BT}, DType::f32, be_->device());
   slot = std::move(a);
 }
 
@@ -287,19 +287,12 @@ void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, double& 
   seconds += now_seconds() - t0;
 }
 
-float* f32(void* p) { return static_cast<float*>(p); }
-
-/// Row-parallel linear layer: out = inp @ W^T, summed over the tp group, then + bias (added once).
+/// Row-parallel linear layer: out = inp @ W^T summed over the tp group, plus the bias, which tp
+/// rank 0 alone adds in its GEMM so the sum holds it once.
 void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, void* out, const void* inp,
                           const void* w, const void* bias, int N, int C_in, int C_out, double& seconds) {
-  if (tp.size() == 1) return be.matmul_forward(out, inp, w, bias, N, C_in, C_out);
-  be.matmul_forward(out, inp, w, nullptr, N, C_in, C_out);
+  be.matmul_forward(out, inp, w, tp.rank() == 0 ? bias : nullptr, N, C_in, C_out);
   tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, seconds);
-  float* o = f32(out);
-  const float* b = static_cast<const float*>(bias);
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < N; ++i)
-    for (int c = 0; c < C_out; ++c) o[static_cast<int64_t>(i) * C_out + c] += b[c];
 }
 
 }  // namespace
@@ -392,8 +385,14 @@ void Gpt::run_blocks(int B, int T) {
   if (table_.first_stage()) {
     Region r(prof_, be, "encoder");
     const int32_t* tokens = a.ids.data<int32_t>();
-    if (tp.size() == 1) be.encoder_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
-    else vocab_parallel_embedding_forward(f32(a.res[0]), tokens, f32(p_.wte), f32(p_.wpe), B, T, C, v0_, Vl_, tp);
+    if (tp.size() == 1) {
+      be.encoder_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
+    } else {
+      // The rank holding each token's row contributes it, the others zeros: the sum is exact.
+      be.vocab_embedding_rows(a.res[0], tokens, p_.wte, BT, C, v0_, Vl_);
+      tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_comm_s_);
+      be.add_positions(a.res[0], p_.wpe, B, T, C);
+    }
   }
   for (int l = 0; l < n_local_; ++l) block_forward(l, B, T);
   if (!table_.last_stage()) return;
@@ -413,11 +412,20 @@ void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float 
   Region r(prof_, be, "crossentropy");
   void* dlogits = compute_grad ? a.logits : nullptr;
   const int32_t* targets = a.ids.data<int32_t>() + static_cast<int64_t>(a.B) * a.T;
-  if (tp_->size() == 1)
+  if (tp_->size() == 1) {
     be.crossentropy(a.loss_buf.f32(), dlogits, a.logits, targets, BT, cfg_.vocab_size, static_cast<int>(Vl_), dloss);
-  else
-    vocab_parallel_crossentropy(a.loss_buf.f32(), static_cast<float*>(dlogits), f32(a.logits), targets, BT, cfg_.vocab_size,
-                                Vl_, v0_, dloss, *tp_);
+    return;
+  }
+  // Per row, the ranks agree on the maximum, then on the sum of exponentials and the target's logit.
+  const double t0 = now_seconds();
+  Tensor mx = a.xent.view(0, {BT}), sums = a.xent.view(BT, {2 * static_cast<int64_t>(BT)});
+  be.vocab_xent_max(mx.f32(), a.logits, BT, Vl_, cfg_.vocab_size, v0_);
+  tp_->all_reduce(mx, ReduceOp::max);
+  be.vocab_xent_sums(sums.f32(), a.logits, targets, mx.f32(), BT, Vl_, cfg_.vocab_size, v0_);
+  tp_->all_reduce(sums, ReduceOp::sum);
+  tp_comm_s_ += now_seconds() - t0;
+  be.vocab_xent_finish(a.loss_buf.f32(), dlogits, a.logits, targets, mx.f32(), sums.f32(), BT, Vl_, cfg_.vocab_size,
+                       v0_, dloss);
 }
 
 void Gpt::forward_queued(int B, int T, bool has_targets, bool compute_grad, float dloss) {
@@ -569,7 +577,7 @@ void Gpt::backward() {
     Region r(prof_, be, "encoder");
     const int32_t* tokens = a.ids.data<int32_t>();
     if (tp.size() == 1) be.encoder_backward(g_.wte, g_.wpe, a.dres, tokens, B, T, C);
-    else vocab_parallel_embedding_backward(f32(g_.wte), f32(g_.wpe), f32(a.dres), tokens, B, T, C, v0_, Vl_);
+    else be.vocab_embedding_backward(g_.wte, g_.wpe, a.dres, tokens, B, T, C, v0_, Vl_);
   }  // else a.dres now holds the gradient of this stage's input
   a.grad_ready = false;
   if (grad_ready_) grad_ready_(tied_ready_);

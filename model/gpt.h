@@ -36,8 +36,7 @@ class Gpt {
   /// tensor-parallel group this rank shares its layers with (Megatron-style: attention split by
   /// heads, MLP by columns, embedding and LM head by vocabulary). pp_size and pp_stage make it one
   /// pipeline stage: its blocks, the embeddings on the first stage, the head on the last.
-  /// backend: where and in which dtype the model runs (null: the CPU in fp32). Tensor and pipeline
-  /// parallelism run on the CPU backend only.
+  /// backend: where and in which dtype the model runs (null: the CPU in fp32), on every layout.
   Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp = nullptr, int pp_size = 1, int pp_stage = 0,
       std::unique_ptr<Backend> backend = nullptr);
   ~Gpt();

@@ -24,9 +24,9 @@ DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg,
   FlatRanges owned;
   if (cfg.zero == 1) {
     for (const auto& b : buckets_) owned.push_back({chunk_begin(b), chunk_begin(b) + chunk_len(b)});
-    shard_ = Tensor::zeros({total / n});
+    shard_ = Tensor::zeros({total / n}, model.grads().dtype(), model.grads().device());
   }
-  opt_ = std::make_unique<AdamW>(model.table(), opt_cfg, owned);
+  opt_ = std::make_unique<AdamW>(model.table(), opt_cfg, owned, &model.backend());
 }
 
 DataParallel::~DataParallel() { model_.set_grad_ready_hook(nullptr); }
@@ -87,21 +87,21 @@ void DataParallel::finish() {
     if (timings_[i].completed == 0.0) timings_[i].completed = now_seconds();
     if (cfg_.zero == 1) {
       // The averaged chunk goes back to its place in the flat buffer, where AdamW reads gradients.
-      std::memcpy(model_.grads().f32() + chunk_begin(b), shard_.f32() + shard_at, chunk_len(b) * sizeof(float));
+      model_.grads().view(chunk_begin(b), {chunk_len(b)}).copy_from(shard_.view(shard_at, {chunk_len(b)}));
       shard_at += chunk_len(b);
     }
   }
   exposed_ += now_seconds() - t0;
 }
 
-float DataParallel::step(float lr) {
+void DataParallel::queue_step(float lr) {
   Tensor& params = model_.params();
   const Tensor& grads = model_.grads();
   // Global norm: tensor-parallel shards, pipeline stages and ZeRO-1 chunks add up; parameters held
   // whole by every tp rank count on tp rank 0 only, the tied embedding on the first stage only.
   Communicator& tp = model_.tp();
   const bool first_stage = model_.table().first_stage();
-  double sq = opt_->sum_squares(grads, [&](const ParamSpec& s) {
+  opt_->queue_sum_squares(grads, [&](const ParamSpec& s) {
     if (s.shard == ShardKind::replicated && tp.rank() != 0) return false;
     return first_stage || s.name != "wte";
   });
@@ -109,22 +109,21 @@ float DataParallel::step(float lr) {
   if (tp.size() > 1 || pp_ || over_dp) {
     double t0 = now_seconds();
     Tensor partial = Tensor::empty({1});
-    partial.f32()[0] = static_cast<float>(sq);
+    partial.f32()[0] = static_cast<float>(opt_->read_sum_squares());
     if (tp.size() > 1) tp.all_reduce(partial, ReduceOp::sum);
     if (pp_) pp_->all_reduce(partial, ReduceOp::sum);
     if (over_dp) comm_.all_reduce(partial, ReduceOp::sum);
-    sq = partial.f32()[0];
+    opt_->write_sum_squares(partial.f32()[0]);
     exposed_ += now_seconds() - t0;
   }
-  double norm = std::sqrt(sq);
-  opt_->update(params, grads, lr, opt_->clip_scale(norm));
+  opt_->queue_update(params, grads, lr);
   if (cfg_.zero == 1 && comm_.size() > 1) {
     double t0 = now_seconds();
     std::vector<std::unique_ptr<Work>> works;
     std::vector<Tensor> sends;
     for (const auto& b : buckets_) {
-      Tensor mine = Tensor::empty({chunk_len(b)});
-      std::memcpy(mine.f32(), params.f32() + chunk_begin(b), chunk_len(b) * sizeof(float));
+      Tensor mine = Tensor::empty({chunk_len(b)}, params.dtype(), params.device());
+      mine.copy_from(params.view(chunk_begin(b), {chunk_len(b)}));
       Tensor whole = params.view(b.begin, {b.end - b.begin});
       works.push_back(comm_.all_gather_async(mine, whole));
       sends.push_back(mine);
@@ -132,7 +131,42 @@ float DataParallel::step(float lr) {
     for (auto& w : works) w->wait();
     exposed_ += now_seconds() - t0;
   }
-  return static_cast<float>(norm);
+}
+
+float DataParallel::step(float lr) {
+  queue_step(lr);
+  model_.backend().synchronize();
+  return opt_->last_norm();
+}
+
+namespace {
+/// t itself when it is in host memory, else a host copy.
+Tensor on_host(const Tensor& t) {
+  if (t.device() == Device::cpu) return t;
+  Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
+  h.copy_from(t);
+  return h;
+}
+}  // namespace
+
+void DataParallel::set_params(const float* host) {
+  model_.set_params(host);
+  opt_->set_master(host);
+}
+
+void DataParallel::get_params(Tensor& host) {
+  MT_CHECK(host.device() == Device::cpu && host.dtype() == DType::f32 && host.numel() >= model_.table().total(),
+           "[data_parallel] get_params needs {} host floats", model_.table().total());
+  if (!opt_->has_master()) return model_.get_params(host.f32());
+  if (cfg_.zero == 0 || comm_.size() == 1) return opt_->get_master(host.f32());
+  // ZeRO-1: each rank holds the master weights of its chunk of every bucket.
+  Tensor master = on_host(opt_->master());
+  int64_t at = 0;
+  for (const auto& b : buckets_) {
+    Tensor whole = host.view(b.begin, {b.end - b.begin});
+    comm_.all_gather(master.view(at, {chunk_len(b)}), whole);
+    at += chunk_len(b);
+  }
 }
 
 void DataParallel::gather_moments(Tensor& m, Tensor& v) {
@@ -146,11 +180,12 @@ void DataParallel::gather_moments(Tensor& m, Tensor& v) {
     v.view(0, {opt_->v().numel()}).copy_from(opt_->v());
     return;
   }
+  const Tensor hm = on_host(opt_->m()), hv = on_host(opt_->v());
   int64_t at = 0;
   for (const auto& b : buckets_) {
     Tensor mv = m.view(b.begin, {b.end - b.begin}), vv = v.view(b.begin, {b.end - b.begin});
-    comm_.all_gather(opt_->m().view(at, {chunk_len(b)}), mv);
-    comm_.all_gather(opt_->v().view(at, {chunk_len(b)}), vv);
+    comm_.all_gather(hm.view(at, {chunk_len(b)}), mv);
+    comm_.all_gather(hv.view(at, {chunk_len(b)}), vv);
     at += chunk_len(b);
   }
 }

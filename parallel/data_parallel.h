@@ -3,6 +3,8 @@
 // while backward goes on (non-blocking collectives, driven forward each time the model reports more
 // final gradients). ZeRO-1 (zero = 1) reduce-scatters instead, keeps AdamW moments only for this
 // rank's chunk of every bucket, updates that chunk, and all-gathers the parameters back.
+// Gradients, moments and the update live on the model's device; the communicator moves them there
+// (NCCL) or stages them through host memory (MPI).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +44,14 @@ class DataParallel {
   /// Global-norm clipping and AdamW (on this rank's chunks under ZeRO-1, then all-gather of the
   /// parameters). Returns the global gradient norm before clipping.
   float step(float lr);
+  /// step() queued on the model's device without waiting for it (the norm is then opt.last_norm()).
+  /// Waits on the host only where ranks must agree (the norm over tp / pp / ZeRO-1 ranks) and for
+  /// ZeRO-1's all-gather, so with every group of size 1 it is graph-capturable.
+  void queue_step(float lr);
+  /// Sets the model's parameters and the optimizer's master weights (bf16) from host floats.
+  void set_params(const float* host);
+  /// The fp32 weights (master weights of a bf16 model, gathered over ZeRO-1 ranks) into host.
+  void get_params(Tensor& host);
 
   AdamW& optimizer() { return *opt_; }
   /// Whole-buffer AdamW moments on every rank (gathered from the shards under ZeRO-1).

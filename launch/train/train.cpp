@@ -22,9 +22,9 @@
 #include "launch/train/lr_schedule.h"
 #include "launch/train/stop_signals.h"
 #include "launch/train/train_state.h"
+#include "launch/train/train_step.h"
 #include "model/data.h"
 #include "model/gpt.h"
-#include "model/gpu_trainer.h"
 #include "model/optimizer.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
@@ -212,19 +212,22 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
 
   check_same_config(cfg, world);
 
-  // The device: a GPU trains one whole model in one process; other layouts train on the CPU.
-  const bool single = world.size() == 1 && cfg.parallel.tp == 1 && cfg.parallel.pp == 1;
-  const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && single && cuda_device_count() > 0);
+  // The device: CUDA when asked for, or (auto) when a GPU is visible; every layout runs on either.
+  const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && cuda_device_count() > 0);
   MT_CHECK(use_cuda || (cfg.train.precision == "fp32" && !cfg.train.cuda_graph),
            "[train] train.precision = {} / train.cuda_graph = {} need the CUDA backend, but this run is on the CPU ({}); "
            "set train.device = cuda on a GPU machine, or train.precision = fp32 and train.cuda_graph = false",
-           cfg.train.precision, cfg.train.cuda_graph,
-           !cuda_built() ? "this build has no CUDA" : (cuda_device_count() == 0 ? "no GPU is visible" : "multi-rank layout"));
-  MT_CHECK(!use_cuda || single,
-           "[train] train.device = cuda trains one whole model in one process: run a single rank with parallel.tp = "
-           "parallel.pp = 1, or use train.device = cpu for multi-rank layouts");
-
+           cfg.train.precision, cfg.train.cuda_graph, !cuda_built() ? "this build has no CUDA" : "no GPU is visible");
   if (use_cuda) require_cuda("train.device = cuda");
+  // How ranks exchange tensors. NCCL needs one GPU per rank; MPI stages GPU tensors through host
+  // memory, so several ranks may share a GPU (how the GPU layouts are tested on one GPU).
+  const std::string comm = cfg.parallel.comm == "auto" ? "mpi" : cfg.parallel.comm;
+  MT_CHECK(comm != "nccl" || use_cuda, "[train] parallel.comm = nccl needs train.device = cuda (GPU tensors); use "
+                                       "parallel.comm = mpi on the CPU");
+  MT_CHECK(comm != "nccl",
+           "[train] parallel.comm = nccl is not available to the trainer yet: use parallel.comm = mpi (or auto), which "
+           "stages GPU tensors through host memory");
+  if (use_cuda) use_cuda_device(args.local_rank % cuda_device_count());
 
   const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);
@@ -295,41 +298,35 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
-  // On a GPU the host model only stages weights for checkpoints; the GpuTrainer's model trains.
-  Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
-  std::unique_ptr<GpuTrainer> gpu;
-  if (use_cuda) {
-    gpu = std::make_unique<GpuTrainer>(
-        cfg.model,
-        make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
-                          cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised),
-        ocfg, cfg.train.cuda_graph);
-    gpu->model().set_recompute(parse_recompute(cfg.train.recompute));
-  }
-  Gpt& trained = gpu ? gpu->model() : model;
+  std::unique_ptr<Backend> backend;
+  if (use_cuda)
+    backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
+                                cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
+  Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank(), std::move(backend));
   model.set_recompute(parse_recompute(cfg.train.recompute));
+  // Checkpoints are written from and read into fp32 host memory: a device model stages its weights
+  // through a host model of the same shard (the CPU model is its own).
+  std::unique_ptr<Gpt> host_copy;
+  if (use_cuda) host_copy = std::make_unique<Gpt>(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
+  Gpt& staging = host_copy ? *host_copy : model;
   std::optional<Pipeline> pipe;
   if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
-  std::optional<DataParallel> ddp;
-  if (!gpu) ddp.emplace(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
+  DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
+  TrainStep train_step(model, ddp, pipe ? &*pipe : nullptr, tied.get(), dp, cfg.train.cuda_graph);
   RunCounters counters;
   if (!resume_path.empty()) {
     MomentBuffers moments{Tensor::zeros({model.params().numel()}), Tensor::zeros({model.params().numel()})};
-    counters = world.size() == 1 ? load_run(resume_path, model, &moments)
-                                 : load_run_sharded(resume_path, model, &moments, world, mesh.dp_rank());
-    if (gpu) {
-      gpu->set_params(model.params().f32());
-      gpu->set_moments(moments.m.f32(), moments.v.f32(), moments.adam_steps);
-    } else {
-      ddp->scatter_moments(moments.m, moments.v);
-      ddp->optimizer().set_steps(moments.adam_steps);
-    }
+    counters = world.size() == 1 ? load_run(resume_path, staging, &moments)
+                                 : load_run_sharded(resume_path, staging, &moments, world, mesh.dp_rank());
+    if (&staging != &model) ddp.set_params(staging.params().f32());
+    ddp.scatter_moments(moments.m, moments.v);
+    ddp.optimizer().set_steps(moments.adam_steps);
     loader.set_state(counters.loader);
     if (lead) fmt::print("[train] resumed from {} at step {}; writing into {}\n", resume_path, counters.step,
                          cfg.train.out_dir);
   } else {
-    model.initialize(static_cast<uint64_t>(cfg.train.seed));
-    if (gpu) gpu->set_params(model.params().f32());
+    staging.initialize(static_cast<uint64_t>(cfg.train.seed));
+    if (&staging != &model) ddp.set_params(staging.params().f32());
   }
   CounterRng sample_rng(static_cast<uint64_t>(cfg.train.seed), 2, static_cast<uint64_t>(counters.rng_counter));
 
@@ -366,24 +363,25 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     fmt::print("[train] data: {} training windows of {} tokens; {} sequences per step = {} ranks x {} micro-batches "
                "x {}; {} threads per rank\n", loader.num_windows(), T + 1, global_rows, dp_size, micro_count, B,
                threads);
-    if (gpu)
-      fmt::print("[train] device: {} on {}{}\n", trained.backend().describe(), cuda_device_description(),
-                 cfg.train.cuda_graph ? ", each step replayed as one CUDA graph" : "");
+    if (use_cuda)
+      fmt::print("[train] device: {} on {}{}{}\n", model.backend().describe(), cuda_device_description(),
+                 cfg.train.cuda_graph ? ", each step replayed as one CUDA graph" : "",
+                 world.size() > 1 ? fmt::format("; ranks exchange tensors over {}", comm == "mpi" ? "MPI, staged through host memory" : comm) : "");
     if (world.size() > 1)
       fmt::print("[train] mesh dp {} x tp {} x pp {}: {} gradient buckets, {}\n", dp_size, tp_size, pp_size,
-                 ddp->num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
+                 ddp.num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
     if (pp_size > 1)
       fmt::print("[train] pipeline: {} stages, {} schedule, {} micro-batches per step: bubble (p-1)/(m+p-1) = {:.1f}% "
                  "of pipeline time\n", pp_size, cfg.parallel.schedule, micro_count,
                  100.0 * Pipeline::bubble_fraction(pp_size, micro_count));
-    const size_t state = gpu ? gpu->state_bytes() : ddp->optimizer().state_bytes();
+    const size_t state = ddp.optimizer().state_bytes();
     fmt::print("[train] optimizer state on this rank: {} bytes ({:.1f} MiB){}\n", state, state / 1048576.0,
-               gpu && cfg.train.precision == "bf16" ? " incl. fp32 master weights" : "");
+               ddp.optimizer().has_master() ? " incl. fp32 master weights" : "");
     std::fflush(stdout);
   }
 
-  std::vector<int32_t> batch(static_cast<size_t>(rank_rows) * (T + 1)), inp(static_cast<size_t>(B) * T),
-      tgt(static_cast<size_t>(B) * T), all_inp, all_tgt;
+  std::vector<int32_t> batch(static_cast<size_t>(rank_rows) * (T + 1)), all_inp(static_cast<size_t>(rank_rows) * T),
+      all_tgt(static_cast<size_t>(rank_rows) * T);
   std::optional<StepLog> log;
   if (lead) log.emplace(counters.step, total, cfg.train.log_every, args.metrics, world.size() == 1);
   SampleOptions sopt;
@@ -394,7 +392,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (lead) log->message(fmt::format("---- sample ({}) ----", title));
     if (lead) log->clear_bar();
     LogitsFn logits = [&](const int32_t* tokens, int T) {
-      return pipe ? pipe->last_logits(tokens, T) : trained.forward_last_logits(tokens, T);
+      return pipe ? pipe->last_logits(tokens, T) : model.forward_last_logits(tokens, T);
     };
     stream_sample(logits, cfg.model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng,
                   lead ? stdout : nullptr);
@@ -406,59 +404,27 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   for (int64_t step = counters.step; step < total; ++step) {
     double t0 = now_seconds();
     float lr = schedule.at(step);
-    float norm = 0.0f;
     model.take_tp_comm_seconds();  // restart the count (evaluations between steps add to it)
     loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
-    Tensor loss = Tensor::zeros({1});
-    const float scale = 1.0f / static_cast<float>(micro_count);
-    auto fill = [&](int micro, int32_t* in, int32_t* tg) {
-      split_windows(batch.data() + static_cast<size_t>(micro) * B * (T + 1), B, T, in, tg);
-    };
-    if (gpu) {
-      all_inp.resize(static_cast<size_t>(micro_count) * B * T);
-      all_tgt.resize(all_inp.size());
-      for (int micro = 0; micro < micro_count; ++micro)
-        fill(micro, all_inp.data() + static_cast<size_t>(micro) * B * T,
-             all_tgt.data() + static_cast<size_t>(micro) * B * T);
-      GpuTrainer::StepResult r = gpu->step(all_inp.data(), all_tgt.data(), micro_count, B, T, lr);
-      loss.f32()[0] = static_cast<float>(r.loss);
-      norm = r.grad_norm;
-    } else {
-      model.zero_grad();
-      if (pipe) {
-        loss.f32()[0] = static_cast<float>(pipe->train(micro_count, B, T, fill, scale, [&] { ddp->arm(); }));
-        if (tied) {
-          Tensor g = model.grad("wte");
-          tied->all_reduce(g, ReduceOp::sum);
-        }
-      } else {
-        for (int micro = 0; micro < micro_count; ++micro) {
-          fill(micro, inp.data(), tgt.data());
-          if (micro == micro_count - 1) ddp->arm();  // gradients become final during this backward
-          loss.f32()[0] += model.forward(inp.data(), tgt.data(), B, T, true, scale);
-          model.backward();
-        }
-      }
-      ddp->finish();
-      loss.f32()[0] /= static_cast<float>(micro_count);
-      dp.all_reduce(loss, ReduceOp::avg);
-      norm = ddp->step(lr);
-    }
+    for (int micro = 0; micro < micro_count; ++micro)
+      split_windows(batch.data() + static_cast<size_t>(micro) * B * (T + 1), B, T,
+                    all_inp.data() + static_cast<size_t>(micro) * B * T, all_tgt.data() + static_cast<size_t>(micro) * B * T);
+    const StepResult r = train_step.run(all_inp.data(), all_tgt.data(), micro_count, B, T, lr);
     double dt = now_seconds() - t0;
 
     StepRecord rec;
     rec.step = step + 1;
-    rec.loss = loss.f32()[0];
+    rec.loss = static_cast<float>(r.loss);
     rec.lr = lr;
-    rec.grad_norm = norm;
+    rec.grad_norm = r.grad_norm;
     rec.ms = dt * 1e3;
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
-    if (gpu) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
+    if (use_cuda) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
     if (world.size() > 1) {
       // Mean over ranks of where the time went, and the slowest rank's step.
       Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
       float* v = split.f32();
-      v[0] = static_cast<float>(ddp->exposed_comm_seconds() * 1e3);
+      v[0] = static_cast<float>(ddp.exposed_comm_seconds() * 1e3);
       v[1] = static_cast<float>(model.take_tp_comm_seconds() * 1e3);
       v[2] = static_cast<float>(pipe ? pipe->wait_seconds() * 1e3 : 0.0);
       v[3] = static_cast<float>(dt * 1e3) - v[0] - v[1] - v[2];
@@ -477,7 +443,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
       rec.val_loss = evaluate(
           [&](const int32_t* in, const int32_t* tg, int b, int t) {
-            return pipe ? pipe->loss(in, tg, b, t) : trained.forward(in, tg, b, t);
+            return pipe ? pipe->loss(in, tg, b, t) : model.forward(in, tg, b, t);
           },
           val_paths, cfg);
     if (lead) log->record(rec);
@@ -496,17 +462,13 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
       // ZeRO-1 shards of the moments are written by their owners; otherwise the moments are whole here.
       const bool zero_shards = cfg.parallel.zero == 1 && dp_size > 1;
-      MomentBuffers moments{Tensor(), Tensor(), gpu ? gpu->adam_steps() : ddp->optimizer().steps()};
+      MomentBuffers moments{Tensor(), Tensor(), ddp.optimizer().steps()};
       if (!zero_shards) {
         moments.m = Tensor::zeros({model.params().numel()});
         moments.v = Tensor::zeros({model.params().numel()});
-        if (gpu) {
-          gpu->get_moments(moments.m.f32(), moments.v.f32());
-          gpu->get_params(model.params().f32());  // the host model stages the weights for the file
-        } else {
-          ddp->gather_moments(moments.m, moments.v);
-        }
+        ddp.gather_moments(moments.m, moments.v);
       }
+      if (&staging != &model) ddp.get_params(staging.params());  // the fp32 weights, for the file
       // The file must be new: a run replaces no checkpoint it did not write (all ranks see the same folder).
       const std::string target = checkpoint_path(cfg.train.out_dir, rec.step);
       MT_CHECK(!fs::exists(target),
@@ -514,10 +476,10 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
                "train.out_dir", target);
       std::string path =
           world.size() == 1
-              ? save_run(cfg, model, moments, counters)
-              : save_run_sharded(cfg, model, moments, counters, world, mesh.dp_rank(),
+              ? save_run(cfg, staging, moments, counters)
+              : save_run_sharded(cfg, staging, moments, counters, world, mesh.dp_rank(),
                                  fmt::format("dp={} tp={} pp={} zero={}", dp_size, tp_size, pp_size, cfg.parallel.zero),
-                                 zero_shards ? &ddp->optimizer() : nullptr);
+                                 zero_shards ? &ddp.optimizer() : nullptr);
       if (lead) {
         update_latest(cfg.train.out_dir, path);  // last: only a complete checkpoint becomes "latest"
         auto removed = prune_checkpoints(cfg.train.out_dir, cfg.train.keep_checkpoints);

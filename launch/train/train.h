@@ -17,6 +17,7 @@ struct TrainArgs {
   bool quiet_samples = false;
   int default_threads = 0;  // threads when train.threads = 0; 0 = the cores available to the process
   int ranks_on_host = 1;    // ranks of this job on this rank's host
+  int local_rank = 0;       // this rank's index among them (picks its GPU)
 };
 
 struct TrainResult {

@@ -128,6 +128,14 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
   const ParameterTable whole(model.config());  // every global name and shape, in the canonical order
   const Tensor& params = const_cast<Gpt&>(model).params();
   std::vector<ShardedEntry> entries;
+  // ZeRO-1 moments may live on a GPU: one host copy of each, read piece by piece below.
+  Tensor m_host, v_host;
+  if (zero_shards) {
+    m_host = Tensor::empty(zero_shards->m().shape());
+    v_host = Tensor::empty(zero_shards->v().shape());
+    m_host.copy_from(zero_shards->m());
+    v_host.copy_from(zero_shards->v());
+  }
   for (const auto& g : whole.specs()) {
     const ParamSpec* s = mine.find(g.name);
     // Data-parallel replicas write nothing; of the tp ranks, one writes what all hold; the last
@@ -143,7 +151,7 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
         const bool owner = s && (s->shard != ShardKind::replicated || mine.tp_rank() == 0) &&
                            (g.name != "wte" || mine.first_stage());
         std::vector<float> values;
-        if (owner) zero_pieces(mine, *s, *zero_shards, k == 1 ? zero_shards->m() : zero_shards->v(), e.blocks, values);
+        if (owner) zero_pieces(mine, *s, *zero_shards, k == 1 ? m_host : v_host, e.blocks, values);
         if (!values.empty()) {
           e.data = Tensor::empty({static_cast<int64_t>(values.size())});
           std::copy(values.begin(), values.end(), e.data.f32());

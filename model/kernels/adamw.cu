@@ -107,9 +107,12 @@ __global__ void sum_squares_final_kernel(double* __restrict__ out, const double*
 }
 
 // AdamW::clip_scale (model/optimizer.cpp) on the device, with the norm it is given there.
-__global__ void clip_scale_kernel(AdamWScalars* __restrict__ scalars, const double* __restrict__ sumsq,
+// The pieces (sums of squares of separate ranges) are added in order first.
+__global__ void clip_scale_kernel(AdamWScalars* __restrict__ scalars, const double* __restrict__ pieces, int count,
                                   float grad_clip) {
-  const double norm = sqrt(*sumsq);
+  double sumsq = 0.0;
+  for (int i = 0; i < count; ++i) sumsq += pieces[i];
+  const double norm = sqrt(sumsq);
   scalars->grad_norm = static_cast<float>(norm);
   scalars->grad_scale = grad_clip > 0.0f && norm > grad_clip ? grad_clip / static_cast<float>(norm) : 1.0f;
 }
@@ -187,8 +190,13 @@ void sum_squares_async_cuda(double* out, double* partials, const Bf16* x, int64_
 }
 
 void clip_scale_cuda(AdamWScalars* scalars, const double* sumsq, float grad_clip, void* stream) {
-  MT_CHECK(scalars != nullptr && sumsq != nullptr, "[clip_scale_cuda] scalars and sumsq must be device buffers");
-  clip_scale_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(scalars, sumsq, grad_clip);
+  clip_scale_cuda(scalars, sumsq, 1, grad_clip, stream);
+}
+
+void clip_scale_cuda(AdamWScalars* scalars, const double* pieces, int count, float grad_clip, void* stream) {
+  MT_CHECK(scalars != nullptr && pieces != nullptr && count >= 1,
+           "[clip_scale_cuda] scalars and {} sums of squares must be device buffers", count);
+  clip_scale_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(scalars, pieces, count, grad_clip);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -51,6 +51,16 @@ void sum_squares_async_cuda(double* out, double* partials, const Bf16* x, int64_
 /// grad_norm = sqrt(*sumsq); grad_scale = grad_clip > 0 && norm > grad_clip ? grad_clip / norm : 1
 /// (AdamW::clip_scale in model/optimizer.cpp, bit for bit), on the device. sumsq is a device double.
 void clip_scale_cuda(AdamWScalars* scalars, const double* sumsq, float grad_clip, void* stream);
+/// The same with the sum of squares given as count pieces (device doubles), added in order first.
+void clip_scale_cuda(AdamWScalars* scalars, const double* pieces, int count, float grad_clip, void* stream);
+
+// CPU twins of the device-scalar step, so one optimizer drives either device.
+/// clip_scale_cuda on host memory.
+void clip_scale_cpu(AdamWScalars* scalars, const double* pieces, int count, float grad_clip);
+/// adamw_update_cpu reading lr, bias corrections and grad_scale from scalars (the formula of the
+/// device-scalar CUDA kernel).
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWScalars& scalars,
+                      float beta1, float beta2, float eps, float weight_decay);
 /// AdamW reading lr, bias corrections and grad_scale from scalars (device), same formula as adamw_update_cpu.
 void adamw_update_cuda(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWScalars* scalars,
                        float beta1, float beta2, float eps, float weight_decay, void* stream);

@@ -26,8 +26,25 @@ void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int
   MT_CHECK(t >= 1, "[adamw] step t={}: steps count from 1 (the bias correction divides by 1 - beta^t)", t);
   MT_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
            "[adamw] beta1={}, beta2={}: both must lie in [0, 1)", beta1, beta2);
-  const float bias_corr1 = adamw_bias_correction(beta1, t);
-  const float bias_corr2 = adamw_bias_correction(beta2, t);
+  AdamWScalars sc{};
+  sc.lr = lr;
+  sc.bias_corr1 = adamw_bias_correction(beta1, t);
+  sc.bias_corr2 = adamw_bias_correction(beta2, t);
+  sc.grad_scale = grad_scale;
+  adamw_update_cpu(params, grads, m, v, n, sc, beta1, beta2, eps, weight_decay);
+}
+
+void clip_scale_cpu(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) {
+  double sumsq = 0.0;
+  for (int i = 0; i < count; ++i) sumsq += pieces[i];
+  const double norm = std::sqrt(sumsq);
+  scalars->grad_norm = static_cast<float>(norm);
+  scalars->grad_scale = grad_clip > 0.0f && norm > grad_clip ? grad_clip / static_cast<float>(norm) : 1.0f;
+}
+
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWScalars& sc,
+                      float beta1, float beta2, float eps, float weight_decay) {
+  const float lr = sc.lr, bias_corr1 = sc.bias_corr1, bias_corr2 = sc.bias_corr2, grad_scale = sc.grad_scale;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float g = grads[i] * grad_scale;

@@ -10,6 +10,7 @@
 #include "model/kernels/gelu.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
 
@@ -82,6 +83,39 @@ void adamw_update_cuda(float*, const float*, float*, float*, int64_t, const Adam
 void adamw_update_cuda(Bf16*, float*, const Bf16*, float*, float*, int64_t, const AdamWScalars*, float, float, float,
                        float, void*) {
   MT_NO_CUDA("adamw_update_cuda");
+}
+
+void clip_scale_cuda(AdamWScalars*, const double*, int, float, void*) { MT_NO_CUDA("clip_scale_cuda"); }
+void vocab_embedding_rows_cuda(float*, const int32_t*, const float*, int64_t, int, int64_t, int64_t, void*) {
+  MT_NO_CUDA("vocab_embedding_rows_cuda");
+}
+void vocab_embedding_rows_cuda(Bf16*, const int32_t*, const Bf16*, int64_t, int, int64_t, int64_t, void*) {
+  MT_NO_CUDA("vocab_embedding_rows_cuda");
+}
+void add_positions_cuda(float*, const float*, int, int, int, void*) { MT_NO_CUDA("add_positions_cuda"); }
+void add_positions_cuda(Bf16*, const Bf16*, int, int, int, void*) { MT_NO_CUDA("add_positions_cuda"); }
+void vocab_embedding_backward_cuda(float*, float*, const float*, const int32_t*, int, int, int, int64_t, int64_t,
+                                   void*) {
+  MT_NO_CUDA("vocab_embedding_backward_cuda");
+}
+void vocab_embedding_backward_cuda(Bf16*, Bf16*, const Bf16*, const int32_t*, int, int, int, int64_t, int64_t, void*) {
+  MT_NO_CUDA("vocab_embedding_backward_cuda");
+}
+void vocab_xent_max_cuda(float*, const float*, int, int64_t, int64_t, int64_t, void*) { MT_NO_CUDA("vocab_xent_max_cuda"); }
+void vocab_xent_max_cuda(float*, const Bf16*, int, int64_t, int64_t, int64_t, void*) { MT_NO_CUDA("vocab_xent_max_cuda"); }
+void vocab_xent_sums_cuda(float*, const float*, const int32_t*, const float*, int, int64_t, int64_t, int64_t, void*) {
+  MT_NO_CUDA("vocab_xent_sums_cuda");
+}
+void vocab_xent_sums_cuda(float*, const Bf16*, const int32_t*, const float*, int, int64_t, int64_t, int64_t, void*) {
+  MT_NO_CUDA("vocab_xent_sums_cuda");
+}
+void vocab_xent_finish_cuda(float*, float*, const float*, const int32_t*, const float*, const float*, int, int64_t,
+                            int64_t, int64_t, float, void*) {
+  MT_NO_CUDA("vocab_xent_finish_cuda");
+}
+void vocab_xent_finish_cuda(float*, Bf16*, const Bf16*, const int32_t*, const float*, const float*, int, int64_t,
+                            int64_t, int64_t, float, void*) {
+  MT_NO_CUDA("vocab_xent_finish_cuda");
 }
 
 #undef MT_NO_CUDA
