@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CUDA emulation: does it catch bugs? Injects one bug at a time into the CUDA sources (an
 off-by-one index, a removed barrier, a wrong shuffle mask, a misaligned vector load, a swapped
-cuBLASLt epilogue, a swapped WMMA layout), rebuilds the emulated test that covers it, and checks
+cuBLASLt epilogue, a swapped WMMA layout, a barrier dropped from a kernel only the multi-rank GPU
+training path runs), rebuilds the emulated test that covers it, and checks
 that the test now fails. The source is restored after each one (also on Ctrl-C or an error).
 Prints how many of how many were caught; exits non-zero unless all were.
 
@@ -40,6 +41,11 @@ MUTATIONS = [
      "using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;",
      "using LayoutA = std::conditional_t<kTransA, wmma::row_major, wmma::col_major>;",
      "attention_cuda_test", "*Bf16*"),
+    ("removed __syncthreads in the vocabulary-parallel row reduction (tp2 on the GPU)",
+     "model/kernels/vocab_parallel.cu",
+     "  sh[threadIdx.x] = x;\n  __syncthreads();\n",
+     "  sh[threadIdx.x] = x;\n",
+     "parallel_cuda_test", "*Fp32Layouts*"),
 ]
 
 
