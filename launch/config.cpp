@@ -134,6 +134,9 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("train.stop_signal", Kind::string,
                          "a signal besides SIGINT/SIGTERM that checkpoints and stops, e.g. USR1 for Slurm's "
                          "--signal=USR1@120; empty = none", &C::train, &TrainConfig::stop_signal));
+    k.push_back(make_key("train.peak_tflops", Kind::number,
+                         "dense TFLOP/s of one device for the MFU in the step log; 0 = known from the GPU's name "
+                         "(H100/H200, A100), no MFU otherwise", &C::train, &TrainConfig::peak_tflops));
     k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,
@@ -356,6 +359,8 @@ void validate_config(const Config& cfg) {
   MT_CHECK(t.device != "cpu" || (t.precision == "fp32" && !t.cuda_graph),
            "[config] train.device = cpu trains in fp32 without CUDA graphs; set train.precision = fp32 and "
            "train.cuda_graph = false, or train.device = cuda");
+  MT_CHECK(t.peak_tflops >= 0.0, "[config] train.peak_tflops must be >= 0 (0 = from the GPU's name; got {})",
+           t.peak_tflops);
   const auto& p = cfg.parallel;
   MT_CHECK(p.zero <= 1, "[config] parallel.zero must be 0 or 1 (got {})", p.zero);
   MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",

@@ -25,6 +25,7 @@ struct TrainConfig {
   double min_lr = 2e-4;
   int warmup_steps = 40;
   double weight_decay = 0.1;
+  double peak_tflops = 0.0;  // per device, for MFU in the step log; 0 = from the GPU's name
   double grad_clip = 1.0;
   int64_t seed = 1337;
   int eval_every = 100;     // 0 = never (a final evaluation still runs when there is val data)

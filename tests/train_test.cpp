@@ -16,7 +16,9 @@
 #include <fmt/format.h>
 
 #include "core/rng.h"
+#include "launch/train/progress.h"
 #include "model/data.h"
+#include "model/gpt_config.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
 #include "cli_util.h"
@@ -269,4 +271,39 @@ TEST_F(TrainCli, KilledDuringASaveLeavesTheLastCheckpointLoadable) {
   auto resumed = run("train --resume latest --set train.out_dir=" + dir("KILL") +
                      fmt::format(" --set train.steps={}", step + 1));
   EXPECT_EQ(resumed.code, 0) << resumed.output;
+}
+
+TEST_F(TrainCli, StepLogReportsMfuAgainstTheGivenPeak) {
+  // MFU = tokens/s x (6N + 12 L C T) / peak; on the CPU only when a peak is given.
+  auto r = run(base_args(dir("mfu")) + " --set train.steps=3 --set train.peak_tflops=0.001 --metrics " + dir("mfu") +
+               ".jsonl");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("| MFU "), std::string::npos) << r.output;
+  GptConfig cfg;
+  cfg.vocab_size = 300;  // the tiny corpus's tokenizer
+  cfg.n_layer = 2;
+  cfg.n_head = 2;
+  cfg.n_embd = 32;
+  cfg.seq_len = 16;
+  const auto rows = read_metrics(dir("mfu") + ".jsonl");
+  ASSERT_EQ(rows.size(), 3u);
+  for (const auto& row : rows) {
+    ASSERT_TRUE(row.contains("mfu")) << row.dump();
+    const double want = 100.0 * row["tokens_per_s"].get<double>() * cfg.flops_per_token(16) / 1e9;
+    EXPECT_NEAR(row["mfu"].get<double>(), want, 1e-6 * want) << row.dump();
+  }
+  auto none = run(base_args(dir("no_mfu")) + " --set train.steps=2 --metrics " + dir("no_mfu") + ".jsonl");
+  ASSERT_EQ(none.code, 0) << none.output;
+  for (const auto& row : read_metrics(dir("no_mfu") + ".jsonl")) EXPECT_FALSE(row.contains("mfu")) << row.dump();
+  auto bad = run(base_args(dir("bad_mfu")) + " --set train.peak_tflops=-1");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("train.peak_tflops must be >= 0"), std::string::npos) << bad.output;
+}
+
+TEST(Mfu, PeaksOfKnownCardsByName) {
+  EXPECT_EQ(known_peak_tflops("NVIDIA H100 80GB HBM3", true), 989.0);
+  EXPECT_EQ(known_peak_tflops("NVIDIA H100 PCIe", true), 756.0);
+  EXPECT_EQ(known_peak_tflops("NVIDIA H200", false), 67.0);
+  EXPECT_EQ(known_peak_tflops("NVIDIA A100-SXM4-80GB", true), 312.0);
+  EXPECT_EQ(known_peak_tflops("CUDA emulation on the CPU (sm_90, 16.0 GiB)", true), 0.0);
 }

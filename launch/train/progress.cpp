@@ -92,6 +92,7 @@ void StepLog::record(const StepRecord& r) {
       j["max_ms"] = r.max_ms;
     }
     if (r.gpu_peak_mib > 0.0) j["gpu_peak_mib"] = r.gpu_peak_mib;
+    if (r.mfu > 0.0) j["mfu"] = r.mfu;
     if (r.val_loss) j["val_loss"] = *r.val_loss;
     std::string line = j.dump() + "\n";
     std::fputs(line.c_str(), metrics_);
@@ -109,11 +110,25 @@ void StepLog::record(const StepRecord& r) {
     std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms{} | {:.0f} tok/s",
                                    r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, comm, r.tokens_per_s);
     if (r.gpu_peak_mib > 0.0) text += fmt::format(" | peak {:.0f} MiB", r.gpu_peak_mib);
+    if (r.mfu > 0.0) text += fmt::format(" | MFU {:.1f}%", r.mfu);
     if (!tty_) text += " | ETA " + format_duration(eta);
     message(text);
   } else if (tty_) {
     draw_bar();
   }
+}
+
+double known_peak_tflops(const std::string& name, bool bf16) {
+  // NVIDIA's datasheets, dense (no sparsity): bf16 tensor cores / fp32 CUDA cores.
+  struct Card {
+    const char* key;
+    double bf16, fp32;
+  };
+  static const Card cards[] = {{"H200", 989.0, 67.0}, {"H100 PCIe", 756.0, 51.0}, {"H100", 989.0, 67.0},
+                               {"A100", 312.0, 19.5}};
+  for (const Card& c : cards)
+    if (name.find(c.key) != std::string::npos) return bf16 ? c.bf16 : c.fp32;
+  return 0.0;
 }
 
 }  // namespace meshtrain

@@ -23,7 +23,13 @@ struct StepRecord {
   double max_ms = 0.0;  // the slowest rank's step
   // GPU runs: peak device memory so far (tensors plus kernel scratch pools), in MiB; 0 on the CPU.
   double gpu_peak_mib = 0.0;
+  // Model FLOPs utilisation in percent: tokens/s x (6N + 12 L C T) over the devices' peak; 0 = unknown.
+  double mfu = 0.0;
 };
+
+/// Dense TFLOP/s of one GPU by its name (cudaDeviceProp::name) for bf16 tensor-core math or plain
+/// fp32: H100 / H200 (SXM; PCIe H100 has lower clocks) and A100. 0 when the card is not known.
+double known_peak_tflops(const std::string& device_name, bool bf16);
 
 class StepLog {
  public:

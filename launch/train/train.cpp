@@ -399,6 +399,10 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (lead) log->message("\n--------------------");
   };
 
+  // MFU against the devices' peak: the one given, else the GPU's from its name (none on the CPU).
+  double peak_tflops = cfg.train.peak_tflops;
+  if (peak_tflops == 0.0 && use_cuda) peak_tflops = known_peak_tflops(cuda_device_description(), cfg.train.precision == "bf16");
+
   StopSignals signals(cfg.train.stop_signal);
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
@@ -420,6 +424,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     rec.ms = dt * 1e3;
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
     if (use_cuda) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
+    if (peak_tflops > 0.0)
+      rec.mfu = 100.0 * rec.tokens_per_s * cfg.model.flops_per_token(T) / (peak_tflops * 1e12 * world.size());
     if (world.size() > 1) {
       // Mean over ranks of where the time went, and the slowest rank's step.
       Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
