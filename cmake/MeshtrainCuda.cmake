@@ -6,7 +6,7 @@ option(MESHTRAIN_CUDA_EMULATION
 if(MESHTRAIN_CUDA_EMULATION)
   # The CUDA backend is built, but as host C++: each .cu is rewritten (launch syntax) into the build
   # tree and compiled against the emulation's headers; the emulation library stands in for cudart
-  # and cuBLASLt. NCCL stays off (multi-rank GPU paths are not emulated yet).
+  # and cuBLASLt, and NCCL (over MPI: tests/cuda_emulation/nccl.cpp).
   set(MESHTRAIN_CUDA ON)
   find_package(Python3 REQUIRED COMPONENTS Interpreter)
   set(MESHTRAIN_CUDART meshtrain_cuda_emulation)

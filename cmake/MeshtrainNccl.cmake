@@ -6,7 +6,9 @@ include(CMakeDependentOption)
 set(_mt_nccl_usable OFF)
 set(_mt_nccl_why "MESHTRAIN_CUDA is OFF")
 if(MESHTRAIN_CUDA_EMULATION)
-  set(_mt_nccl_why "the CUDA emulation has no NCCL yet")
+  # tests/cuda_emulation/nccl.cpp: NCCL's API over MPI, so the NCCL paths run under mpiexec on the CPU.
+  set(_mt_nccl_usable ON)
+  set(NCCL_VERSION "emulated over MPI")
 elseif(MESHTRAIN_CUDA)
   # NCCL ships inside the CUDA toolkit on some systems, as a distribution package on others, or in a
   # prefix named by NCCL_ROOT / NCCL_HOME.
@@ -39,11 +41,15 @@ cmake_dependent_option(MESHTRAIN_NCCL "Build the NCCL communicator (GPU tensors)
 if(MESHTRAIN_NCCL)
   if(NOT TARGET meshtrain::nccl)
     add_library(meshtrain::nccl INTERFACE IMPORTED)
-    set_target_properties(meshtrain::nccl PROPERTIES
-      INTERFACE_INCLUDE_DIRECTORIES "${NCCL_INCLUDE_DIR}"
-      INTERFACE_LINK_LIBRARIES "${NCCL_LIBRARY};CUDA::cudart")
+    if(MESHTRAIN_CUDA_EMULATION)
+      set_target_properties(meshtrain::nccl PROPERTIES INTERFACE_LINK_LIBRARIES "meshtrain_cuda_emulation")
+    else()
+      set_target_properties(meshtrain::nccl PROPERTIES
+        INTERFACE_INCLUDE_DIRECTORIES "${NCCL_INCLUDE_DIR}"
+        INTERFACE_LINK_LIBRARIES "${NCCL_LIBRARY};CUDA::cudart")
+    endif()
   endif()
-  message(STATUS "meshtrain: NCCL communicator ON (NCCL ${NCCL_VERSION}, ${NCCL_LIBRARY})")
+  message(STATUS "meshtrain: NCCL communicator ON (NCCL ${NCCL_VERSION} ${NCCL_LIBRARY})")
 elseif(_mt_nccl_usable)
   message(STATUS "meshtrain: NCCL communicator OFF (MESHTRAIN_NCCL=OFF)")
 else()

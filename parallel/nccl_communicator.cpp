@@ -30,6 +30,14 @@ using namespace nccl_detail;
 
 char* bytes(const Tensor& t) { return static_cast<char*>(t.raw()); }
 
+/// t itself on the GPU, else a GPU copy of it (host tensors are staged through device memory).
+Tensor on_gpu(const Tensor& t) {
+  if (!t.defined() || t.device() == Device::cuda) return t;
+  Tensor d = Tensor::empty(t.shape(), t.dtype(), Device::cuda);
+  d.copy_from(t);
+  return d;
+}
+
 bool overlaps(const Tensor& a, const Tensor& b) {
   if (a.nbytes() == 0 || b.nbytes() == 0) return false;
   return bytes(a) < bytes(b) + b.nbytes() && bytes(b) < bytes(a) + a.nbytes();
@@ -62,24 +70,58 @@ class NcclComm final : public NcclCommunicator {
   CudaStreamHandle compute_stream() const override { return compute_; }
   CudaStreamHandle comm_stream() const override { return stream_.get(); }
 
-  void all_reduce(Tensor& t, ReduceOp op) override { start_all_reduce(t, op, true); }
-  std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override { return start_all_reduce(t, op, false); }
-  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override { start_reduce_scatter(in, out, op, true); }
-  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
-    return start_reduce_scatter(in, out, op, false);
+  // Host tensors are accepted too: each is copied to the GPU, the operation runs there to completion
+  // and results are copied back (for the few host values a training step agrees on: losses, norms).
+  void all_reduce(Tensor& t, ReduceOp op) override {
+    if (t.device() == Device::cuda) return (void)start_all_reduce(t, op, true);
+    Tensor d = on_gpu(t);
+    start_all_reduce(d, op, true);
+    t.copy_from(d);
   }
-  void all_gather(const Tensor& in, Tensor& out) override { start_all_gather(in, out, true); }
+  std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
+    if (t.device() == Device::cuda) return start_all_reduce(t, op, false);
+    all_reduce(t, op);
+    return std::make_unique<CompletedWork>();
+  }
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
+    if (in.device() == Device::cuda && out.device() == Device::cuda) return (void)start_reduce_scatter(in, out, op, true);
+    Tensor d = on_gpu(out);
+    start_reduce_scatter(on_gpu(in), d, op, true);
+    if (out.device() != Device::cuda) out.copy_from(d);
+  }
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
+    if (in.device() == Device::cuda && out.device() == Device::cuda) return start_reduce_scatter(in, out, op, false);
+    reduce_scatter(in, out, op);
+    return std::make_unique<CompletedWork>();
+  }
+  void all_gather(const Tensor& in, Tensor& out) override {
+    if (in.device() == Device::cuda && out.device() == Device::cuda) return (void)start_all_gather(in, out, true);
+    Tensor d = on_gpu(out);
+    start_all_gather(on_gpu(in), d, true);
+    if (out.device() != Device::cuda) out.copy_from(d);
+  }
   std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) override {
-    return start_all_gather(in, out, false);
+    if (in.device() == Device::cuda && out.device() == Device::cuda) return start_all_gather(in, out, false);
+    all_gather(in, out);
+    return std::make_unique<CompletedWork>();
   }
   void broadcast(Tensor& t, int root) override;
-  void send(const Tensor& t, int dst, int tag) override { start_p2p("send", t, dst, tag, true, true); }
-  void recv(Tensor& t, int src, int tag) override { start_p2p("recv", t, src, tag, false, true); }
+  void send(const Tensor& t, int dst, int tag) override { start_p2p("send", on_gpu(t), dst, tag, true, true); }
+  void recv(Tensor& t, int src, int tag) override {
+    if (t.device() == Device::cuda) return (void)start_p2p("recv", t, src, tag, false, true);
+    Tensor d = on_gpu(t);
+    start_p2p("recv", d, src, tag, false, true);
+    t.copy_from(d);
+  }
   std::unique_ptr<Work> isend(const Tensor& t, int dst, int tag) override {
-    return start_p2p("isend", t, dst, tag, true, false);
+    if (t.device() == Device::cuda) return start_p2p("isend", t, dst, tag, true, false);
+    send(t, dst, tag);
+    return std::make_unique<CompletedWork>();
   }
   std::unique_ptr<Work> irecv(Tensor& t, int src, int tag) override {
-    return start_p2p("irecv", t, src, tag, false, false);
+    if (t.device() == Device::cuda) return start_p2p("irecv", t, src, tag, false, false);
+    recv(t, src, tag);
+    return std::make_unique<CompletedWork>();
   }
   std::unique_ptr<Work> send_recv(const Tensor& send, int dst, Tensor& recv, int src) override;
   void barrier() override;
@@ -343,6 +385,12 @@ std::unique_ptr<Work> NcclComm::start_all_gather(const Tensor& in, Tensor& out, 
 }
 
 void NcclComm::broadcast(Tensor& t, int root) {
+  if (t.defined() && t.device() != Device::cuda) {
+    Tensor d = on_gpu(t);
+    broadcast(d, root);
+    t.copy_from(d);
+    return;
+  }
   check_root("broadcast", root);
   check_tensor("broadcast", t, "broadcast");
   check_device("broadcast", t, "broadcast");
@@ -379,6 +427,13 @@ std::unique_ptr<Work> NcclComm::start_p2p(const char* op, const Tensor& t, int p
 }
 
 std::unique_ptr<Work> NcclComm::send_recv(const Tensor& send, int dst, Tensor& recv, int src) {
+  if ((send.defined() && send.device() != Device::cuda) || (recv.defined() && recv.device() != Device::cuda)) {
+    Tensor d = on_gpu(recv);
+    send_recv(on_gpu(send), dst, d, src)->wait();
+    synchronize("send_recv");
+    if (recv.defined() && recv.device() != Device::cuda) recv.copy_from(d);
+    return std::make_unique<CompletedWork>();
+  }
   const char* op = "send_recv";
   bool sending = send.defined(), receiving = recv.defined();
   MT_CHECK(sending || receiving, "[send_recv] {}: both tensors are undefined; pass one to send, to receive, or both",

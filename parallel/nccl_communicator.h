@@ -20,7 +20,9 @@ bool nccl_built();
 
 /// The NCCL communicator's interface beyond Communicator: streams, and a grouped exchange.
 ///
-/// Tensors must live on this communicator's device (Device::cuda); u16 has no NCCL type and throws.
+/// Tensors live on this communicator's device (Device::cuda); host tensors are accepted too and staged
+/// through device memory (the operation then completes before the call returns, async ones included).
+/// u16 has no NCCL type and throws.
 /// The blocking methods return once the operation is complete on the GPU. The _async methods, isend
 /// and irecv return a Work whose wait() does not block the host: it makes the compute stream wait
 /// for the operation, so work queued on that stream afterwards (kernels, Tensor::copy_from on the

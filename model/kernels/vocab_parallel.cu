@@ -68,7 +68,7 @@ __device__ V block_reduce(V x, Op op) {
   __shared__ V sh[kBlock];
   sh[threadIdx.x] = x;
   __syncthreads();
-  for (int stride = kBlock / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = kBlock / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) sh[threadIdx.x] = op(sh[threadIdx.x], sh[threadIdx.x + stride]);
     __syncthreads();
   }

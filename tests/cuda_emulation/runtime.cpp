@@ -26,9 +26,11 @@ struct Graph {
 struct GraphExec {
   std::vector<std::function<void()>> ops;
 };
-struct Stream {
-  Graph* capture = nullptr;
+}  // namespace mt_emu
+struct CUstream_st {
+  mt_emu::Graph* capture = nullptr;
 };
+namespace mt_emu {
 struct Event {
   double seconds = 0.0;
 };
@@ -101,16 +103,38 @@ void enqueue_host(cudaStream_t s, std::function<void()> work) {
 using mt_emu::enqueue_host;
 using mt_emu::fail;
 
-cudaError_t cudaGetDeviceCount(int* count) {
+// One emulated GPU per process by default; MT_CUDA_EMU_DEVICES=N shows N (all the same CPU memory),
+// so multi-rank tests can give every rank a GPU of its own as NCCL wants. CUDA_VISIBLE_DEVICES=""
+// hides them all, as with real GPUs.
+namespace {
+int emulated_devices() {
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  *count = visible && *visible == '\0' ? 0 : 1;
+  if (visible && *visible == '\0') return 0;
+  const char* n = std::getenv("MT_CUDA_EMU_DEVICES");
+  return n && std::atoi(n) > 0 ? std::atoi(n) : 1;
+}
+thread_local int g_device = 0;
+}  // namespace
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = emulated_devices();
   return *count ? cudaSuccess : fail(cudaErrorNoDevice);
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = g_device;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= emulated_devices()) return fail(cudaErrorInvalidDevice);
+  g_device = device;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int len, int device) {
+  if (device < 0 || device >= emulated_devices() || len < 13) return fail(cudaErrorInvalidValue);
+  std::snprintf(bus_id, static_cast<size_t>(len), "0000:%02X:00.0", device + 1);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }  // streams run work as it is queued
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   std::memset(p, 0, sizeof(*p));
   std::snprintf(p->name, sizeof(p->name), "CUDA emulation on the CPU");
@@ -138,6 +162,8 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     default: return "cudaError (emulated)";
   }
 }

@@ -115,14 +115,19 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidDevicePointer = 17,
   cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
   cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorNotSupported = 801,
 };
 using cudaError = cudaError_t;
 
+// Streams are CUstream_st*, as in CUDA's headers, so code that names the struct (to pass a stream
+// without including CUDA) compiles against the emulation too.
+struct CUstream_st;
 namespace mt_emu {
-struct Stream;
+using Stream = ::CUstream_st;
 struct Event;
 struct Graph;
 struct GraphExec;
@@ -185,6 +190,10 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
 cudaError_t cudaMalloc(void** p, size_t n);
 cudaError_t cudaFree(void* p);
 cudaError_t cudaMallocHost(void** p, size_t n);
+template <class T>
+cudaError_t cudaMallocHost(T** p, size_t n) {  // the runtime's C++ overload
+  return cudaMallocHost(reinterpret_cast<void**>(p), n);
+}
 cudaError_t cudaFreeHost(void* p);
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s);
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s);
@@ -219,6 +228,9 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaStreamQuery(cudaStream_t s);
+/// "0000:0D:00.0"-style ids, one per emulated GPU and the same in every process (a host's GPUs).
+cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int len, int device);
 cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 
