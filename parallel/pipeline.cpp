@@ -15,8 +15,13 @@ PipelineSchedule parse_schedule(const std::string& name) {
   MT_FAIL("[config] parallel.schedule must be gpipe or 1f1b (got '{}')", name);
 }
 
-Pipeline::Pipeline(Gpt& model, Communicator& pp, PipelineSchedule schedule)
-    : model_(model), pp_(pp), schedule_(schedule), stage_(pp.rank()), stages_(pp.size()) {}
+Pipeline::Pipeline(Gpt& model, Communicator& pp, PipelineSchedule schedule, Communicator* backward)
+    : model_(model), pp_(pp), back_(backward ? *backward : pp), schedule_(schedule), stage_(pp.rank()),
+      stages_(pp.size()) {
+  MT_CHECK(back_.size() == pp.size() && back_.rank() == pp.rank(),
+           "[pipeline] the gradients' communicator must have the stages' ranks ({} of {}), not {} of {}", pp.rank(),
+           pp.size(), back_.rank(), back_.size());
+}
 
 Pipeline::~Pipeline() {
   for (size_t s = 0; s < sends_.size(); ++s) wait_sends(static_cast<int>(s));
@@ -49,11 +54,11 @@ void Pipeline::backward(int micro, int slot) {
   if (stage_ < stages_ - 1) {
     Tensor g = model_.stage_output_grad();
     double t0 = now_seconds();
-    pp_.recv(g, stage_ + 1, 2 * micro + 1);
+    back_.recv(g, stage_ + 1, 2 * micro + 1);
     wait_s_ += now_seconds() - t0;
   }
   model_.backward();
-  if (stage_ > 0) sends_[slot].push_back(pp_.isend(model_.stage_input_grad(), stage_ - 1, 2 * micro + 1));
+  if (stage_ > 0) sends_[slot].push_back(back_.isend(model_.stage_input_grad(), stage_ - 1, 2 * micro + 1));
 }
 
 double Pipeline::train(int m, int B, int T, const FillFn& fill, float dloss_scale,

@@ -26,8 +26,11 @@ PipelineSchedule parse_schedule(const std::string& name);
 
 class Pipeline {
  public:
-  /// model is this rank's stage; pp the group of stages (rank = stage).
-  Pipeline(Gpt& model, Communicator& pp, PipelineSchedule schedule);
+  /// model is this rank's stage; pp the group of stages (rank = stage). backward, when given, is a
+  /// second communicator over the same stages that carries the gradients (pp then carries only
+  /// activations): over NCCL, where a communicator's transfers run in order on one stream, one
+  /// direction per stream keeps a stage's receive from waiting behind its own unmatched send.
+  Pipeline(Gpt& model, Communicator& pp, PipelineSchedule schedule, Communicator* backward = nullptr);
   ~Pipeline();
 
   /// Fills the tokens (B*T inputs and B*T targets) of micro-batch i.
@@ -55,6 +58,7 @@ class Pipeline {
 
   Gpt& model_;
   Communicator& pp_;
+  Communicator& back_;  // gradients (pp_ unless a communicator of their own was given)
   PipelineSchedule schedule_;
   int stage_, stages_;
   std::vector<std::vector<std::unique_ptr<Work>>> sends_;  // in flight, per activation slot

@@ -1,6 +1,7 @@
 // The GPU path on every layout: `mpiexec -n N meshtrain train --set train.device=cuda` with
 // parallel.comm = mpi (GPU tensors staged through host memory, so every rank may share one GPU) on
-// dp2, tp2, pp2, dp2 x tp2 and ZeRO-1 trains the model one CPU process trains: per-step losses within
+// dp2, tp2, pp2, dp2 x tp2 and ZeRO-1, and with parallel.comm = nccl (a GPU per rank) on dp2, tp2,
+// pp2, dp2 x tp2 and pp2 x tp2, trains the model one CPU process trains: per-step losses within
 // 1e-4 in fp32 and 2e-2 in bf16 over 10 steps. A resumed GPU run repeats the uninterrupted one bit
 // for bit on the same layout, and a checkpoint moves between the GPU and the CPU (either way) and
 // trains on within 1e-5. Skipped without a GPU; the CUDA emulation build runs it on the CPU.
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fmt/format.h>
 #include <string>
@@ -93,6 +95,46 @@ TEST_F(ParallelCuda, Bf16LayoutsFollowTheCpuRun) {
   expect_close(train("bf16_dp2_zero1", 2, bf16 + " --set parallel.zero=1"), cpu, 2e-2, "bf16 dp2 ZeRO-1");
 }
 
+// NCCL needs a GPU per rank: each layout runs where this host has enough (the CUDA emulation shows
+// MT_CUDA_EMU_DEVICES of them) and is skipped, saying so, otherwise.
+TEST_F(ParallelCuda, NcclLayoutsFollowTheCpuRun) {
+  const auto& cpu = cpu_reference();
+  const int gpus = meshtrain::cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus << "; the NCCL layouts need 2-4";
+  struct Layout {
+    const char* name;
+    int np;
+    const char* extra;
+    double tol;
+  };
+  int ran = 0;
+  for (const Layout& l : {Layout{"nccl_dp2", 2, "", 1e-4}, Layout{"nccl_tp2", 2, "--set parallel.tp=2", 1e-4},
+                          Layout{"nccl_pp2", 2, "--set parallel.pp=2 --set parallel.schedule=1f1b", 1e-4},
+                          Layout{"nccl_dp2xtp2", 4, "--set parallel.tp=2 --set parallel.zero=1", 1e-4},
+                          Layout{"nccl_pp2xtp2", 4, "--set parallel.pp=2 --set parallel.tp=2", 1e-4},
+                          Layout{"nccl_bf16_dp2xtp2", 4, "--set parallel.tp=2 --set train.precision=bf16", 2e-2}}) {
+    if (l.np > gpus) {
+      std::printf("[ SKIPPED  ] %s: %d ranks need %d GPUs, this host has %d\n", l.name, l.np, l.np, gpus);
+      continue;
+    }
+    SCOPED_TRACE(l.name);
+    expect_close(train(l.name, l.np, fmt::format("--set train.device=cuda --set parallel.comm=nccl {}", l.extra)), cpu,
+                 l.tol, l.name);
+    ++ran;
+  }
+  EXPECT_GT(ran, 0);
+  // auto picks NCCL when every rank has a GPU of its own.
+  auto r = meshtrain::testing::run_command(
+      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
+                  "--set model.n_layer=2 --set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 "
+                  "--set train.batch_size=4 --set train.steps=1 --set train.sample_every=0 --set train.eval_every=0 "
+                  "--set train.device=cuda --set train.out_dir={}",
+                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("nccl_auto")),
+      true);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("ranks exchange tensors over NCCL"), std::string::npos) << r.output;
+}
+
 TEST_F(ParallelCuda, ResumeIsBitIdenticalAndCheckpointsMoveBetweenDevices) {
   // The uninterrupted GPU run (tp2) wrote checkpoints at steps 5 and 10.
   const auto whole = train("whole_tp2", 2, fmt::format("{} --set parallel.tp=2", kGpu));
@@ -114,6 +156,22 @@ TEST_F(ParallelCuda, ResumeIsBitIdenticalAndCheckpointsMoveBetweenDevices) {
 }
 
 }  // namespace
+
+// More ranks on a host than GPUs with parallel.comm = nccl is one clear error on every rank.
+TEST_F(ParallelCuda, NcclWithMoreRanksThanGpusIsAClearError) {
+  const int gpus = meshtrain::cuda_device_count();
+  const int np = gpus + 1;
+  if (np > 5) GTEST_SKIP() << "this host has " << gpus << " GPUs; the test starts one rank more than that";
+  auto r = meshtrain::testing::run_command(
+      fmt::format("{} -n {} {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
+                  "--set train.device=cuda --set parallel.comm=nccl --set train.steps=1 --set train.out_dir={}",
+                  MESHTRAIN_MPIEXEC, np, meshtrain::testing::kMeshtrain, root_.string(), root_.string(),
+                  dir("too_many")),
+      true);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("parallel.comm = nccl needs a GPU per rank"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("or use parallel.comm = mpi"), std::string::npos) << r.output;
+}
 
 // Bad input needs no GPU: asking for NCCL on the CPU is one clear error.
 TEST(ParallelCudaConfig, NcclOnTheCpuIsAClearError) {

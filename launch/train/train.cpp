@@ -31,6 +31,7 @@
 #include "core/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/mesh.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 
 namespace fs = std::filesystem;
@@ -219,15 +220,23 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
            "set train.device = cuda on a GPU machine, or train.precision = fp32 and train.cuda_graph = false",
            cfg.train.precision, cfg.train.cuda_graph, !cuda_built() ? "this build has no CUDA" : "no GPU is visible");
   if (use_cuda) require_cuda("train.device = cuda");
-  // How ranks exchange tensors. NCCL needs one GPU per rank; MPI stages GPU tensors through host
-  // memory, so several ranks may share a GPU (how the GPU layouts are tested on one GPU).
-  const std::string comm = cfg.parallel.comm == "auto" ? "mpi" : cfg.parallel.comm;
+  // How ranks exchange tensors. NCCL needs a GPU of its own for every rank; MPI stages GPU tensors
+  // through host memory, so several ranks may share a GPU (how the GPU layouts are tested on one GPU).
+  const int gpus = use_cuda ? cuda_device_count() : 0;
+  std::string comm = cfg.parallel.comm;
+  if (comm == "auto")
+    comm = use_cuda && world.size() > 1 && nccl_built() && args.ranks_on_host <= gpus ? "nccl" : "mpi";
   MT_CHECK(comm != "nccl" || use_cuda, "[train] parallel.comm = nccl needs train.device = cuda (GPU tensors); use "
                                        "parallel.comm = mpi on the CPU");
-  MT_CHECK(comm != "nccl",
-           "[train] parallel.comm = nccl is not available to the trainer yet: use parallel.comm = mpi (or auto), which "
-           "stages GPU tensors through host memory");
-  if (use_cuda) use_cuda_device(args.local_rank % cuda_device_count());
+  MT_CHECK(comm != "nccl" || nccl_built(),
+           "[train] parallel.comm = nccl, but this build has no NCCL (see CMake's 'NCCL communicator' line); use "
+           "parallel.comm = mpi, which stages GPU tensors through host memory");
+  MT_CHECK(comm != "nccl" || args.ranks_on_host <= gpus,
+           "[train] parallel.comm = nccl needs a GPU per rank, but {} ranks run on this host and it has {} GPU{}; "
+           "start at most {} rank{} per host, or use parallel.comm = mpi to let ranks share GPUs",
+           args.ranks_on_host, gpus, gpus == 1 ? "" : "s", gpus, gpus == 1 ? "" : "s");
+  const int gpu = use_cuda ? (comm == "nccl" ? args.local_rank : args.local_rank % gpus) : -1;
+  if (use_cuda) use_cuda_device(gpu);
 
   const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);
@@ -279,12 +288,23 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
            "parallel.pp to fit, or leave all parallel.* keys out on resume to let the run choose",
            tp_size, pp_size, world.size());
   const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / (tp_size * pp_size);
-  Mesh mesh(world, MeshShape{dp_size, tp_size, pp_size});
+  // The model's device and its stream, then (NCCL) the communicator ordered after that stream.
+  std::unique_ptr<Backend> backend;
+  if (use_cuda)
+    backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
+                                cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
+  std::unique_ptr<NcclCommunicator> nccl;
+  if (comm == "nccl" && world.size() > 1) {
+    nccl = make_nccl_communicator(world, gpu);
+    nccl->set_compute_stream(static_cast<CudaStreamHandle>(backend->stream()));
+  }
+  Communicator& fabric = nccl ? static_cast<Communicator&>(*nccl) : world;
+  Mesh mesh(fabric, MeshShape{dp_size, tp_size, pp_size});
   Communicator& dp = mesh.dp();
   // The first and last stage both hold the tied token embedding; their copies' gradients are summed.
   const bool holds_wte = pp_size > 1 && (mesh.pp_rank() == 0 || mesh.pp_rank() == pp_size - 1);
   std::unique_ptr<Communicator> tied =
-      world.split(holds_wte ? mesh.dp_rank() * tp_size + mesh.tp_rank() : -1, mesh.pp_rank());
+      fabric.split(holds_wte ? mesh.dp_rank() * tp_size + mesh.tp_rank() : -1, mesh.pp_rank());
   // The global batch of a step, this rank's share, and its micro-batches.
   const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
   const int micro_count = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
@@ -298,10 +318,6 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
   ocfg.grad_clip = static_cast<float>(cfg.train.grad_clip);
-  std::unique_ptr<Backend> backend;
-  if (use_cuda)
-    backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
-                                cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
   Gpt model(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank(), std::move(backend));
   model.set_recompute(parse_recompute(cfg.train.recompute));
   // Checkpoints are written from and read into fp32 host memory: a device model stages its weights
@@ -309,8 +325,15 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   std::unique_ptr<Gpt> host_copy;
   if (use_cuda) host_copy = std::make_unique<Gpt>(cfg.model, dp, &mesh.tp(), pp_size, mesh.pp_rank());
   Gpt& staging = host_copy ? *host_copy : model;
+  // Activations and their gradients travel on communicators of their own: over NCCL each has one
+  // stream, which then carries one direction only, so no schedule waits on itself.
+  std::unique_ptr<Communicator> pp_backward;
   std::optional<Pipeline> pipe;
-  if (pp_size > 1) pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule));
+  if (pp_size > 1) {
+    pp_backward = mesh.pp().split(0, mesh.pp_rank());
+    pp_backward->set_name(mesh.pp().name() + "/backward");
+    pipe.emplace(model, mesh.pp(), parse_schedule(cfg.parallel.schedule), pp_backward.get());
+  }
   DataParallel ddp(model, dp, DataParallelConfig{cfg.parallel.zero, cfg.parallel.bucket_mb}, ocfg, &mesh.pp());
   TrainStep train_step(model, ddp, pipe ? &*pipe : nullptr, tied.get(), dp, cfg.train.cuda_graph);
   RunCounters counters;
@@ -366,7 +389,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (use_cuda)
       fmt::print("[train] device: {} on {}{}{}\n", model.backend().describe(), cuda_device_description(),
                  cfg.train.cuda_graph ? ", each step replayed as one CUDA graph" : "",
-                 world.size() > 1 ? fmt::format("; ranks exchange tensors over {}", comm == "mpi" ? "MPI, staged through host memory" : comm) : "");
+                 world.size() > 1 ? fmt::format("; ranks exchange tensors over {}", comm == "mpi" ? "MPI, staged through host memory" : "NCCL") : "");
     if (world.size() > 1)
       fmt::print("[train] mesh dp {} x tp {} x pp {}: {} gradient buckets, {}\n", dp_size, tp_size, pp_size,
                  ddp.num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");

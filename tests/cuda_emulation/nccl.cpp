@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "deferred.h"
+
 namespace mt_emu {
 struct NcclComm {
   MPI_Comm mpi = MPI_COMM_NULL;
@@ -120,39 +122,52 @@ struct P2p {
   size_t bytes;
   int peer;
   ncclComm_t comm;
+  cudaStream_t stream;
 };
 thread_local int g_group_depth = 0;
 thread_local std::vector<P2p> g_group;
 
-ncclResult_t run_p2p(const std::vector<P2p>& ops) {
-  std::vector<MPI_Request> reqs;
-  for (const P2p& p : ops) {
-    MPI_Request r;
-    const int n = static_cast<int>(p.bytes);
-    int rc = p.send ? MPI_Isend(p.buf, n, MPI_BYTE, p.peer, 0, p.comm->mpi, &r)
-                    : MPI_Irecv(p.buf, n, MPI_BYTE, p.peer, 0, p.comm->mpi, &r);
-    if (rc != MPI_SUCCESS) return failure(ncclSystemError, "MPI_Isend/MPI_Irecv failed");
-    reqs.push_back(r);
-  }
-  if (!reqs.empty() && MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS)
-    return failure(ncclSystemError, "MPI_Waitall failed");
+// Queues the transfers on the stream of the first, as one piece of deferred work: they start
+// together once the stream reaches them (NCCL launches a group as one kernel) and finish when all
+// have. Sends complete only once matched (MPI_Issend), so a schedule that deadlocks NCCL deadlocks
+// here too, instead of being rescued by MPI's buffering of small messages.
+ncclResult_t post_p2p(const std::vector<P2p>& ops) {
+  if (ops.empty()) return ncclSuccess;
+  auto reqs = std::make_shared<std::vector<MPI_Request>>(ops.size(), MPI_REQUEST_NULL);
+  auto start = [ops, reqs] {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const P2p& p = ops[i];
+      const int n = static_cast<int>(p.bytes);
+      if (p.send) MPI_Issend(p.buf, n, MPI_BYTE, p.peer, 0, p.comm->mpi, &(*reqs)[i]);
+      else MPI_Irecv(p.buf, n, MPI_BYTE, p.peer, 0, p.comm->mpi, &(*reqs)[i]);
+    }
+  };
+  auto poll = [reqs] {
+    int flag = 0;
+    MPI_Testall(static_cast<int>(reqs->size()), reqs->data(), &flag, MPI_STATUSES_IGNORE);
+    return flag != 0;
+  };
+  mt_emu::defer(ops.front().stream, std::move(start), std::move(poll));
   return ncclSuccess;
 }
 
-ncclResult_t p2p(bool send, const void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm) {
+ncclResult_t p2p(bool send, const void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
+                 cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
   if (peer < 0 || peer >= comm->size) return failure(ncclInvalidArgument, "peer out of range");
   if (count * type_size(type) > static_cast<size_t>(INT32_MAX)) return failure(ncclInvalidArgument, "message too big");
-  P2p op{send, const_cast<void*>(buf), count * type_size(type), peer, comm};
+  P2p op{send, const_cast<void*>(buf), count * type_size(type), peer, comm, stream};
   if (g_group_depth > 0) {
     g_group.push_back(op);
     return ncclSuccess;
   }
-  return run_p2p({op});
+  return post_p2p({op});
 }
 
-/// Every rank's bytes bytes of send, concatenated in rank order.
-ncclResult_t gather_all(std::vector<char>& all, const void* send, size_t bytes, ncclComm_t comm) {
+/// Every rank's bytes bytes of send, concatenated in rank order; collectives run when called, after
+/// the transfers queued before them on their stream (stream order).
+ncclResult_t gather_all(std::vector<char>& all, const void* send, size_t bytes, ncclComm_t comm, cudaStream_t stream) {
+  mt_emu::drain(stream);
   if (bytes * comm->size > static_cast<size_t>(INT32_MAX)) return failure(ncclInvalidArgument, "buffer too big");
   all.resize(bytes * comm->size);
   if (MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, all.data(), static_cast<int>(bytes), MPI_BYTE,
@@ -279,35 +294,36 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
 }
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t type, ncclRedOp_t op,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
   std::vector<char> all;
-  if (ncclResult_t r = gather_all(all, sendbuff, count * type_size(type), comm); r != ncclSuccess) return r;
+  if (ncclResult_t r = gather_all(all, sendbuff, count * type_size(type), comm, stream); r != ncclSuccess) return r;
   return reduce(recvbuff, all.data(), count, 0, count, comm->size, type, op);
 }
 
 ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t type,
-                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
   std::vector<char> all;
   const size_t per_rank = recvcount * comm->size;
-  if (ncclResult_t r = gather_all(all, sendbuff, per_rank * type_size(type), comm); r != ncclSuccess) return r;
+  if (ncclResult_t r = gather_all(all, sendbuff, per_rank * type_size(type), comm, stream); r != ncclSuccess) return r;
   return reduce(recvbuff, all.data(), per_rank, recvcount * comm->rank, recvcount, comm->size, type, op);
 }
 
 ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t type,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
   std::vector<char> all;
   const size_t bytes = sendcount * type_size(type);
-  if (ncclResult_t r = gather_all(all, sendbuff, bytes, comm); r != ncclSuccess) return r;
+  if (ncclResult_t r = gather_all(all, sendbuff, bytes, comm, stream); r != ncclSuccess) return r;
   std::memcpy(recvbuff, all.data(), all.size());
   return ncclSuccess;
 }
 
 ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t type, int root,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
+  mt_emu::drain(stream);
   if (root < 0 || root >= comm->size) return failure(ncclInvalidArgument, "root out of range");
   const size_t bytes = count * type_size(type);
   if (bytes > static_cast<size_t>(INT32_MAX)) return failure(ncclInvalidArgument, "buffer too big");
@@ -318,12 +334,13 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
 }
 
 ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
-                      cudaStream_t) {
-  return p2p(true, sendbuff, count, type, peer, comm);
+                      cudaStream_t stream) {
+  return p2p(true, sendbuff, count, type, peer, comm, stream);
 }
 
-ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t) {
-  return p2p(false, recvbuff, count, type, peer, comm);
+ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
+                      cudaStream_t stream) {
+  return p2p(false, recvbuff, count, type, peer, comm, stream);
 }
 
 ncclResult_t ncclGroupStart() {
@@ -336,5 +353,5 @@ ncclResult_t ncclGroupEnd() {
   if (--g_group_depth > 0) return ncclSuccess;
   std::vector<P2p> ops;
   ops.swap(g_group);
-  return run_p2p(ops);
+  return post_p2p(ops);
 }

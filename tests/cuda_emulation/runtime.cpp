@@ -2,18 +2,24 @@
 // when allocated, so unwritten fp32/bf16 values read as NaN); every stream runs its work at once, in
 // issue order, on the calling thread, which is a legal schedule of a real GPU's streams; a stream
 // that captures a graph records its work instead, and a graph launch replays the recording.
-// Events record host time. One device is visible unless CUDA_VISIBLE_DEVICES is set and empty.
+// Events record host time. Work that finishes on its own (deferred.h: the emulated NCCL's transfers)
+// is waited for at the stream's synchronisation points. One device is visible by default
+// (MT_CUDA_EMU_DEVICES=N shows N), none when CUDA_VISIBLE_DEVICES is set and empty.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <set>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "cuda_runtime.h"
+#include "deferred.h"
 
 namespace mt_emu {
 
@@ -27,12 +33,23 @@ struct GraphExec {
   std::vector<std::function<void()>> ops;
 };
 }  // namespace mt_emu
+namespace mt_emu {
+/// One piece of deferred work (deferred.h), shared by its stream and the events recorded after it.
+struct Deferred {
+  std::function<void()> start;
+  Poll poll;
+  bool started = false, done = false;
+};
+using DeferredList = std::vector<std::shared_ptr<Deferred>>;
+}  // namespace mt_emu
 struct CUstream_st {
   mt_emu::Graph* capture = nullptr;
+  mt_emu::DeferredList pending;  // deferred work not yet known to be done, in queue order
 };
 namespace mt_emu {
 struct Event {
   double seconds = 0.0;
+  DeferredList after;  // what was pending on the stream when the event was recorded
 };
 struct MemPool {};
 
@@ -83,22 +100,65 @@ bool release(void* p) {
 
 void set_error(cudaError_t e) { g_last = e; }
 
+std::set<Stream*> g_streams{&g_default_stream};  // every live stream, for cudaDeviceSynchronize
+
+/// Moves every stream forward: each starts its deferred work in order, one piece after another.
+void progress_all() {
+  for (Stream* st : g_streams) {
+    for (auto& d : st->pending) {
+      if (!d->started) {
+        d->started = true;
+        d->start();
+      }
+      if (!d->done) d->done = d->poll();
+      if (!d->done) break;  // stream order: nothing after it starts yet
+    }
+    std::erase_if(st->pending, [](const auto& d) { return d->done; });
+  }
+}
+bool test_all(const DeferredList& list) {
+  progress_all();
+  return std::all_of(list.begin(), list.end(), [](const auto& d) { return d->done; });
+}
+void wait_all(const DeferredList& list) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!test_all(list)) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(60)) {
+      std::fprintf(stderr, "[cuda emulation] deadlock: stream work (NCCL transfers) has waited over 60 s for its "
+                           "peers; two ranks probably each wait on the other in one stream's order\n");
+      std::abort();
+    }
+    std::this_thread::yield();
+  }
+}
+
 void enqueue_grid(const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t s, std::function<void()> body) {
   Stream* st = resolve(s);
   if (st->capture) {
     st->capture->ops.push_back([=, body = std::move(body)] { run_grid_now(name, grid, block, smem, body); });
     return;
   }
+  if (!st->pending.empty()) wait_all(DeferredList(st->pending));  // stream order: after the work before it
   run_grid_now(name, grid, block, smem, body);
 }
 
 void enqueue_host(cudaStream_t s, std::function<void()> work) {
   Stream* st = resolve(s);
+  if (!st->capture && !st->pending.empty()) wait_all(DeferredList(st->pending));  // stream order
   if (st->capture) st->capture->ops.push_back(std::move(work));
   else work();
 }
 
 }  // namespace mt_emu
+
+void mt_emu::defer(cudaStream_t s, std::function<void()> start, Poll poll) {
+  auto d = std::make_shared<Deferred>();
+  d->start = std::move(start);
+  d->poll = std::move(poll);
+  resolve(s)->pending.push_back(std::move(d));
+  progress_all();  // it starts now if its stream is idle
+}
+void mt_emu::drain(cudaStream_t s) { wait_all(DeferredList(resolve(s)->pending)); }
 
 using mt_emu::enqueue_host;
 using mt_emu::fail;
@@ -134,7 +194,9 @@ cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int len, int device) {
   std::snprintf(bus_id, static_cast<size_t>(len), "0000:%02X:00.0", device + 1);
   return cudaSuccess;
 }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }  // streams run work as it is queued
+cudaError_t cudaStreamQuery(cudaStream_t s) {  // kernels and copies ran when queued; deferred work may not have
+  return mt_emu::test_all(mt_emu::resolve(s)->pending) ? cudaSuccess : cudaErrorNotReady;
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   std::memset(p, 0, sizeof(*p));
   std::snprintf(p->name, sizeof(p->name), "CUDA emulation on the CPU");
@@ -148,7 +210,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   p->maxThreadsPerBlock = 1024;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  for (mt_emu::Stream* st : mt_emu::g_streams) mt_emu::drain(st);
+  return cudaSuccess;
+}
 cudaError_t cudaGetLastError() {
   cudaError_t e = mt_emu::g_last;
   mt_emu::g_last = cudaSuccess;
@@ -238,17 +303,26 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { ret
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
   *s = new mt_emu::Stream;
+  mt_emu::g_streams.insert(*s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (s) mt_emu::drain(s);
+  mt_emu::g_streams.erase(s);
   delete s;
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  return mt_emu::resolve(s)->capture ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+  if (mt_emu::resolve(s)->capture) return fail(cudaErrorStreamCaptureUnsupported);
+  mt_emu::drain(s);
+  return cudaSuccess;
 }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+// The host waits here (a GPU would make only the stream wait): deferred work cannot be chained.
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+  mt_emu::wait_all(e->after);
+  return cudaSuccess;
+}
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   mt_emu::Stream* st = mt_emu::resolve(s);
   if (st->capture) return fail(cudaErrorInvalidValue);
@@ -277,11 +351,22 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-  enqueue_host(s, [e] { e->seconds = mt_emu::now(); });
+  mt_emu::Stream* st = mt_emu::resolve(s);
+  if (st->capture) {
+    st->capture->ops.push_back([e] { e->seconds = mt_emu::now(); });
+    return cudaSuccess;
+  }
+  // Not enqueue_host: recording does not wait for the stream's deferred work, the event remembers it.
+  mt_emu::progress_all();
+  e->after = st->pending;
+  e->seconds = mt_emu::now();
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  mt_emu::wait_all(e->after);
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return mt_emu::test_all(e->after) ? cudaSuccess : cudaErrorNotReady; }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   *ms = static_cast<float>((end->seconds - start->seconds) * 1e3);
   return cudaSuccess;

@@ -5,8 +5,8 @@
 // receives between ncclGroupStart and ncclGroupEnd are posted together non-blocking at the group's
 // end, which is what keeps two neighbours exchanging tensors from deadlocking, as in NCCL.
 //
-// Cannot show: NCCL's timing and algorithms (rings, trees, channels), asynchronous progress on a
-// stream (a transfer here is finished when its call returns), network failures and the
+// Cannot show: NCCL's timing and algorithms (rings, trees, channels), a stream waiting on another
+// without the host (cudaStreamWaitEvent blocks the host here), network failures and the
 // asynchronous errors they raise (ncclCommGetAsyncError always reports success), and bf16/fp16
 // averages' exact rounding (sums are taken in double, then rounded once).
 #pragma once
