@@ -85,6 +85,11 @@ class Communicator {
   /// Ends every process of the job with the exit code (MPI_Abort); for fatal errors on one rank
   /// that would otherwise leave the others hanging in a collective. Not collective.
   [[noreturn]] virtual void abort(int code) = 0;
+  /// True when operations run on the GPU's streams, ordered after the compute stream and before
+  /// what follows a Work's wait() without the host waiting (NCCL): they then progress by themselves
+  /// and can be captured in a CUDA graph. False for host-driven ones (MPI), which progress only
+  /// inside their calls. Not collective.
+  virtual bool on_device_streams() const { return false; }
 
  protected:
   explicit Communicator(std::string name) : name_(std::move(name)) {}

@@ -36,6 +36,8 @@ class Backend {
   virtual void synchronize() {}
 
   virtual void zero(void* p, size_t nbytes) = 0;
+  /// Device -> device, ordered with the kernels.
+  virtual void copy(void* dst, const void* src, size_t nbytes) = 0;
   /// Host -> device, ordered with the kernels (the host memory must stay valid until synchronize()).
   virtual void upload(void* dst, const void* src, size_t nbytes) = 0;
   /// Device -> host; returns once the bytes are there.
@@ -102,6 +104,10 @@ class Backend {
   virtual int64_t sum_squares_scratch(int64_t n) const = 0;
   /// *out = the sum of x[i]^2 over n elements of dtype(), in double and in a fixed order.
   virtual void sum_squares(double* out, double* scratch, const void* x, int64_t n) = 0;
+  /// *out = (float) the sum of the count pieces in order; and back: *sum = (double) *in. The global
+  /// norm's partial sums cross ranks as one float.
+  virtual void sum_to_float(float* out, const double* pieces, int count) = 0;
+  virtual void float_to_sum(double* sum, const float* in) = 0;
   /// grad_norm = sqrt(sum of the count pieces, in order) and the clipping factor, into scalars.
   virtual void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) = 0;
   /// AdamW over n parameters with lr, bias corrections and grad_scale from scalars. fp32: params

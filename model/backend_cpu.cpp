@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   DType dtype() const override { return DType::f32; }
   std::string describe() const override { return "cpu fp32"; }
   void zero(void* p, size_t nbytes) override { std::memset(p, 0, nbytes); }
+  void copy(void* dst, const void* src, size_t nbytes) override { std::memmove(dst, src, nbytes); }
   void upload(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
   void download(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
   void download_floats(float* dst, const void* src, int64_t n) override {
@@ -110,6 +111,8 @@ class CpuBackend final : public Backend {
 
   int64_t sum_squares_scratch(int64_t /*n*/) const override { return 0; }
   void sum_squares(double* out, double* /*scratch*/, const void* x, int64_t n) override { *out = sum_squares_cpu(f(x), n); }
+  void sum_to_float(float* out, const double* pieces, int count) override { sum_to_float_cpu(out, pieces, count); }
+  void float_to_sum(double* sum, const float* in) override { *sum = *in; }
   void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) override {
     clip_scale_cpu(scalars, pieces, count, grad_clip);
   }

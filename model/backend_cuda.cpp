@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
   void* stream() const override { return stream_.get(); }
   void synchronize() override { stream_.synchronize(); }
   void zero(void* p, size_t nbytes) override { device_memset_async(p, 0, nbytes, s()); }
+  void copy(void* dst, const void* src, size_t nbytes) override { device_copy_async(dst, src, nbytes, s()); }
   void upload(void* dst, const void* src, size_t nbytes) override { device_copy_async(dst, src, nbytes, s()); }
   void download(void* dst, const void* src, size_t nbytes) override {
     device_copy_async(dst, src, nbytes, s());
@@ -202,6 +203,10 @@ class CudaBackend final : public Backend {
       sum_squares_async_cuda(out, scratch, as<T_>(x), n, s());
     });
   }
+  void sum_to_float(float* out, const double* pieces, int count) override {
+    sum_to_float_cuda(out, pieces, count, s());
+  }
+  void float_to_sum(double* sum, const float* in) override { float_to_sum_cuda(sum, in, s()); }
   void clip_scale(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) override {
     clip_scale_cuda(scalars, pieces, count, grad_clip, s());
   }

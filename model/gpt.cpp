@@ -283,7 +283,7 @@ void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, double& 
   if (tp.size() == 1) return;
   double t0 = now_seconds();
   Tensor view = buffer.view(offset_in(buffer, x), {n});
-  tp.all_reduce(view, ReduceOp::sum);
+  tp.all_reduce_async(view, ReduceOp::sum)->wait();  // over NCCL: the stream waits, not the host
   seconds += now_seconds() - t0;
 }
 
@@ -420,9 +420,9 @@ void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float 
   const double t0 = now_seconds();
   Tensor mx = a.xent.view(0, {BT}), sums = a.xent.view(BT, {2 * static_cast<int64_t>(BT)});
   be.vocab_xent_max(mx.f32(), a.logits, BT, Vl_, cfg_.vocab_size, v0_);
-  tp_->all_reduce(mx, ReduceOp::max);
+  tp_->all_reduce_async(mx, ReduceOp::max)->wait();
   be.vocab_xent_sums(sums.f32(), a.logits, targets, mx.f32(), BT, Vl_, cfg_.vocab_size, v0_);
-  tp_->all_reduce(sums, ReduceOp::sum);
+  tp_->all_reduce_async(sums, ReduceOp::sum)->wait();
   tp_comm_s_ += now_seconds() - t0;
   be.vocab_xent_finish(a.loss_buf.f32(), dlogits, a.logits, targets, mx.f32(), sums.f32(), BT, Vl_, cfg_.vocab_size,
                        v0_, dloss);

@@ -40,6 +40,7 @@ AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges, Ba
   v_ = Tensor::zeros({n}, DType::f32, dev);
   if (be_->dtype() == DType::bf16) master_ = Tensor::zeros({n}, DType::f32, dev);
   scalars_ = Tensor::zeros({static_cast<int64_t>(sizeof(AdamWScalars))}, DType::u8, dev);
+  partial_ = Tensor::zeros({1}, DType::f32, dev);
   host_in_ = be_->host_buffer(sizeof(AdamWScalars));
   host_out_ = be_->host_buffer(sizeof(AdamWScalars));
   std::memset(host_out_.get(), 0, sizeof(AdamWScalars));
@@ -102,6 +103,16 @@ void AdamW::write_sum_squares(double sumsq) {
   in[0] = sumsq;
   be_->upload(sums_.raw(), in, sizeof(double));
   be_->synchronize();
+  sum_count_ = 1;
+}
+
+Tensor& AdamW::queue_partial() {
+  be_->sum_to_float(partial_.f32(), static_cast<const double*>(sums_.raw()), sum_count_);
+  return partial_;
+}
+
+void AdamW::use_partial() {
+  be_->float_to_sum(static_cast<double*>(sums_.raw()), partial_.f32());
   sum_count_ = 1;
 }
 

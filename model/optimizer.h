@@ -62,6 +62,10 @@ class AdamW {
   double read_sum_squares();
   /// Replaces the queued sum of squares with a value from the host (e.g. summed over ranks).
   void write_sum_squares(double sumsq);
+  /// The queued sum of squares as one float on the optimizer's device (queued, no host wait), for
+  /// a sum over ranks that stays on the device; use_partial() then takes the summed value back.
+  Tensor& queue_partial();
+  void use_partial();
   /// Queues norm -> clipping factor -> AdamW at lr on the queued sum of squares, and the copy of the
   /// norm back to the host (last_norm(), after the device has finished).
   void queue_update(Tensor& params, const Tensor& grads, float lr);
@@ -109,6 +113,7 @@ class AdamW {
   Tensor sums_;        // device doubles: one sum of squares per run, then the scratch
   int sum_count_ = 1;  // runs in sums_ that the clipping adds up
   Tensor scalars_;     // AdamWScalars on the device
+  Tensor partial_;     // one float: the sum of squares as it crosses ranks
   std::shared_ptr<void> host_in_, host_out_;  // AdamWScalars the host writes / reads
   int64_t t_ = 0;
 };

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 
 #include "core/timer.h"
@@ -66,8 +67,10 @@ void DataParallel::on_ready(int64_t ready_from) {
     if (buckets_[i].begin < ready_from) break;
     launch(i);
   }
-  for (size_t i = 0; i < buckets_.size(); ++i)
-    if (buckets_[i].work && timings_[i].completed == 0.0 && buckets_[i].work->test()) timings_[i].completed = now_seconds();
+  if (!comm_.on_device_streams())  // NCCL moves on by itself (and a captured step may not poll)
+    for (size_t i = 0; i < buckets_.size(); ++i)
+      if (buckets_[i].work && timings_[i].completed == 0.0 && buckets_[i].work->test())
+        timings_[i].completed = now_seconds();
   exposed_ += now_seconds() - t0;
 }
 
@@ -87,7 +90,9 @@ void DataParallel::finish() {
     if (timings_[i].completed == 0.0) timings_[i].completed = now_seconds();
     if (cfg_.zero == 1) {
       // The averaged chunk goes back to its place in the flat buffer, where AdamW reads gradients.
-      model_.grads().view(chunk_begin(b), {chunk_len(b)}).copy_from(shard_.view(shard_at, {chunk_len(b)}));
+      const size_t e = dtype_size(shard_.dtype());
+      model_.backend().copy(static_cast<std::byte*>(model_.grads().raw()) + chunk_begin(b) * e,
+                            static_cast<const std::byte*>(shard_.raw()) + shard_at * e, chunk_len(b) * e);
       shard_at += chunk_len(b);
     }
   }
@@ -107,26 +112,30 @@ void DataParallel::queue_step(float lr) {
   });
   const bool over_dp = cfg_.zero == 1 && comm_.size() > 1;
   if (tp.size() > 1 || pp_ || over_dp) {
+    // The partial sums meet as one float on the device, in stream order (no host wait over NCCL).
     double t0 = now_seconds();
-    Tensor partial = Tensor::empty({1});
-    partial.f32()[0] = static_cast<float>(opt_->read_sum_squares());
-    if (tp.size() > 1) tp.all_reduce(partial, ReduceOp::sum);
-    if (pp_) pp_->all_reduce(partial, ReduceOp::sum);
-    if (over_dp) comm_.all_reduce(partial, ReduceOp::sum);
-    opt_->write_sum_squares(partial.f32()[0]);
+    Tensor& partial = opt_->queue_partial();
+    if (tp.size() > 1) tp.all_reduce_async(partial, ReduceOp::sum)->wait();
+    if (pp_) pp_->all_reduce_async(partial, ReduceOp::sum)->wait();
+    if (over_dp) comm_.all_reduce_async(partial, ReduceOp::sum)->wait();
+    opt_->use_partial();
     exposed_ += now_seconds() - t0;
   }
   opt_->queue_update(params, grads, lr);
   if (cfg_.zero == 1 && comm_.size() > 1) {
     double t0 = now_seconds();
+    // Each rank's updated chunks go out from shard_ (free again once finish() copied the reduced
+    // gradients out of it), so a captured step allocates nothing.
     std::vector<std::unique_ptr<Work>> works;
-    std::vector<Tensor> sends;
+    const size_t e = dtype_size(params.dtype());
+    int64_t shard_at = 0;
     for (const auto& b : buckets_) {
-      Tensor mine = Tensor::empty({chunk_len(b)}, params.dtype(), params.device());
-      mine.copy_from(params.view(chunk_begin(b), {chunk_len(b)}));
+      Tensor mine = shard_.view(shard_at, {chunk_len(b)});
+      model_.backend().copy(mine.raw(), static_cast<const std::byte*>(params.raw()) + chunk_begin(b) * e,
+                            chunk_len(b) * e);
       Tensor whole = params.view(b.begin, {b.end - b.begin});
       works.push_back(comm_.all_gather_async(mine, whole));
-      sends.push_back(mine);
+      shard_at += chunk_len(b);
     }
     for (auto& w : works) w->wait();
     exposed_ += now_seconds() - t0;

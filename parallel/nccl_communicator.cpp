@@ -69,6 +69,7 @@ class NcclComm final : public NcclCommunicator {
   void set_compute_stream(CudaStreamHandle stream) override { compute_ = stream; }
   CudaStreamHandle compute_stream() const override { return compute_; }
   CudaStreamHandle comm_stream() const override { return stream_.get(); }
+  bool on_device_streams() const override { return true; }
 
   // Host tensors are accepted too: each is copied to the GPU, the operation runs there to completion
   // and results are copied back (for the few host values a training step agrees on: losses, norms).
@@ -128,12 +129,20 @@ class NcclComm final : public NcclCommunicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
   [[noreturn]] void abort(int code) override;
 
+  /// True while the compute stream is capturing a CUDA graph (operations are then recorded).
+  bool capturing() const noexcept {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    return cudaStreamIsCapturing(compute_, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
+  }
+
   // For NcclWork.
   /// Throws (and marks this communicator failed) if NCCL reported an error from a running kernel.
   void check_async_error(const char* op);
   /// Takes the event and buffers of a Work that goes away: the buffers are released once the
-  /// event has completed (checked at each new operation), so dropping a Work never blocks.
-  void retire(CudaEvent done, std::vector<Tensor> keep) noexcept;
+  /// event has completed (checked at each new operation), so dropping a Work never blocks. Those of
+  /// a Work recorded into a CUDA graph are kept as long as this communicator: every replay of the
+  /// graph records that event and reads those buffers again.
+  void retire(CudaEvent done, std::vector<Tensor> keep, bool captured) noexcept;
 
  private:
   void nccl_check(const char* op, const char* call, ncclResult_t r, const char* file, int line);
@@ -168,12 +177,14 @@ class NcclComm final : public NcclCommunicator {
   cudaStream_t compute_ = nullptr;
   Tensor barrier_flag_;
   std::vector<Retired> retired_;
+  std::vector<Retired> captured_;  // events and buffers that CUDA graphs recorded (kept for their replays)
 };
 
 // The Work of NcclComm: an event recorded on the communication stream after the operation.
 class NcclWork final : public Work {
  public:
-  NcclWork(NcclComm& comm, const char* op, std::vector<Tensor> keep) : comm_(comm), op_(op), keep_(std::move(keep)) {
+  NcclWork(NcclComm& comm, const char* op, std::vector<Tensor> keep)
+      : comm_(comm), op_(op), keep_(std::move(keep)), captured_(comm.capturing()) {
     CUDA_CHECK(cudaEventRecord(done_.get(), comm.comm_stream()));
   }
   ~NcclWork() override {
@@ -182,7 +193,7 @@ class NcclWork final : public Work {
     } catch (...) {
       // Destructors never throw; the error was for whoever waited, and nobody did.
     }
-    comm_.retire(std::move(done_), std::move(keep_));
+    comm_.retire(std::move(done_), std::move(keep_), captured_);
   }
   /// Makes the compute stream wait for the operation; the host goes on at once.
   void wait() override {
@@ -210,6 +221,7 @@ class NcclWork final : public Work {
   const char* op_;
   std::vector<Tensor> keep_;
   CudaEvent done_;
+  bool captured_;  // recorded into a CUDA graph: the graph's replays use the event and the tensors
   bool waited_ = false;
 };
 
@@ -225,6 +237,7 @@ NcclComm::~NcclComm() {
       cudaGetDevice(&previous) == cudaSuccess && previous != device_ && cudaSetDevice(device_) == cudaSuccess;
   (void)cudaStreamSynchronize(stream_.get());
   retired_.clear();
+  captured_.clear();
   barrier_flag_ = Tensor();
   if (switched) (void)cudaSetDevice(previous);
   // The members go next: events, the stream, then the NCCL communicator (NCCL sets its device).
@@ -255,7 +268,14 @@ void NcclComm::check_async_error(const char* op) {
           ncclGetErrorString(r != ncclSuccess ? r : async), last && *last ? fmt::format(" ({})", last) : "");
 }
 
-void NcclComm::retire(CudaEvent done, std::vector<Tensor> keep) noexcept {
+void NcclComm::retire(CudaEvent done, std::vector<Tensor> keep, bool captured) noexcept {
+  if (captured) {
+    try {
+      captured_.push_back({std::move(done), std::move(keep)});
+    } catch (...) {  // out of host memory: nothing sensible is left to do
+    }
+    return;
+  }
   bool finished = false;
   (void)query_event(done.get(), finished);
   if (finished || keep.empty()) return;  // a failed event: the stream is dead and holds nothing
@@ -296,11 +316,12 @@ void NcclComm::begin(const char* op) {
   MT_CHECK(!comm_.failed() && comm_.get(),
            "[{}] {}: an earlier NCCL operation failed or the communicator was aborted; it cannot be used any more", op,
            where());
-  std::erase_if(retired_, [](const Retired& r) {
-    bool done = false;
-    (void)query_event(r.done.get(), done);
-    return done;
-  });
+  if (!capturing())
+    std::erase_if(retired_, [](const Retired& r) {
+      bool done = false;
+      (void)query_event(r.done.get(), done);
+      return done;
+    });
   CUDA_OP_CHECK(op, cudaEventRecord(ready_.get(), compute_));
   CUDA_OP_CHECK(op, cudaStreamWaitEvent(stream_.get(), ready_.get(), 0));
 }

@@ -158,6 +158,50 @@ TEST_F(ParallelCuda, ResumeIsBitIdenticalAndCheckpointsMoveBetweenDevices) {
 }  // namespace
 
 // More ranks on a host than GPUs with parallel.comm = nccl is one clear error on every rank.
+// With every collective on the GPU (NCCL), the whole data- and tensor-parallel step is captured as
+// one CUDA graph and replayed: the same losses, bit for bit, as the same layout run eagerly.
+TEST_F(ParallelCuda, NcclStepsReplayedAsCudaGraphsRepeatTheEagerSteps) {
+  const int gpus = meshtrain::cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
+  struct Layout {
+    const char* name;
+    int np;
+    const char* extra;
+  };
+  for (const Layout& l : {Layout{"dp2", 2, ""},
+                          Layout{"dp2xtp2_zero1_bf16", 4, "--set parallel.tp=2 --set parallel.zero=1 "
+                                                          "--set train.precision=bf16"}}) {
+    if (l.np > gpus) {
+      std::printf("[ SKIPPED  ] graph %s: %d ranks need %d GPUs, this host has %d\n", l.name, l.np, l.np, gpus);
+      continue;
+    }
+    SCOPED_TRACE(l.name);
+    const std::string base = fmt::format("--set train.device=cuda --set parallel.comm=nccl {}", l.extra);
+    const auto eager = train(std::string("eager_") + l.name, l.np, base);
+    const auto graph = train(std::string("graph_") + l.name, l.np, base + " --set train.cuda_graph=true");
+    ASSERT_EQ(graph.size(), eager.size());
+    for (size_t i = 0; i < eager.size(); ++i) EXPECT_EQ(graph[i], eager[i]) << "step " << i + 1;
+  }
+  // Where a collective would wait on the host, a graph is refused with the reason.
+  auto mpi = meshtrain::testing::run_command(
+      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
+                  "--set train.device=cuda --set parallel.comm=mpi --set train.cuda_graph=true --set train.steps=1 "
+                  "--set train.out_dir={}",
+                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("graph_mpi")),
+      true);
+  EXPECT_NE(mpi.code, 0) << mpi.output;
+  EXPECT_NE(mpi.output.find("train.cuda_graph needs every collective of the step on the GPU"), std::string::npos)
+      << mpi.output;
+  auto pp = meshtrain::testing::run_command(
+      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
+                  "--set model.n_layer=2 --set train.device=cuda --set parallel.comm=nccl --set parallel.pp=2 "
+                  "--set train.cuda_graph=true --set train.steps=1 --set train.out_dir={}",
+                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("graph_pp")),
+      true);
+  EXPECT_NE(pp.code, 0) << pp.output;
+  EXPECT_NE(pp.output.find("a pipeline's schedule waits on its neighbours"), std::string::npos) << pp.output;
+}
+
 TEST_F(ParallelCuda, NcclWithMoreRanksThanGpusIsAClearError) {
   const int gpus = meshtrain::cuda_device_count();
   const int np = gpus + 1;

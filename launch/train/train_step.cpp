@@ -15,10 +15,16 @@ namespace meshtrain {
 TrainStep::TrainStep(Gpt& model, DataParallel& ddp, Pipeline* pipe, Communicator* tied, Communicator& dp,
                      bool cuda_graph)
     : model_(model), ddp_(ddp), pipe_(pipe), tied_(tied), dp_(dp), use_graph_(cuda_graph) {
-  MT_CHECK(!cuda_graph || (model.backend().device() == Device::cuda && dp.size() == 1 && model.tp().size() == 1 &&
-                           !pipe && !tied),
-           "[train] train.cuda_graph captures the step of a CUDA model on a single rank; on multi-rank layouts the "
-           "step runs eagerly: set train.cuda_graph = false");
+  // A captured step may hold no host wait: every collective in it must run on the GPU's streams.
+  auto on_gpu = [](const Communicator& c) { return c.size() == 1 || c.on_device_streams(); };
+  MT_CHECK(!cuda_graph || model.backend().device() == Device::cuda,
+           "[train] train.cuda_graph captures the step of a CUDA model; set train.device = cuda");
+  MT_CHECK(!cuda_graph || (on_gpu(dp) && on_gpu(model.tp())),
+           "[train] train.cuda_graph needs every collective of the step on the GPU: use parallel.comm = nccl (a GPU "
+           "per rank), or train.cuda_graph = false with parallel.comm = mpi");
+  MT_CHECK(!cuda_graph || (!pipe && !tied),
+           "[train] train.cuda_graph captures data- and tensor-parallel steps; a pipeline's schedule waits on its "
+           "neighbours from the host (parallel.pp > 1): set train.cuda_graph = false");
 }
 
 TrainStep::~TrainStep() = default;

@@ -7,8 +7,10 @@
 // Without a pipeline the step is queued without host waits until the losses are read (tokens and
 // targets uploaded from host buffers the device can read asynchronously, losses copied back the
 // same way, norm -> clipping factor -> AdamW on device scalars), which is what lets a CUDA graph
-// capture it: with cuda_graph on a single rank, the second step records the whole step once and
-// later steps replay it with one launch. Kernel arguments are frozen at capture, so the batch shape,
+// capture it: with cuda_graph, the second step records the whole step once and later steps replay
+// it with one launch. On several ranks that needs every collective on the GPU's streams (NCCL):
+// gradient buckets, ZeRO-1's reduce-scatter and all-gather, tensor-parallel all-reduces and the
+// norm's partial sums are then recorded in the graph like the kernels. Kernel arguments are frozen at capture, so the batch shape,
 // the per-micro-batch loss scales and the activation addresses are the key that triggers a new
 // capture when they change; what changes every step (tokens, targets, lr, bias corrections) lives
 // in the host buffers a replay reads.
@@ -38,7 +40,7 @@ class TrainStep {
   /// model: this rank's model (a pipeline stage when pipe is given); ddp: its data parallelism and
   /// optimizer; tied: the group of the first and last stage's copies of the tied embedding (or null);
   /// dp: the data-parallel group the loss is averaged over. cuda_graph: capture the step (a CUDA
-  /// model on a single rank only: every collective of a captured step would have to run on the GPU).
+  /// model whose dp and tp groups run on the GPU's streams, NCCL or size 1; no pipeline).
   TrainStep(Gpt& model, DataParallel& ddp, Pipeline* pipe, Communicator* tied, Communicator& dp, bool cuda_graph);
   ~TrainStep();
 

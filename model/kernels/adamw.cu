@@ -107,6 +107,14 @@ __global__ void sum_squares_final_kernel(double* __restrict__ out, const double*
 }
 
 // AdamW::clip_scale (model/optimizer.cpp) on the device, with the norm it is given there.
+__global__ void sum_to_float_kernel(float* __restrict__ out, const double* __restrict__ pieces, int count) {
+  double sum = 0.0;
+  for (int i = 0; i < count; ++i) sum += pieces[i];
+  *out = static_cast<float>(sum);
+}
+
+__global__ void float_to_sum_kernel(double* __restrict__ sum, const float* __restrict__ in) { *sum = *in; }
+
 // The pieces (sums of squares of separate ranges) are added in order first.
 __global__ void clip_scale_kernel(AdamWScalars* __restrict__ scalars, const double* __restrict__ pieces, int count,
                                   float grad_clip) {
@@ -187,6 +195,18 @@ void sum_squares_async_cuda(double* out, double* partials, const float* x, int64
 
 void sum_squares_async_cuda(double* out, double* partials, const Bf16* x, int64_t n, void* stream) {
   sum_squares_async(out, partials, cuda_bf16(x), n, stream);
+}
+
+void sum_to_float_cuda(float* out, const double* pieces, int count, void* stream) {
+  MT_CHECK(out != nullptr && pieces != nullptr && count >= 1, "[sum_to_float_cuda] {} pieces", count);
+  sum_to_float_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(out, pieces, count);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void float_to_sum_cuda(double* sum, const float* in, void* stream) {
+  MT_CHECK(sum != nullptr && in != nullptr, "[float_to_sum_cuda] device pointers needed");
+  float_to_sum_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(sum, in);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 void clip_scale_cuda(AdamWScalars* scalars, const double* sumsq, float grad_clip, void* stream) {

@@ -54,7 +54,13 @@ void clip_scale_cuda(AdamWScalars* scalars, const double* sumsq, float grad_clip
 /// The same with the sum of squares given as count pieces (device doubles), added in order first.
 void clip_scale_cuda(AdamWScalars* scalars, const double* pieces, int count, float grad_clip, void* stream);
 
+/// *out = (float) (pieces[0] + ... + pieces[count - 1]), and *sum = (double) *in, on the device: the
+/// global norm's partial sum crosses ranks as one float (device memory, graph-capturable).
+void sum_to_float_cuda(float* out, const double* pieces, int count, void* stream);
+void float_to_sum_cuda(double* sum, const float* in, void* stream);
+
 // CPU twins of the device-scalar step, so one optimizer drives either device.
+void sum_to_float_cpu(float* out, const double* pieces, int count);
 /// clip_scale_cuda on host memory.
 void clip_scale_cpu(AdamWScalars* scalars, const double* pieces, int count, float grad_clip);
 /// adamw_update_cpu reading lr, bias corrections and grad_scale from scalars (the formula of the

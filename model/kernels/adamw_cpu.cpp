@@ -34,6 +34,12 @@ void adamw_update_cpu(float* params, const float* grads, float* m, float* v, int
   adamw_update_cpu(params, grads, m, v, n, sc, beta1, beta2, eps, weight_decay);
 }
 
+void sum_to_float_cpu(float* out, const double* pieces, int count) {
+  double sum = 0.0;
+  for (int i = 0; i < count; ++i) sum += pieces[i];
+  *out = static_cast<float>(sum);
+}
+
 void clip_scale_cpu(AdamWScalars* scalars, const double* pieces, int count, float grad_clip) {
   double sumsq = 0.0;
   for (int i = 0; i < count; ++i) sumsq += pieces[i];

@@ -86,6 +86,8 @@ void adamw_update_cuda(Bf16*, float*, const Bf16*, float*, float*, int64_t, cons
 }
 
 void clip_scale_cuda(AdamWScalars*, const double*, int, float, void*) { MT_NO_CUDA("clip_scale_cuda"); }
+void sum_to_float_cuda(float*, const double*, int, void*) { MT_NO_CUDA("sum_to_float_cuda"); }
+void float_to_sum_cuda(double*, const float*, void*) { MT_NO_CUDA("float_to_sum_cuda"); }
 void vocab_embedding_rows_cuda(float*, const int32_t*, const float*, int64_t, int, int64_t, int64_t, void*) {
   MT_NO_CUDA("vocab_embedding_rows_cuda");
 }

@@ -21,5 +21,7 @@ using Poll = std::function<bool()>;
 void defer(cudaStream_t s, std::function<void()> start, Poll poll);
 /// Waits for all the work deferred on s so far.
 void drain(cudaStream_t s);
+/// True while s records a CUDA graph (work queued on it is recorded, to run at each replay).
+bool capturing(cudaStream_t s);
 
 }  // namespace mt_emu

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <string>
@@ -116,6 +117,20 @@ ncclResult_t reduce(void* out, const char* all, size_t stride, size_t offset, si
 
 bool valid(ncclComm_t c) { return c != nullptr && c->mpi != MPI_COMM_NULL; }
 
+/// Runs a collective now, or, on a stream that captures a CUDA graph, records it to run at every
+/// replay (NCCL's kernels are captured like any other).
+ncclResult_t now_or_recorded(cudaStream_t stream, std::function<ncclResult_t()> work) {
+  if (!mt_emu::capturing(stream)) return work();
+  mt_emu::enqueue_host(stream, [work = std::move(work)] {
+    if (work() != ncclSuccess) {
+      std::fprintf(stderr, "[cuda emulation] an NCCL collective replayed from a CUDA graph failed: %s\n",
+                   g_last_error.c_str());
+      std::abort();
+    }
+  });
+  return ncclSuccess;
+}
+
 struct P2p {
   bool send;
   void* buf;
@@ -156,6 +171,8 @@ ncclResult_t p2p(bool send, const void* buf, size_t count, ncclDataType_t type, 
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
   if (peer < 0 || peer >= comm->size) return failure(ncclInvalidArgument, "peer out of range");
   if (count * type_size(type) > static_cast<size_t>(INT32_MAX)) return failure(ncclInvalidArgument, "message too big");
+  if (mt_emu::capturing(stream))
+    return failure(ncclInvalidUsage, "sends and receives inside a CUDA graph capture are not emulated");
   P2p op{send, const_cast<void*>(buf), count * type_size(type), peer, comm, stream};
   if (g_group_depth > 0) {
     g_group.push_back(op);
@@ -296,41 +313,50 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t type, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
-  std::vector<char> all;
-  if (ncclResult_t r = gather_all(all, sendbuff, count * type_size(type), comm, stream); r != ncclSuccess) return r;
-  return reduce(recvbuff, all.data(), count, 0, count, comm->size, type, op);
+  return now_or_recorded(stream, [=] {
+    std::vector<char> all;
+    if (ncclResult_t r = gather_all(all, sendbuff, count * type_size(type), comm, stream); r != ncclSuccess) return r;
+    return reduce(recvbuff, all.data(), count, 0, count, comm->size, type, op);
+  });
 }
 
 ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t type,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
-  std::vector<char> all;
-  const size_t per_rank = recvcount * comm->size;
-  if (ncclResult_t r = gather_all(all, sendbuff, per_rank * type_size(type), comm, stream); r != ncclSuccess) return r;
-  return reduce(recvbuff, all.data(), per_rank, recvcount * comm->rank, recvcount, comm->size, type, op);
+  return now_or_recorded(stream, [=] {
+    std::vector<char> all;
+    const size_t per_rank = recvcount * comm->size;
+    if (ncclResult_t r = gather_all(all, sendbuff, per_rank * type_size(type), comm, stream); r != ncclSuccess)
+      return r;
+    return reduce(recvbuff, all.data(), per_rank, recvcount * comm->rank, recvcount, comm->size, type, op);
+  });
 }
 
 ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t type,
                            ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
-  std::vector<char> all;
-  const size_t bytes = sendcount * type_size(type);
-  if (ncclResult_t r = gather_all(all, sendbuff, bytes, comm, stream); r != ncclSuccess) return r;
-  std::memcpy(recvbuff, all.data(), all.size());
-  return ncclSuccess;
+  return now_or_recorded(stream, [=] {
+    std::vector<char> all;
+    const size_t bytes = sendcount * type_size(type);
+    if (ncclResult_t r = gather_all(all, sendbuff, bytes, comm, stream); r != ncclSuccess) return r;
+    std::memcpy(recvbuff, all.data(), all.size());
+    return ncclSuccess;
+  });
 }
 
 ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t type, int root,
                            ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");
-  mt_emu::drain(stream);
   if (root < 0 || root >= comm->size) return failure(ncclInvalidArgument, "root out of range");
   const size_t bytes = count * type_size(type);
   if (bytes > static_cast<size_t>(INT32_MAX)) return failure(ncclInvalidArgument, "buffer too big");
-  if (comm->rank == root && sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, bytes);
-  if (MPI_Bcast(recvbuff, static_cast<int>(bytes), MPI_BYTE, root, comm->mpi) != MPI_SUCCESS)
-    return failure(ncclSystemError, "MPI_Bcast failed");
-  return ncclSuccess;
+  return now_or_recorded(stream, [=] {
+    mt_emu::drain(stream);
+    if (comm->rank == root && sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, bytes);
+    if (MPI_Bcast(recvbuff, static_cast<int>(bytes), MPI_BYTE, root, comm->mpi) != MPI_SUCCESS)
+      return failure(ncclSystemError, "MPI_Bcast failed");
+    return ncclSuccess;
+  });
 }
 
 ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,

@@ -49,7 +49,8 @@ struct CUstream_st {
 namespace mt_emu {
 struct Event {
   double seconds = 0.0;
-  DeferredList after;  // what was pending on the stream when the event was recorded
+  DeferredList after;     // what was pending on the stream when the event was recorded
+  Graph* graph = nullptr;  // the graph whose capture recorded it (a fork point for other streams)
 };
 struct MemPool {};
 
@@ -101,6 +102,13 @@ bool release(void* p) {
 void set_error(cudaError_t e) { g_last = e; }
 
 std::set<Stream*> g_streams{&g_default_stream};  // every live stream, for cudaDeviceSynchronize
+
+/// True while some stream still captures into g.
+bool live_capture(const Graph* g) {
+  for (const Stream* st : g_streams)
+    if (st->capture == g) return true;
+  return false;
+}
 
 /// Moves every stream forward: each starts its deferred work in order, one piece after another.
 void progress_all() {
@@ -159,6 +167,7 @@ void mt_emu::defer(cudaStream_t s, std::function<void()> start, Poll poll) {
   progress_all();  // it starts now if its stream is idle
 }
 void mt_emu::drain(cudaStream_t s) { wait_all(DeferredList(resolve(s)->pending)); }
+bool mt_emu::capturing(cudaStream_t s) { return resolve(s)->capture != nullptr; }
 
 using mt_emu::enqueue_host;
 using mt_emu::fail;
@@ -319,7 +328,17 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   return cudaSuccess;
 }
 // The host waits here (a GPU would make only the stream wait): deferred work cannot be chained.
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+// An event recorded during a capture pulls the waiting stream into that capture (CUDA's fork): its
+// work is recorded too until the capture ends.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  mt_emu::Stream* st = mt_emu::resolve(s);
+  if (e->graph && mt_emu::live_capture(e->graph)) {
+    if (!st->capture) st->capture = e->graph;
+    return cudaSuccess;
+  }
+  if (st->capture) {  // a capturing stream records the wait as nothing to do: the work before it ran
+    return cudaSuccess;
+  }
   mt_emu::wait_all(e->after);
   return cudaSuccess;
 }
@@ -333,6 +352,8 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
   mt_emu::Stream* st = mt_emu::resolve(s);
   if (!st->capture) return fail(cudaErrorInvalidValue);
   *graph = st->capture;
+  for (mt_emu::Stream* other : mt_emu::g_streams)  // streams forked into the capture leave it too
+    if (other->capture == *graph) other->capture = nullptr;
   st->capture = nullptr;
   return cudaSuccess;
 }
@@ -354,19 +375,28 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   mt_emu::Stream* st = mt_emu::resolve(s);
   if (st->capture) {
     st->capture->ops.push_back([e] { e->seconds = mt_emu::now(); });
+    e->graph = st->capture;
+    e->after.clear();
     return cudaSuccess;
   }
+  e->graph = nullptr;
   // Not enqueue_host: recording does not wait for the stream's deferred work, the event remembers it.
   mt_emu::progress_all();
   e->after = st->pending;
   e->seconds = mt_emu::now();
   return cudaSuccess;
 }
+// Querying or waiting for an event recorded by a capture still going on is an error in CUDA (it ends
+// the capture): the emulation reports it.
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (e->graph && mt_emu::live_capture(e->graph)) return fail(cudaErrorStreamCaptureUnsupported);
   mt_emu::wait_all(e->after);
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t e) { return mt_emu::test_all(e->after) ? cudaSuccess : cudaErrorNotReady; }
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (e->graph && mt_emu::live_capture(e->graph)) return fail(cudaErrorStreamCaptureUnsupported);
+  return mt_emu::test_all(e->after) ? cudaSuccess : cudaErrorNotReady;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   *ms = static_cast<float>((end->seconds - start->seconds) * 1e3);
   return cudaSuccess;
