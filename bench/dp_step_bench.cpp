@@ -138,7 +138,7 @@ std::vector<double> run(const Options& o, Communicator& world, bool lead) {
     model.backward();
     const double t2 = now_seconds();
     ddp.finish();
-    const double finish_wait = ddp.exposed_comm_seconds();
+    const double finish_wait = ddp.take_exposed_comm_seconds();
     ddp.step(3e-4f);
     const double t3 = now_seconds();
     if (s < 0) continue;
@@ -160,7 +160,7 @@ std::vector<double> run(const Options& o, Communicator& world, bool lead) {
       first_launch = first_launch == 0.0 ? b.launched : std::min(first_launch, b.launched);
       last_done = std::max(last_done, b.completed);
     }
-    const double step_comm = ddp.exposed_comm_seconds() - finish_wait;
+    const double step_comm = ddp.take_exposed_comm_seconds();
     // One rank installs no hook, so any difference there is noise; elsewhere noise can make it negative.
     const double hook_work = dp.size() > 1 ? std::max(0.0, (t2 - t1) - plain) : 0.0;
     const double exposed = hook_work + finish_wait + step_comm;

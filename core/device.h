@@ -82,6 +82,13 @@ class PinnedBuffer {
   size_t nbytes_ = 0;
 };
 
+/// Timing events: a point on a stream's timeline (cudaEvent_t with timing, passed as void*).
+void* timing_event_create();
+void timing_event_destroy(void* event) noexcept;
+void timing_event_record(void* event, void* stream);
+/// Seconds from a to b once both have been reached (0 when either was never recorded).
+double timing_event_seconds(void* a, void* b);
+
 /// A whole sequence of stream work recorded once and replayed with one launch (cudaGraph_t and its
 /// executable instance). Capture is per thread: work queued on the stream between begin_capture and
 /// end_capture is recorded, not run.

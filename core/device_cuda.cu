@@ -54,6 +54,26 @@ void require_cuda(const char* who) {
            who);
 }
 
+void* timing_event_create() {
+  cudaEvent_t e = nullptr;
+  CUDA_CHECK(cudaEventCreate(&e));
+  return e;
+}
+void timing_event_destroy(void* event) noexcept {
+  if (event) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+void timing_event_record(void* event, void* stream) {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+}
+double timing_event_seconds(void* a, void* b) {
+  float ms = 0.0f;
+  if (cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)) != cudaSuccess) {
+    (void)cudaGetLastError();  // never recorded (or not reached): no time to report
+    return 0.0;
+  }
+  return ms * 1e-3;
+}
+
 void use_cuda_device(int device) {
   const int n = cuda_device_count();
   MT_CHECK(device >= 0 && device < n, "[cuda] GPU {} asked for, but {} GPU{} visible", device, n, n == 1 ? " is" : "s are");

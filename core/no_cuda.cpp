@@ -14,6 +14,10 @@ void require_cuda(const char* who) {
       who);
 }
 void use_cuda_device(int) { MT_NOT_BUILT(); }
+void* timing_event_create() { MT_NOT_BUILT(); }
+void timing_event_destroy(void*) noexcept {}
+void timing_event_record(void*, void*) { MT_NOT_BUILT(); }
+double timing_event_seconds(void*, void*) { MT_NOT_BUILT(); }
 std::string cuda_device_description() { MT_NOT_BUILT(); }
 void* device_malloc(size_t) { MT_NOT_BUILT(); }
 void device_free(void*, size_t) noexcept {}

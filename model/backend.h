@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 #include "model/kernels/adamw.h"
@@ -114,6 +116,40 @@ class Backend {
   /// are updated and master is null; bf16: master (fp32) is updated and params get it rounded.
   virtual void adamw_update(void* params, float* master, const void* grads, float* m, float* v, int64_t n,
                             const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay) = 0;
+
+  // ---- Time on the device's timeline (where a step's time goes, measured without host waits).
+  /// Records a point in the stream's order (a CUDA event; the host clock on the CPU); returns its id.
+  /// Ids restart from 0 at reset_marks(), reusing the same events, so a captured CUDA graph records
+  /// the same points again at every replay.
+  virtual int64_t mark() = 0;
+  virtual void reset_marks() = 0;
+  /// Seconds from mark a to mark b, once the device has passed both.
+  virtual double seconds_between(int64_t a, int64_t b) = 0;
+};
+
+/// Intervals on a Backend's timeline: the time the device's stream spent between start() and stop()
+/// (on a GPU, waiting for a collective it was ordered after; on the CPU, host time), summed.
+class DeviceTimer {
+ public:
+  using Spans = std::vector<std::pair<int64_t, int64_t>>;
+  explicit DeviceTimer(Backend* be = nullptr) : be_(be) {}
+  void start() { open_ = be_->mark(); }
+  void stop() { spans_.push_back({open_, be_->mark()}); }
+  /// Seconds in the intervals since the last take() (the device must have passed them); clears them.
+  double take() {
+    double s = 0.0;
+    for (auto [a, b] : spans_) s += be_->seconds_between(a, b);
+    spans_.clear();
+    return s;
+  }
+  /// The intervals recorded (by a step captured as a CUDA graph), to be taken again after a replay.
+  const Spans& spans() const { return spans_; }
+  void set_spans(Spans spans) { spans_ = std::move(spans); }
+
+ private:
+  Backend* be_;
+  int64_t open_ = -1;
+  Spans spans_;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

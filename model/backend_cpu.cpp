@@ -1,5 +1,8 @@
 // The CPU backend: the reference kernels of model/kernels/*_cpu.cpp in fp32, run synchronously.
 #include <cstring>
+#include <vector>
+
+#include "core/timer.h"
 
 #include "model/backend.h"
 #include "model/kernels/attention.h"
@@ -84,6 +87,15 @@ class CpuBackend final : public Backend {
   }
 
   void download_async(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
+  int64_t mark() override {
+    if (next_ == static_cast<int64_t>(marks_.size())) marks_.push_back(0.0);
+    marks_[static_cast<size_t>(next_)] = now_seconds();
+    return next_++;
+  }
+  void reset_marks() override { next_ = 0; }
+  double seconds_between(int64_t a, int64_t b) override {
+    return marks_.at(static_cast<size_t>(b)) - marks_.at(static_cast<size_t>(a));
+  }
   std::shared_ptr<void> host_buffer(size_t nbytes) override {
     return std::shared_ptr<void>(::operator new(nbytes > 0 ? nbytes : 1), [](void* p) { ::operator delete(p); });
   }
@@ -120,6 +132,10 @@ class CpuBackend final : public Backend {
                     const AdamWScalars* scalars, float beta1, float beta2, float eps, float weight_decay) override {
     adamw_update_cpu(f(params), f(grads), m, v, n, *scalars, beta1, beta2, eps, weight_decay);
   }
+
+ private:
+  std::vector<double> marks_;
+  int64_t next_ = 0;
 };
 
 }  // namespace

@@ -150,6 +150,18 @@ class CudaBackend final : public Backend {
   }
 
   void download_async(void* dst, const void* src, size_t nbytes) override { device_copy_async(dst, src, nbytes, s()); }
+  int64_t mark() override {
+    if (next_ == static_cast<int64_t>(events_.size())) events_.push_back(timing_event_create());
+    timing_event_record(events_[static_cast<size_t>(next_)], s());
+    return next_++;
+  }
+  void reset_marks() override { next_ = 0; }
+  double seconds_between(int64_t a, int64_t b) override {
+    return timing_event_seconds(events_.at(static_cast<size_t>(a)), events_.at(static_cast<size_t>(b)));
+  }
+  ~CudaBackend() override {
+    for (void* e : events_) timing_event_destroy(e);
+  }
   std::shared_ptr<void> host_buffer(size_t nbytes) override {
     auto pinned = std::make_shared<PinnedBuffer>(nbytes > 0 ? nbytes : 1);
     return std::shared_ptr<void>(pinned, pinned->data());
@@ -230,6 +242,8 @@ class CudaBackend final : public Backend {
   /// buffer is sized for them then (attention_saved() asks the same question).
   bool flash(int head_size) const { return attention_ == AttentionKind::flash && flash_attention_supports(head_size); }
 
+  std::vector<void*> events_;  // timing events, reused from index 0 after reset_marks()
+  int64_t next_ = 0;
   DType dtype_;
   AttentionKind attention_;
   CudaStream stream_;

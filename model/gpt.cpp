@@ -85,7 +85,8 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
       tp_(tp ? tp : own_tp_.get()),
       table_((cfg.validate(), cfg), tp_->size(), tp_->rank(), pp_size, pp_stage),
       be_(backend ? std::move(backend) : make_cpu_backend()),
-      esize_(dtype_size(be_->dtype())) {
+      esize_(dtype_size(be_->dtype())),
+      tp_timer_(be_.get()) {
   n_local_ = table_.layer_end() - table_.layer_begin();
   slots_.resize(1);
   const int t = tp_->size();
@@ -277,22 +278,22 @@ void Gpt::ensure_acts(int B, int T) {
 
 namespace {
 
-/// All-reduces (sums) n floats at x, which lie inside the (CPU, fp32) activation buffer, over the tp
-/// group, adding the time it took to seconds.
-void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, double& seconds) {
+/// All-reduces (sums) n elements at x, which lie inside the activation buffer, over the tp group,
+/// timing it on the device's timeline.
+void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, DeviceTimer& timer) {
   if (tp.size() == 1) return;
-  double t0 = now_seconds();
+  timer.start();
   Tensor view = buffer.view(offset_in(buffer, x), {n});
   tp.all_reduce_async(view, ReduceOp::sum)->wait();  // over NCCL: the stream waits, not the host
-  seconds += now_seconds() - t0;
+  timer.stop();
 }
 
 /// Row-parallel linear layer: out = inp @ W^T summed over the tp group, plus the bias, which tp
 /// rank 0 alone adds in its GEMM so the sum holds it once.
 void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, void* out, const void* inp,
-                          const void* w, const void* bias, int N, int C_in, int C_out, double& seconds) {
+                          const void* w, const void* bias, int N, int C_in, int C_out, DeviceTimer& timer) {
   be.matmul_forward(out, inp, w, tp.rank() == 0 ? bias : nullptr, N, C_in, C_out);
-  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, seconds);
+  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, timer);
 }
 
 }  // namespace
@@ -318,7 +319,7 @@ void Gpt::block_forward(int l, int B, int T) {
   }
   {
     Region r(prof_, be, "matmul");
-    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_comm_s_);
+    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_timer_);
   }
   {
     Region r(prof_, be, "layernorm");  // fused with the attention residual
@@ -338,7 +339,7 @@ void Gpt::block_forward(int l, int B, int T) {
   }
   {
     Region r(prof_, be, "matmul");
-    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_comm_s_);
+    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_timer_);
   }
   {
     Region r(prof_, be, "residual");
@@ -390,7 +391,7 @@ void Gpt::run_blocks(int B, int T) {
     } else {
       // The rank holding each token's row contributes it, the others zeros: the sum is exact.
       be.vocab_embedding_rows(a.res[0], tokens, p_.wte, BT, C, v0_, Vl_);
-      tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_comm_s_);
+      tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_timer_);
       be.add_positions(a.res[0], p_.wpe, B, T, C);
     }
   }
@@ -417,13 +418,15 @@ void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float 
     return;
   }
   // Per row, the ranks agree on the maximum, then on the sum of exponentials and the target's logit.
-  const double t0 = now_seconds();
   Tensor mx = a.xent.view(0, {BT}), sums = a.xent.view(BT, {2 * static_cast<int64_t>(BT)});
   be.vocab_xent_max(mx.f32(), a.logits, BT, Vl_, cfg_.vocab_size, v0_);
+  tp_timer_.start();
   tp_->all_reduce_async(mx, ReduceOp::max)->wait();
+  tp_timer_.stop();
   be.vocab_xent_sums(sums.f32(), a.logits, targets, mx.f32(), BT, Vl_, cfg_.vocab_size, v0_);
+  tp_timer_.start();
   tp_->all_reduce_async(sums, ReduceOp::sum)->wait();
-  tp_comm_s_ += now_seconds() - t0;
+  tp_timer_.stop();
   be.vocab_xent_finish(a.loss_buf.f32(), dlogits, a.logits, targets, mx.f32(), sums.f32(), BT, Vl_, cfg_.vocab_size,
                        v0_, dloss);
 }
@@ -509,7 +512,7 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "classifier");
       be.matmul_backward(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);  // each rank saw only its vocabulary columns
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);  // each rank saw only its vocabulary columns
     }
     be.zero(a.dres, BTC * e);
     {
@@ -546,7 +549,7 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
     }
     {
       Region r(prof_, be, "layernorm");
@@ -565,7 +568,7 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_comm_s_);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
     }
     {
       Region r(prof_, be, "layernorm");

@@ -117,8 +117,11 @@ class Gpt {
   void set_profiler(Profiler* p) { prof_ = p; }
   /// Bytes held by the activation buffers (on the model's device).
   size_t activation_bytes() const;
-  /// Seconds spent in tensor-parallel all-reduces since the last call (then restarts from zero).
-  double take_tp_comm_seconds() { return std::exchange(tp_comm_s_, 0.0); }
+  /// Seconds the device spent in (waiting for) tensor-parallel all-reduces since the last call, then
+  /// restarts from zero. Measured on the device's timeline: call it once the device has finished.
+  double take_tp_comm_seconds() { return tp_timer_.take(); }
+  /// The intervals behind take_tp_comm_seconds() (a step captured as a CUDA graph keeps them).
+  DeviceTimer& tp_timer() { return tp_timer_; }
 
  private:
   struct Acts;
@@ -149,7 +152,7 @@ class Gpt {
   int64_t tied_ready_ = 0;     // where backward's last ready offset stops (after a tied wte, see backward)
   Profiler* prof_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
-  double tp_comm_s_ = 0.0;
+  DeviceTimer tp_timer_;
   Recompute recompute_ = Recompute::none;
 };
 

@@ -13,7 +13,7 @@ namespace meshtrain {
 
 DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg,
                            Communicator* pp)
-    : model_(model), comm_(dp), pp_(pp && pp->size() > 1 ? pp : nullptr), cfg_(cfg) {
+    : model_(model), comm_(dp), pp_(pp && pp->size() > 1 ? pp : nullptr), cfg_(cfg), timer_(&model.backend()) {
   MT_CHECK(cfg.zero == 0 || cfg.zero == 1, "[data_parallel] parallel.zero must be 0 or 1 (got {})", cfg.zero);
   MT_CHECK(cfg.bucket_mb > 0.0, "[data_parallel] parallel.bucket_mb must be > 0 (got {})", cfg.bucket_mb);
   const int64_t n = comm_.size(), total = model.grads().numel();
@@ -79,7 +79,7 @@ void DataParallel::finish() {
   armed_ = false;
   model_.set_grad_ready_hook(nullptr);
   if (comm_.size() == 1) return;
-  double t0 = now_seconds();
+  timer_.start();  // on the device's timeline: how long its stream waits for the reductions
   for (size_t i = buckets_.size(); i-- > 0;)
     if (!buckets_[i].launched) launch(i);
   int64_t shard_at = 0;
@@ -96,7 +96,7 @@ void DataParallel::finish() {
       shard_at += chunk_len(b);
     }
   }
-  exposed_ += now_seconds() - t0;
+  timer_.stop();
 }
 
 void DataParallel::queue_step(float lr) {
@@ -113,17 +113,17 @@ void DataParallel::queue_step(float lr) {
   const bool over_dp = cfg_.zero == 1 && comm_.size() > 1;
   if (tp.size() > 1 || pp_ || over_dp) {
     // The partial sums meet as one float on the device, in stream order (no host wait over NCCL).
-    double t0 = now_seconds();
     Tensor& partial = opt_->queue_partial();
+    timer_.start();
     if (tp.size() > 1) tp.all_reduce_async(partial, ReduceOp::sum)->wait();
     if (pp_) pp_->all_reduce_async(partial, ReduceOp::sum)->wait();
     if (over_dp) comm_.all_reduce_async(partial, ReduceOp::sum)->wait();
+    timer_.stop();
     opt_->use_partial();
-    exposed_ += now_seconds() - t0;
   }
   opt_->queue_update(params, grads, lr);
   if (cfg_.zero == 1 && comm_.size() > 1) {
-    double t0 = now_seconds();
+    timer_.start();
     // Each rank's updated chunks go out from shard_ (free again once finish() copied the reduced
     // gradients out of it), so a captured step allocates nothing.
     std::vector<std::unique_ptr<Work>> works;
@@ -138,7 +138,7 @@ void DataParallel::queue_step(float lr) {
       shard_at += chunk_len(b);
     }
     for (auto& w : works) w->wait();
-    exposed_ += now_seconds() - t0;
+    timer_.stop();
   }
 }
 

@@ -9,8 +9,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
+#include "model/backend.h"
 #include "model/optimizer.h"
 #include "core/communicator.h"
 
@@ -61,9 +63,13 @@ class DataParallel {
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   const std::vector<BucketTiming>& last_timings() const { return timings_; }
-  /// Seconds of the last step spent on communication that did not overlap compute: MPI work inside
-  /// backward's hooks, waiting in finish(), and ZeRO-1's norm all-reduce and parameter all-gather.
-  double exposed_comm_seconds() const { return exposed_; }
+  /// Seconds spent on communication that did not overlap compute since the last call: MPI work
+  /// inside backward's hooks (host time), and the time the device's stream waited in finish() and
+  /// for the norm's all-reduces and ZeRO-1's parameter all-gather (its timeline: CUDA events on a
+  /// GPU). Call once the device has finished the step; restarts from zero.
+  double take_exposed_comm_seconds() { return std::exchange(exposed_, 0.0) + timer_.take(); }
+  /// The device intervals behind it (a step captured as a CUDA graph keeps them for its replays).
+  DeviceTimer& timer() { return timer_; }
   int zero() const { return cfg_.zero; }
 
  private:
@@ -86,7 +92,8 @@ class DataParallel {
   Tensor shard_;  // zero 1: reduce-scatter output, one chunk per bucket back to back
   std::unique_ptr<AdamW> opt_;
   bool armed_ = false;
-  double exposed_ = 0.0;
+  double exposed_ = 0.0;  // host time in backward's hooks
+  DeviceTimer timer_;
 };
 
 }  // namespace meshtrain

@@ -181,6 +181,18 @@ TEST_F(ParallelCuda, NcclStepsReplayedAsCudaGraphsRepeatTheEagerSteps) {
     const auto graph = train(std::string("graph_") + l.name, l.np, base + " --set train.cuda_graph=true");
     ASSERT_EQ(graph.size(), eager.size());
     for (size_t i = 0; i < eager.size(); ++i) EXPECT_EQ(graph[i], eager[i]) << "step " << i + 1;
+    // Where the time went, measured on the device's timeline in replayed steps too (the captured
+    // step's events are recorded again by every replay): tensor-parallel all-reduces are seen.
+    for (const auto& row : meshtrain::testing::read_metrics(dir(std::string("graph_") + l.name) + ".jsonl")) {
+      const double parts = row["compute_ms"].get<double>() + row["dp_comm_ms"].get<double>() +
+                           row["tp_comm_ms"].get<double>() + row["pp_wait_ms"].get<double>();
+      // The parts are means over ranks of each rank's step: they add up to the mean step time.
+      EXPECT_LE(parts, row["max_ms"].get<double>() * 1.001 + 0.01) << row.dump();
+      EXPECT_GT(row["compute_ms"].get<double>(), 0.0) << row.dump();
+      if (l.np == 4) {
+        EXPECT_GT(row["tp_comm_ms"].get<double>(), 0.0) << row.dump();
+      }
+    }
   }
   // Where a collective would wait on the host, a graph is refused with the reason.
   auto mpi = meshtrain::testing::run_command(

@@ -453,7 +453,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       // Mean over ranks of where the time went, and the slowest rank's step.
       Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
       float* v = split.f32();
-      v[0] = static_cast<float>(ddp.exposed_comm_seconds() * 1e3);
+      v[0] = static_cast<float>(ddp.take_exposed_comm_seconds() * 1e3);
       v[1] = static_cast<float>(model.take_tp_comm_seconds() * 1e3);
       v[2] = static_cast<float>(pipe ? pipe->wait_seconds() * 1e3 : 0.0);
       v[3] = static_cast<float>(dt * 1e3) - v[0] - v[1] - v[2];

@@ -52,6 +52,7 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
   MT_CHECK(micro >= 1, "[train] a step needs at least one micro-batch");
   const int64_t BT = static_cast<int64_t>(B) * T;
   Backend& be = model_.backend();
+  be.reset_marks();  // the step's timing points reuse the same events (a replay records them again)
   StepResult r;
   if (pipe_) {
     model_.zero_grad();
@@ -101,10 +102,15 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
         }
         graph_.end_capture(be.stream());
         graph_key_ = key;
+        // The intervals the captured step timed: every replay records their events again.
+        tp_spans_ = model_.tp_timer().spans();
+        dp_spans_ = ddp_.timer().spans();
       } else {
         ddp_.optimizer().set_step_scalars(lr, 1.0f);  // what queue() does on the host, for the replay to read
       }
       graph_.replay(be.stream());
+      model_.tp_timer().set_spans(tp_spans_);
+      ddp_.timer().set_spans(dp_spans_);
       r.replayed = true;
     } else {
       queue(micro, B, T, lr, dloss);

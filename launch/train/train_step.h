@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/device.h"
@@ -67,6 +68,7 @@ class TrainStep {
     bool operator==(const GraphKey&) const = default;
   } graph_key_;
   int eager_steps_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> tp_spans_, dp_spans_;  // timed intervals of the captured step
 };
 
 }  // namespace meshtrain
