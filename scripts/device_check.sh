@@ -6,8 +6,8 @@
 # It unpacks the carried packages, configures a CUDA build for the card found, builds, runs the GPU
 # tests (every CUDA kernel family against its CPU twin, GPU training against the CPU, NCCL),
 # compute-sanitizer memcheck over the kernel tests where the tool works, the benchmarks (GPT-2 124M
-# bf16 training: tokens/s, MFU, peak memory, eager vs CUDA graph; flash vs materialised attention;
-# cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
+# bf16 training: tokens/s, MFU, peak memory, eager vs CUDA graph; every layout of up to 4 ranks with
+# its split; flash vs materialised attention; cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
 # short table. Budget: under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,10 @@ else
   result[memcheck]="skipped (compute-sanitizer or the kernel tests missing)"
 fi
 step bench_gpt2 150 build-gpu/bench/gpu_train_bench --precision bf16 --T 1024 --steps 10
+# Every layout of up to 4 ranks on this machine's GPUs (NCCL where each rank has a GPU, otherwise
+# the ranks share them over MPI): tokens/s, MFU, peak memory and where each step's time goes.
+step bench_layouts 120 env DEVICE=cuda PRECISION=bf16 COMM=auto GRAPH=true MAX_RANKS=4 \
+  bash bench/layouts.sh build-gpu "$out/layouts-work" 6
 step bench_attention 60 build-gpu/bench/attention_bench
 step bench_matmul 40 build-gpu/bench/matmul_bench
 # The CPU suite also runs in CI; here it only uses what is left of the 8 minutes.
@@ -69,11 +73,11 @@ fi
 echo
 echo "| stage | result |"
 echo "|---|---|"
-for k in configure build gpu_tests memcheck bench_gpt2 bench_attention bench_matmul cpu_tests; do
+for k in configure build gpu_tests memcheck bench_gpt2 bench_layouts bench_attention bench_matmul cpu_tests; do
   echo "| $k | ${result[$k]:-not run} |"
 done
 echo
-for b in bench_gpt2 bench_attention bench_matmul; do
+for b in bench_gpt2 bench_layouts bench_attention bench_matmul; do
   [ -f "$out/$b.log" ] && { echo "## $b"; grep -E "^\||^device|^GPT|^FLOPs|micro-batch" "$out/$b.log"; echo; }
 done
 grep -hE "Failed|FAILED|\*\*\*" "$out/gpu_tests.log" 2>/dev/null | head -20

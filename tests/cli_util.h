@@ -47,10 +47,10 @@ inline CommandResult run_command(const std::string& cmd, bool use_gpus = false) 
 
 /// Starts a command line in the background (same environment as run_command, output to log) and
 /// returns its process id: the shell execs the command, so signals sent to the id reach it.
-inline pid_t start_command(const std::string& cmd, const std::string& log) {
+inline pid_t start_command(const std::string& cmd, const std::string& log, bool use_gpus = false) {
   const pid_t pid = ::fork();
   if (pid == 0) {
-    const std::string line = "exec env " + command_env() + cmd + " > " + log + " 2>&1 < /dev/null";
+    const std::string line = "exec env " + command_env(use_gpus) + cmd + " > " + log + " 2>&1 < /dev/null";
     ::execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }

@@ -6,6 +6,8 @@
 // for bit on the same layout, and a checkpoint moves between the GPU and the CPU (either way) and
 // trains on within 1e-5. Skipped without a GPU; the CUDA emulation build runs it on the CPU.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -212,6 +214,35 @@ TEST_F(ParallelCuda, NcclStepsReplayedAsCudaGraphsRepeatTheEagerSteps) {
       true);
   EXPECT_NE(pp.code, 0) << pp.output;
   EXPECT_NE(pp.output.find("a pipeline's schedule waits on its neighbours"), std::string::npos) << pp.output;
+}
+
+// A rank that dies while the others wait for it in NCCL collectives ends the whole job, quickly.
+TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
+  const int gpus = meshtrain::cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
+  const std::string out = dir("dies"), log = out + ".log";
+  const pid_t job = meshtrain::testing::start_command(
+      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
+                  "--set model.n_layer=2 --set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 "
+                  "--set train.batch_size=4 --set train.steps=100000 --set train.sample_every=0 "
+                  "--set train.eval_every=0 --set train.checkpoint_every=0 --set train.device=cuda "
+                  "--set parallel.comm=nccl --set parallel.tp=2 --set train.out_dir={} --metrics {}.jsonl",
+                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), out, out),
+      log, /*use_gpus=*/true);
+  ASSERT_TRUE(meshtrain::testing::wait_for_lines(out + ".jsonl", 2, 90)) << meshtrain::testing::slurp(log);
+  // One rank (the newest process of the job) dies without a word.
+  const std::string kill_one = fmt::format("pkill -KILL -n -f -- '[m]eshtrain train .*train.out_dir={} '", out);  // [m]: not pkill's shell
+  ASSERT_EQ(std::system(kill_one.c_str()), 0) << kill_one << "\n" << meshtrain::testing::slurp(log);
+  int status = 0;
+  double waited = 0;
+  for (; waited < 30.0 && ::waitpid(job, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+  if (waited >= 30.0) {
+    ::kill(job, SIGKILL);
+    ::waitpid(job, &status, 0);
+    FAIL() << "the job was still running 30 s after a rank died\n" << meshtrain::testing::slurp(log);
+  }
+  EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << meshtrain::testing::slurp(log);
+  std::printf("[ INFO     ] the job ended %.1f s after a rank died\n", waited);
 }
 
 TEST_F(ParallelCuda, NcclWithMoreRanksThanGpusIsAClearError) {
