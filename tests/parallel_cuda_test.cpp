@@ -229,6 +229,18 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
                   "--set parallel.comm=nccl --set parallel.tp=2 --set train.out_dir={} --metrics {}.jsonl",
                   MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), out, out),
       log, /*use_gpus=*/true);
+  // Whatever happens below, no rank of this job outlives the test.
+  struct Cleanup {
+    pid_t job;
+    std::string pattern;
+    bool reaped = false;
+    ~Cleanup() {
+      (void)std::system(("pkill -KILL -f -- '" + pattern + "'").c_str());
+      if (reaped) return;
+      ::kill(job, SIGKILL);
+      ::waitpid(job, nullptr, 0);
+    }
+  } cleanup{job, fmt::format("[m]eshtrain train .*train.out_dir={} ", out)};
   ASSERT_TRUE(meshtrain::testing::wait_for_lines(out + ".jsonl", 2, 90)) << meshtrain::testing::slurp(log);
   // One rank (the newest process of the job) dies without a word.
   const std::string kill_one = fmt::format("pkill -KILL -n -f -- '[m]eshtrain train .*train.out_dir={} '", out);  // [m]: not pkill's shell
@@ -236,11 +248,8 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
   int status = 0;
   double waited = 0;
   for (; waited < 30.0 && ::waitpid(job, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
-  if (waited >= 30.0) {
-    ::kill(job, SIGKILL);
-    ::waitpid(job, &status, 0);
-    FAIL() << "the job was still running 30 s after a rank died\n" << meshtrain::testing::slurp(log);
-  }
+  if (waited >= 30.0) FAIL() << "the job was still running 30 s after a rank died\n" << meshtrain::testing::slurp(log);
+  cleanup.reaped = true;
   EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << meshtrain::testing::slurp(log);
   std::printf("[ INFO     ] the job ended %.1f s after a rank died\n", waited);
 }
