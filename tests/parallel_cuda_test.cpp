@@ -54,6 +54,14 @@ class ParallelCuda : public ::testing::Test {
     EXPECT_EQ(r.code, 0) << cmd << "\n" << r.output;
     return meshtrain::testing::read_losses(dir(out) + ".jsonl");
   }
+  /// `mpiexec -n np meshtrain train` on the tiny corpus and model, into out, with extra settings.
+  static std::string job(int np, const std::string& out, const std::string& extra) {
+    return fmt::format(
+        "{0} -n {1} {2} train --set data.train={3}/shards/train_*.bin --set data.tokenizer={3}/tok --set model.n_layer=2 "
+        "--set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 --set train.batch_size=4 "
+        "--set train.sample_every=0 --set train.eval_every=0 --set train.out_dir={4} {5}",
+        MESHTRAIN_MPIEXEC, np, meshtrain::testing::kMeshtrain, root_.string(), dir(out), extra);
+  }
   /// The one-process CPU run every layout is compared with (trained once).
   static const std::vector<double>& cpu_reference() {
     static const std::vector<double> ref = train("cpu_single", 1, "--set train.device=cpu");
@@ -126,13 +134,7 @@ TEST_F(ParallelCuda, NcclLayoutsFollowTheCpuRun) {
   }
   EXPECT_GT(ran, 0);
   // auto picks NCCL when every rank has a GPU of its own.
-  auto r = meshtrain::testing::run_command(
-      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
-                  "--set model.n_layer=2 --set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 "
-                  "--set train.batch_size=4 --set train.steps=1 --set train.sample_every=0 --set train.eval_every=0 "
-                  "--set train.device=cuda --set train.out_dir={}",
-                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("nccl_auto")),
-      true);
+  auto r = meshtrain::testing::run_command(job(2, "nccl_auto", "--set train.steps=1 --set train.device=cuda"), true);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("ranks exchange tensors over NCCL"), std::string::npos) << r.output;
 }
@@ -198,20 +200,15 @@ TEST_F(ParallelCuda, NcclStepsReplayedAsCudaGraphsRepeatTheEagerSteps) {
   }
   // Where a collective would wait on the host, a graph is refused with the reason.
   auto mpi = meshtrain::testing::run_command(
-      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
-                  "--set train.device=cuda --set parallel.comm=mpi --set train.cuda_graph=true --set train.steps=1 "
-                  "--set train.out_dir={}",
-                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("graph_mpi")),
+      job(2, "graph_mpi", "--set train.device=cuda --set parallel.comm=mpi --set train.cuda_graph=true --set train.steps=1"),
       true);
   EXPECT_NE(mpi.code, 0) << mpi.output;
   EXPECT_NE(mpi.output.find("train.cuda_graph needs every collective of the step on the GPU"), std::string::npos)
       << mpi.output;
-  auto pp = meshtrain::testing::run_command(
-      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
-                  "--set model.n_layer=2 --set train.device=cuda --set parallel.comm=nccl --set parallel.pp=2 "
-                  "--set train.cuda_graph=true --set train.steps=1 --set train.out_dir={}",
-                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), dir("graph_pp")),
-      true);
+  auto pp = meshtrain::testing::run_command(job(2, "graph_pp",
+                                                "--set train.device=cuda --set parallel.comm=nccl --set parallel.pp=2 "
+                                                "--set train.cuda_graph=true --set train.steps=1"),
+                                            true);
   EXPECT_NE(pp.code, 0) << pp.output;
   EXPECT_NE(pp.output.find("a pipeline's schedule waits on its neighbours"), std::string::npos) << pp.output;
 }
@@ -221,13 +218,10 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
   const int gpus = meshtrain::cuda_device_count();
   if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
   const std::string out = dir("dies"), log = out + ".log";
-  const pid_t job = meshtrain::testing::start_command(
-      fmt::format("{} -n 2 {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
-                  "--set model.n_layer=2 --set model.n_head=4 --set model.n_embd=32 --set model.seq_len=16 "
-                  "--set train.batch_size=4 --set train.steps=100000 --set train.sample_every=0 "
-                  "--set train.eval_every=0 --set train.checkpoint_every=0 --set train.device=cuda "
-                  "--set parallel.comm=nccl --set parallel.tp=2 --set train.out_dir={} --metrics {}.jsonl",
-                  MESHTRAIN_MPIEXEC, meshtrain::testing::kMeshtrain, root_.string(), root_.string(), out, out),
+  const pid_t pid = meshtrain::testing::start_command(
+      job(2, "dies",
+          fmt::format("--set train.steps=100000 --set train.checkpoint_every=0 --set train.device=cuda "
+                      "--set parallel.comm=nccl --set parallel.tp=2 --metrics {}.jsonl", out)),
       log, /*use_gpus=*/true);
   // Whatever happens below, no rank of this job outlives the test.
   struct Cleanup {
@@ -240,14 +234,14 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
       ::kill(job, SIGKILL);
       ::waitpid(job, nullptr, 0);
     }
-  } cleanup{job, fmt::format("[m]eshtrain train .*train.out_dir={} ", out)};
+  } cleanup{pid, fmt::format("[m]eshtrain train .*train.out_dir={} ", out)};
   ASSERT_TRUE(meshtrain::testing::wait_for_lines(out + ".jsonl", 2, 90)) << meshtrain::testing::slurp(log);
   // One rank (the newest process of the job) dies without a word.
   const std::string kill_one = fmt::format("pkill -KILL -n -f -- '[m]eshtrain train .*train.out_dir={} '", out);  // [m]: not pkill's shell
   ASSERT_EQ(std::system(kill_one.c_str()), 0) << kill_one << "\n" << meshtrain::testing::slurp(log);
   int status = 0;
   double waited = 0;
-  for (; waited < 30.0 && ::waitpid(job, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+  for (; waited < 30.0 && ::waitpid(pid, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
   if (waited >= 30.0) FAIL() << "the job was still running 30 s after a rank died\n" << meshtrain::testing::slurp(log);
   cleanup.reaped = true;
   EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << meshtrain::testing::slurp(log);
@@ -259,11 +253,7 @@ TEST_F(ParallelCuda, NcclWithMoreRanksThanGpusIsAClearError) {
   const int np = gpus + 1;
   if (np > 5) GTEST_SKIP() << "this host has " << gpus << " GPUs; the test starts one rank more than that";
   auto r = meshtrain::testing::run_command(
-      fmt::format("{} -n {} {} train --set data.train={}/shards/train_*.bin --set data.tokenizer={}/tok "
-                  "--set train.device=cuda --set parallel.comm=nccl --set train.steps=1 --set train.out_dir={}",
-                  MESHTRAIN_MPIEXEC, np, meshtrain::testing::kMeshtrain, root_.string(), root_.string(),
-                  dir("too_many")),
-      true);
+      job(np, "too_many", "--set train.device=cuda --set parallel.comm=nccl --set train.steps=1"), true);
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("parallel.comm = nccl needs a GPU per rank"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("or use parallel.comm = mpi"), std::string::npos) << r.output;
