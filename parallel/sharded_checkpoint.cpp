@@ -89,7 +89,7 @@ std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, Com
   for (int r = 0; r < world.size(); ++r) most = std::max<int64_t>(most, count.data<int32_t>()[r]);
   const int64_t bytes = std::max<int64_t>(most, 1) * static_cast<int64_t>(sizeof(Run));
   Tensor send = Tensor::zeros({bytes}, DType::u8), all = Tensor::empty({bytes * world.size()}, DType::u8);
-  std::memcpy(send.data<uint8_t>(), mine.data(), mine.size() * sizeof(Run));
+  if (!mine.empty()) std::memcpy(send.data<uint8_t>(), mine.data(), mine.size() * sizeof(Run));  // never from null
   world.all_gather(send, all);
   std::vector<Run> runs;
   for (int r = 0; r < world.size(); ++r) {
