@@ -45,8 +45,8 @@ AdamW::AdamW(const ParameterTable& table, AdamWConfig cfg, FlatRanges ranges, Ba
   host_out_ = be_->host_buffer(sizeof(AdamWScalars));
   std::memset(host_out_.get(), 0, sizeof(AdamWScalars));
   // One double per run of gradients plus the largest scratch a run can need.
-  const int64_t runs = static_cast<int64_t>(ranges_.size() + table.specs().size()) + 1;
-  sums_ = Tensor::zeros({(runs + be_->sum_squares_scratch(table.total() + 1)) * 8}, DType::u8, dev);
+  sum_slots_ = static_cast<int64_t>(ranges_.size() + table.specs().size()) + 1;
+  sums_ = Tensor::zeros({(sum_slots_ + be_->sum_squares_scratch(table.total() + 1)) * 8}, DType::u8, dev);
 }
 
 AdamW::~AdamW() = default;
@@ -75,8 +75,7 @@ void AdamW::queue_sum_squares(const Tensor& grads, const std::function<bool(cons
       else runs.push_back({lo, hi});
     }
   auto* sums = static_cast<double*>(sums_.raw());
-  const int64_t slots = static_cast<int64_t>(ranges_.size() + table_.specs().size()) + 1;
-  MT_CHECK(static_cast<int64_t>(runs.size()) < slots, "[adamw] {} runs of gradients", runs.size());
+  MT_CHECK(static_cast<int64_t>(runs.size()) < sum_slots_, "[adamw] {} runs of gradients", runs.size());
   const size_t esize = dtype_size(grads.dtype());
   if (runs.empty()) {
     be_->zero(sums, sizeof(double));
@@ -84,7 +83,7 @@ void AdamW::queue_sum_squares(const Tensor& grads, const std::function<bool(cons
     return;
   }
   for (size_t i = 0; i < runs.size(); ++i)
-    be_->sum_squares(sums + i, sums + slots, static_cast<const std::byte*>(grads.raw()) + runs[i].first * esize,
+    be_->sum_squares(sums + i, sums + sum_slots_, static_cast<const std::byte*>(grads.raw()) + runs[i].first * esize,
                      runs[i].second - runs[i].first);
   sum_count_ = static_cast<int>(runs.size());
 }
@@ -95,15 +94,6 @@ double AdamW::read_sum_squares() {
   double total = 0.0;
   for (double x : host) total += x;
   return total;
-}
-
-void AdamW::write_sum_squares(double sumsq) {
-  auto* in = static_cast<double*>(host_in_.get());
-  // host_in_ is free between steps (the scalars are written right before they are uploaded).
-  in[0] = sumsq;
-  be_->upload(sums_.raw(), in, sizeof(double));
-  be_->synchronize();
-  sum_count_ = 1;
 }
 
 Tensor& AdamW::queue_partial() {

@@ -60,8 +60,6 @@ class AdamW {
   void queue_sum_squares(const Tensor& grads, const std::function<bool(const ParamSpec&)>& counted = {});
   /// Waits for and returns the queued sum of squares.
   double read_sum_squares();
-  /// Replaces the queued sum of squares with a value from the host (e.g. summed over ranks).
-  void write_sum_squares(double sumsq);
   /// The queued sum of squares as one float on the optimizer's device (queued, no host wait), for
   /// a sum over ranks that stays on the device; use_partial() then takes the summed value back.
   Tensor& queue_partial();
@@ -111,7 +109,8 @@ class AdamW {
   Backend* be_;
   Tensor m_, v_, master_;
   Tensor sums_;        // device doubles: one sum of squares per run, then the scratch
-  int sum_count_ = 1;  // runs in sums_ that the clipping adds up
+  int64_t sum_slots_ = 0;  // doubles of sums_ before its scratch: at most one per run of gradients
+  int sum_count_ = 1;      // runs in sums_ that the clipping adds up
   Tensor scalars_;     // AdamWScalars on the device
   Tensor partial_;     // one float: the sum of squares as it crosses ranks
   std::shared_ptr<void> host_in_, host_out_;  // AdamWScalars the host writes / reads
