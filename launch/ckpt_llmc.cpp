@@ -102,6 +102,10 @@ ModelWeights read_llmc_model(const std::string& path) {
 void write_llmc_model(const std::string& path, const ModelWeights& w) {
   check_model_weights(w, "llm.c export");
   const GptConfig& m = w.model;
+  MT_CHECK(!m.rope(),
+           "[ckpt] this model uses rotary position embeddings (model.pos_embedding = rope); llm.c "
+           "checkpoints hold a learned position table and no rotary setting, so it would load as another model. "
+           "Keep it as a meshtrain checkpoint");
   int32_t h[kHeaderInts] = {};
   h[0] = kLlmcMagic;
   h[1] = kLlmcVersionF32;

@@ -244,6 +244,10 @@ ModelWeights read_safetensors(const std::string& path, int n_head) {
 void write_safetensors(const std::string& path, const ModelWeights& w) {
   check_model_weights(w, "safetensors export");
   const GptConfig& m = w.model;
+  MT_CHECK(!m.rope(),
+           "[ckpt] this model uses rotary position embeddings (model.pos_embedding = rope); a Hugging Face GPT-2 "
+           "model holds a learned position table and no rotary setting, so it would load as another model. "
+           "Keep it as a meshtrain checkpoint");
   ParameterTable table(m);
   // Metadata values must be strings; n_head is what the format cannot otherwise say.
   nlohmann::ordered_json header;

@@ -99,10 +99,26 @@ int run_cli(int argc, char** argv) {
   gen->add_option("--prompt", gargs.prompt, "text to continue (default: start of a document)");
   gen->add_option("--max-new-tokens", gargs.sample.max_new_tokens, "tokens to generate")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  gen->add_option("--temperature", gargs.sample.temperature, "sampling temperature; 0 = greedy")
+  gen->add_option("--temperature", gargs.sample.sampling.temperature, "sampling temperature; 0 = greedy")
       ->check(CLI::Range(0.0, 100.0))->capture_default_str();
-  gen->add_option("--top-k", gargs.sample.top_k, "sample among the k likeliest tokens; 0 = all")
+  gen->add_option("--top-k", gargs.sample.sampling.top_k, "sample among the k likeliest tokens; 0 = all")
       ->check(CLI::Range(0, 1 << 24))->capture_default_str();
+  gen->add_option("--top-p", gargs.sample.sampling.top_p,
+                  "sample among the likeliest tokens that make up this much probability (nucleus); 1 = all")
+      ->check(CLI::Range(0.000001, 1.0))->capture_default_str();
+  gen->add_option("--repetition-penalty", gargs.sample.sampling.repetition_penalty,
+                  "divide the (positive) logits of tokens already in the context by this; 1 = off")
+      ->check(CLI::Range(0.01, 100.0))->capture_default_str();
+  gen->add_option("--stop", gargs.sample.stop, "stop when the text holds this string (repeatable; not printed)");
+  gen->add_flag("--ignore-eos{false}", gargs.sample.stop_at_eot,
+                "go on past <|endoftext|> (printed as a blank line) instead of stopping there");
+  gen->add_flag("--no-kv-cache{false}", gargs.sample.kv_cache,
+                "recompute the whole context for every token instead of keeping a key/value cache");
+  gen->add_option("--device", gargs.device, "auto (CUDA when a GPU is visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  gen->add_option("--precision", gargs.precision, "fp32, or bf16 on a GPU")
+      ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  gen->add_flag("--timing", gargs.timing, "print tokens per second to stderr at the end");
   gen->add_option("--seed", gargs.seed, "sampling seed")->capture_default_str();
   gen->add_option("--tokenizer", gargs.tokenizer, "tokenizer folder (default: the one the run used)");
   gen->add_option("--threads", gargs.threads, "CPU threads (0 = all available)")->capture_default_str();
@@ -153,6 +169,7 @@ int run_cli(int argc, char** argv) {
       if (runtime) targs.default_threads = runtime->threads_per_rank();
       if (runtime) targs.ranks_on_host = runtime->local_size();
       if (runtime) targs.local_rank = runtime->local_rank();
+      if (runtime) gargs.local_rank = runtime->local_rank();
       if (runtime && gargs.threads == 0) gargs.threads = runtime->threads_per_rank();
     }
     if (*train) {

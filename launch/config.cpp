@@ -74,6 +74,11 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("model.seq_len", Kind::integer, "context length T", &C::model, &GptConfig::seq_len, 1));
     k.push_back(make_key("model.vocab_size", Kind::integer, "vocabulary size; 0 = the tokenizer's", &C::model,
                          &GptConfig::vocab_size, 0));
+    k.push_back(make_key("model.pos_embedding", Kind::string,
+                         "positions: learned (GPT-2's wpe table) or rope (rotary, half-split as in Llama/GPT-NeoX)",
+                         &C::model, &GptConfig::pos_embedding));
+    k.push_back(make_key("model.rope_theta", Kind::number, "RoPE base (pair i turns by position * theta^(-2i/hs))",
+                         &C::model, &GptConfig::rope_theta));
     k.push_back(make_key("data.train", Kind::string, "training shards (paths or globs, comma-separated); "
                          "empty = the built-in corpus", &C::data, &DataConfig::train));
     k.push_back(make_key("data.val", Kind::string, "validation shards; empty = none (or the built-in corpus's)",
@@ -337,6 +342,7 @@ void validate_config(const Config& cfg) {
   const auto& m = cfg.model;
   MT_CHECK(m.n_embd % m.n_head == 0, "[config] model.n_embd ({}) must be a multiple of model.n_head ({})", m.n_embd,
            m.n_head);
+  m.validate_positions();
   const auto& t = cfg.train;
   MT_CHECK(t.lr > 0.0, "[config] train.lr must be > 0 (got {})", t.lr);
   MT_CHECK(t.min_lr >= 0.0 && t.min_lr <= t.lr, "[config] train.min_lr must be in [0, train.lr] (got {})", t.min_lr);

@@ -49,6 +49,7 @@ class Backend {
   virtual int64_t attention_saved(int B, int T, int C, int NH) const = 0;
   virtual int64_t attention_scratch(int B, int T, int C, int NH) const = 0;
 
+  /// wpe (and dwpe) null: no position table (a RoPE model).
   virtual void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
                                int C) = 0;
   virtual void encoder_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
@@ -71,6 +72,13 @@ class Backend {
   virtual void attention_forward(void* out, float* saved, const void* qkv, int B, int T, int C, int NH) = 0;
   virtual void attention_backward(void* dqkv, float* scratch, const void* dout, const void* qkv, const void* out,
                                   const float* saved, int B, int T, int C, int NH) = 0;
+  /// Rotary embeddings (model/kernels/rope.h) on q and k of qkv (B, T, 3C), in place, row t at
+  /// position pos0 + t; table is rope_table() on this device. inverse: backward, on dqkv.
+  virtual void rope(void* qkv, const float* table, int B, int T, int C, int NH, int pos0, bool inverse) = 0;
+  /// Appends the T new rows' k and v to the caches at pos0 and attends from their queries to every
+  /// cached position (model/kernels/kv_cache.h); one sequence.
+  virtual void attention_cached(void* out, void* kcache, void* vcache, const void* qkv, int T, int pos0, int C,
+                                int NH) = 0;
   virtual void gelu_forward(void* out, const void* inp, int64_t n) = 0;
   virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n) = 0;
   virtual void residual_forward(void* out, const void* a, const void* b, int64_t n) = 0;

@@ -9,9 +9,11 @@
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
+#include "model/kernels/kv_cache.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/rope.h"
 #include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
@@ -73,6 +75,13 @@ class CpuBackend final : public Backend {
   void attention_backward(void* dqkv, float* scratch, const void* dout, const void* qkv, const void* /*out*/,
                           const float* saved, int B, int T, int C, int NH) override {
     attention_backward_cpu(f(dqkv), scratch, f(dout), f(qkv), saved, B, T, C, NH);
+  }
+  void rope(void* qkv, const float* table, int B, int T, int C, int NH, int pos0, bool inverse) override {
+    rope_cpu(f(qkv), table, B, T, C, NH, pos0, inverse);
+  }
+  void attention_cached(void* out, void* kcache, void* vcache, const void* qkv, int T, int pos0, int C,
+                        int NH) override {
+    attention_cached_cpu(f(out), f(kcache), f(vcache), f(qkv), T, pos0, C, NH);
   }
   void gelu_forward(void* out, const void* inp, int64_t n) override { gelu_forward_cpu(f(out), f(inp), n); }
   void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n) override {

@@ -10,9 +10,11 @@
 #include "model/kernels/encoder.h"
 #include "model/kernels/flash_attention.h"
 #include "model/kernels/gelu.h"
+#include "model/kernels/kv_cache.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul_cuda.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/rope.h"
 #include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
@@ -121,6 +123,19 @@ class CudaBackend final : public Backend {
         flash_attention_backward_cuda(as<T_>(dqkv), scratch, as<T_>(dout), as<T_>(qkv), as<T_>(out), saved, B, T, C,
                                       NH, s());
       else attention_backward_cuda(as<T_>(dqkv), scratch, as<T_>(dout), as<T_>(qkv), saved, B, T, C, NH, s());
+    });
+  }
+  void rope(void* qkv, const float* table, int B, int T, int C, int NH, int pos0, bool inverse) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      rope_cuda(as<T_>(qkv), table, B, T, C, NH, pos0, inverse, s());
+    });
+  }
+  void attention_cached(void* out, void* kcache, void* vcache, const void* qkv, int T, int pos0, int C,
+                        int NH) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      attention_cached_cuda(as<T_>(out), as<T_>(kcache), as<T_>(vcache), as<T_>(qkv), T, pos0, C, NH, s());
     });
   }
   void gelu_forward(void* out, const void* inp, int64_t n) override {

@@ -13,11 +13,13 @@
 // the compute stream, an MPI one stages them through host memory; either way the code is the same.
 #include "model/gpt.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include "model/kernels/matmul.h"
+#include "model/kernels/rope.h"
 #include "model/kernels/vocab_parallel.h"
 #include "core/communicator.h"
 
@@ -105,6 +107,12 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
   // With a pipeline, wte lives on the first and the last stage and its gradient is final only once
   // the two copies' gradients are summed (by the trainer), so backward never reports it final.
   if (pp_size > 1 && table_.find("wte")) tied_ready_ = table_.get("wte").offset + table_.get("wte").numel;
+  if (cfg.rope() && n_local_ > 0) {
+    std::vector<float> table = rope_table(cfg.seq_len, cfg.head_size(), cfg.rope_theta);
+    rope_table_ = Tensor::empty({static_cast<int64_t>(table.size())}, DType::f32, be_->device());
+    be_->upload(rope_table_.raw(), table.data(), table.size() * sizeof(float));
+    be_->synchronize();
+  }
 }
 
 Recompute parse_recompute(const std::string& name) {
@@ -298,7 +306,7 @@ void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, v
 
 }  // namespace
 
-void Gpt::block_forward(int l, int B, int T) {
+void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -313,7 +321,16 @@ void Gpt::block_forward(int l, int B, int T) {
     Region r(prof_, be, "matmul");
     be.matmul_forward(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * Cl_);
   }
-  {
+  if (rope_table_.defined()) {
+    Region r(prof_, be, "rope");  // q and k turned by position, in place (the attention keeps them so)
+    be.rope(y.qkv, rope_table_.f32(), B, T, Cl_, NHl_, std::max(cache_pos, 0), false);
+  }
+  if (cache_pos >= 0) {
+    Region r(prof_, be, "attention");
+    const int64_t per_block = static_cast<int64_t>(cfg_.seq_len) * Cl_;  // elements of one cache
+    auto* keys = static_cast<std::byte*>(kv_cache_.raw()) + 2 * l * per_block * static_cast<int64_t>(esize_);
+    be.attention_cached(y.atty, keys, keys + per_block * static_cast<int64_t>(esize_), y.qkv, T, cache_pos, Cl_, NHl_);
+  } else {
     Region r(prof_, be, "attention");
     be.attention_forward(y.atty, y.att, y.qkv, B, T, Cl_, NHl_);
   }
@@ -376,7 +393,7 @@ void Gpt::forward_blocks(const int32_t* tokens, int B, int T) {
   run_blocks(B, T);
 }
 
-void Gpt::run_blocks(int B, int T) {
+void Gpt::run_blocks(int B, int T, int cache_pos) {
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -386,16 +403,18 @@ void Gpt::run_blocks(int B, int T) {
   if (table_.first_stage()) {
     Region r(prof_, be, "encoder");
     const int32_t* tokens = a.ids.data<int32_t>();
+    // Rows of the position table from the first new position on (none in a RoPE model).
+    const void* wpe = p_.wpe ? act(p_.wpe, static_cast<int64_t>(std::max(cache_pos, 0)) * C) : nullptr;
     if (tp.size() == 1) {
-      be.encoder_forward(a.res[0], tokens, p_.wte, p_.wpe, B, T, C);
+      be.encoder_forward(a.res[0], tokens, p_.wte, wpe, B, T, C);
     } else {
       // The rank holding each token's row contributes it, the others zeros: the sum is exact.
       be.vocab_embedding_rows(a.res[0], tokens, p_.wte, BT, C, v0_, Vl_);
       tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_timer_);
-      be.add_positions(a.res[0], p_.wpe, B, T, C);
+      if (wpe) be.add_positions(a.res[0], wpe, B, T, C);
     }
   }
-  for (int l = 0; l < n_local_; ++l) block_forward(l, B, T);
+  for (int l = 0; l < n_local_; ++l) block_forward(l, B, T, cache_pos);
   if (!table_.last_stage()) return;
   Region r(prof_, be, "layernorm");
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.res[n_local_], p_.lnf_w, p_.lnf_b, BT, C);
@@ -480,9 +499,7 @@ const float* Gpt::logits_row(int64_t r) const {
   return host_logits_.data();
 }
 
-const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
-  MT_CHECK(table_.pp_size() == 1, "[gpt] forward_last_logits runs a whole model; pipeline stages use forward()");
-  forward_blocks(tokens, 1, T);
+void Gpt::head_last_row(int T) {
   Acts& a = acts();
   const int C = cfg_.n_embd;
   be_->matmul_forward(a.logits, act(a.lnf, static_cast<int64_t>(T - 1) * C), p_.wte, nullptr, 1, C,
@@ -490,6 +507,43 @@ const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
   a.grad_ready = false;
   a.last_B = 1;
   a.last_T = 1;
+}
+
+const float* Gpt::forward_last_logits(const int32_t* tokens, int T) {
+  MT_CHECK(table_.pp_size() == 1, "[gpt] forward_last_logits runs a whole model; pipeline stages use forward()");
+  forward_blocks(tokens, 1, T);
+  head_last_row(T);
+  return gathered_row0();
+}
+
+void Gpt::forward_cached(const int32_t* tokens, int T) {
+  const int pos0 = cached_;
+  MT_CHECK(T >= 1 && pos0 + T <= cfg_.seq_len,
+           "[generate] the key/value cache holds model.seq_len = {} positions: {} cached + {} new do not fit; "
+           "start a new sequence (reset_cache) from a shorter context", cfg_.seq_len, pos0, T);
+  ensure_acts(1, T);
+  if (!kv_cache_.defined() && n_local_ > 0)
+    kv_cache_ = Tensor::zeros({2 * static_cast<int64_t>(n_local_) * cfg_.seq_len * Cl_}, be_->dtype(), be_->device());
+  Acts& a = acts();
+  if (table_.first_stage()) {
+    MT_CHECK(tokens, "[gpt] the first stage needs tokens");
+    check_tokens(tokens, T);
+    be_->upload(a.ids.raw(), tokens, static_cast<size_t>(T) * sizeof(int32_t));
+  }
+  run_blocks(1, T, pos0);
+  cached_ = pos0 + T;
+  a.grad_ready = false;
+  if (table_.last_stage()) head_last_row(T);
+  be_->synchronize();  // the host's tokens may go away after this returns
+}
+
+const float* Gpt::forward_cached_logits(const int32_t* tokens, int T) {
+  MT_CHECK(table_.pp_size() == 1, "[gpt] forward_cached_logits runs a whole model; pipeline stages use forward_cached()");
+  forward_cached(tokens, T);
+  return gathered_row0();
+}
+
+const float* Gpt::gathered_row0() {
   const float* mine = logits_row(0);
   if (tp_->size() == 1) return mine;
   // Sampling needs the whole row: gather every rank's columns (rank order = vocabulary order).
@@ -564,6 +618,10 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "attention");
       be.attention_backward(a.dqkv, a.att_scratch, a.datty, y.qkv, y.atty, y.att, B, T, Cl_, NHl_);
+    }
+    if (rope_table_.defined()) {
+      Region r(prof_, be, "rope");  // gradients of the rotated q and k, turned back
+      be.rope(a.dqkv, rope_table_.f32(), B, T, Cl_, NHl_, 0, true);
     }
     {
       Region r(prof_, be, "matmul");

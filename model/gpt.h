@@ -107,6 +107,21 @@ class Gpt {
   /// T tokens and the head on one row. Collective over the tp group.
   const float* forward_last_logits(const int32_t* tokens, int T);
 
+  // ---- Generation with a key/value cache (model/kernels/kv_cache.h): one sequence, each block
+  // keeps the keys and values of the positions seen so far, so a new token costs one row's work.
+  /// Empties the cache (a new sequence, or new parameters).
+  void reset_cache() { cached_ = 0; }
+  /// Positions the cache holds.
+  int cached_positions() const { return cached_; }
+  /// Runs T new tokens at positions [cached_positions(), + T) and appends their keys and values:
+  /// the first stage reads tokens, later stages stage_input(1, T). On the last stage logits_row(0)
+  /// is then the last new position's logits (this rank's columns). Throws, changing nothing, when
+  /// the cache would pass seq_len positions.
+  void forward_cached(const int32_t* tokens, int T);
+  /// A whole model's forward_cached, returning the last new position's whole-vocabulary logits
+  /// (collective over the tp group).
+  const float* forward_cached_logits(const int32_t* tokens, int T);
+
   /// Called during backward() each time a further tail of the gradient buffer is final for this
   /// micro-batch: every gradient at flat offset >= ready_from. Offsets only decrease, ending at 0.
   /// Data parallelism uses it to start bucket reductions while backward goes on.
@@ -128,9 +143,15 @@ class Gpt {
   void ensure_acts(int B, int T);
   Acts& acts() const { return *slots_.at(slot_); }
   void forward_blocks(const int32_t* tokens, int B, int T);  // validates and uploads tokens, then run_blocks
-  void run_blocks(int B, int T);                              // encoder, blocks, final LayerNorm
+  /// Encoder, blocks, final LayerNorm. cache_pos >= 0: B = 1 new rows at positions cache_pos..,
+  /// attending through the key/value cache.
+  void run_blocks(int B, int T, int cache_pos = -1);
   void head_forward(int B, int T, bool has_targets, bool compute_grad, float dloss);  // logits, loss
-  void block_forward(int l, int B, int T);
+  void block_forward(int l, int B, int T, int cache_pos = -1);
+  /// Logits of row T - 1 of the final LayerNorm's output into row 0 (last stage).
+  void head_last_row(int T);
+  /// logits_row(0) with every tp rank's columns: the whole vocabulary.
+  const float* gathered_row0();
   /// The address elements activation elements past base.
   const void* act(const void* base, int64_t elements) const;
 
@@ -154,6 +175,9 @@ class Gpt {
   std::function<void(int64_t)> grad_ready_;
   DeviceTimer tp_timer_;
   Recompute recompute_ = Recompute::none;
+  Tensor rope_table_;  // cos/sin per (position, pair) on the model's device (RoPE models only)
+  Tensor kv_cache_;    // per block: keys then values, seq_len x Cl_ each (allocated by the first forward_cached)
+  int cached_ = 0;     // positions in kv_cache_
 };
 
 }  // namespace meshtrain

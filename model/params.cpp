@@ -29,7 +29,7 @@ ParameterTable::ParameterTable(const GptConfig& cfg, int tp_size, int tp_rank, i
   // First stage: the embeddings; last stage: the head's copy of the tied embedding (same name, same
   // initial values, gradients summed between the two stages).
   if (first_stage() || last_stage()) add("wte", {V, C}, K::rows, ParamInit::normal, true, cfg.vocab_size);
-  if (first_stage()) add("wpe", {cfg.seq_len, C}, K::replicated, ParamInit::normal, true);
+  if (first_stage() && !cfg.rope()) add("wpe", {cfg.seq_len, C}, K::replicated, ParamInit::normal, true);
   for (int l = layer_begin_; l < layer_end_; ++l) {
     std::string p = "h." + std::to_string(l) + ".";
     add(p + "ln_1.weight", {C}, K::replicated, ParamInit::ones, false);

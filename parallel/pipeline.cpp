@@ -111,15 +111,36 @@ double Pipeline::loss(const int32_t* inputs, const int32_t* targets, int B, int 
 }
 
 const float* Pipeline::last_logits(const int32_t* tokens, int T) {
-  const GptConfig& cfg = model_.config();
-  const int64_t Vp = cfg.padded_vocab(), Vl = Vp / model_.tp().size();
-  if (!logits_.defined()) logits_ = Tensor::empty({Vp});
   double unused = 0.0;
   forward(0, 0, 1, T, tokens, nullptr, false, 1.0f, unused);
   wait_sends(0);
+  return share_logits(T - 1);
+}
+
+const float* Pipeline::cached_logits(const int32_t* tokens, int T) {
+  model_.use_slot(0);
+  if (stage_ > 0) {
+    // The cache bound is checked on every stage before anything moves, so all stages fail alike.
+    MT_CHECK(model_.cached_positions() + T <= model_.config().seq_len,
+             "[generate] the key/value cache holds model.seq_len = {} positions: {} cached + {} new do not fit",
+             model_.config().seq_len, model_.cached_positions(), T);
+    Tensor in = model_.stage_input(1, T);
+    pp_.recv(in, stage_ - 1, 0);
+  }
+  model_.forward_cached(tokens, T);
+  if (stage_ < stages_ - 1) pp_.isend(model_.stage_output(), stage_ + 1, 0)->wait();
+  return share_logits(0);
+}
+
+void Pipeline::reset_cache() { model_.reset_cache(); }
+
+const float* Pipeline::share_logits(int64_t row) {
+  const GptConfig& cfg = model_.config();
+  const int64_t Vp = cfg.padded_vocab(), Vl = Vp / model_.tp().size();
+  if (!logits_.defined()) logits_ = Tensor::empty({Vp});
   if (stage_ == stages_ - 1) {
     Tensor mine = Tensor::empty({Vl});
-    std::memcpy(mine.f32(), model_.logits_row(T - 1), Vl * sizeof(float));
+    std::memcpy(mine.f32(), model_.logits_row(row), Vl * sizeof(float));
     if (model_.tp().size() > 1) model_.tp().all_gather(mine, logits_);
     else logits_.copy_from(mine);
   }

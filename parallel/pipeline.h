@@ -44,6 +44,10 @@ class Pipeline {
   double loss(const int32_t* inputs, const int32_t* targets, int B, int T);
   /// Whole-vocabulary logits of the last position of tokens (1 x T), identical on every stage.
   const float* last_logits(const int32_t* tokens, int T);
+  /// The same with each stage's key/value cache (Gpt::forward_cached): T new tokens appended.
+  const float* cached_logits(const int32_t* tokens, int T);
+  /// Empties every stage's cache (each stage calls it).
+  void reset_cache();
 
   /// Bubble of the schedule: idle fraction (p - 1) / (m + p - 1) of a step's pipeline time.
   static double bubble_fraction(int p, int m) { return p > 1 ? double(p - 1) / double(m + p - 1) : 0.0; }
@@ -55,6 +59,8 @@ class Pipeline {
                double& loss_sum);
   void backward(int micro, int slot);
   void wait_sends(int slot);
+  /// Row row of the last stage's logits, gathered over tp and broadcast to every stage.
+  const float* share_logits(int64_t row);
 
   Gpt& model_;
   Communicator& pp_;

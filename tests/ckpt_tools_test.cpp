@@ -465,6 +465,33 @@ TEST_F(CkptTools, ConvertChecksItsArguments) {
   EXPECT_FALSE(std::filesystem::exists(out));
 }
 
+TEST_F(CkptTools, RopeModelsRecordTheChoiceAndRefuseGpt2Formats) {
+  Config rope = cfg_;
+  rope.model.pos_embedding = "rope";
+  rope.model.rope_theta = 5000.0;
+  rope.train.out_dir = dir_.str("rope_run");
+  Gpt model(rope.model, comm_);
+  model.initialize(3);
+  const int64_t n = model.params().numel();
+  MomentBuffers moments{Tensor::zeros({n}), Tensor::zeros({n}), 0};
+  const std::string path = save_run(rope, model, moments, RunCounters{});
+  const Config back = read_run_config(path);
+  EXPECT_EQ(back.model.pos_embedding, "rope");
+  EXPECT_EQ(back.model.rope_theta, 5000.0);
+  EXPECT_FALSE(CheckpointReader(path).has("model/wpe"));
+  for (const std::string to : {"llmc", "safetensors"}) {
+    const std::string out = dir_.str("rope." + to);
+    expect_error([&] { convert("meshtrain", to, path, out); },
+                 {"rotary position embeddings", "Keep it as a meshtrain checkpoint"});
+    EXPECT_FALSE(std::filesystem::exists(out)) << to;
+  }
+  // meshtrain -> meshtrain keeps it a RoPE model.
+  std::filesystem::copy_file(path, dir_.str("rope_src.h5"));
+  ModelWeights w = read_meshtrain_weights(dir_.str("rope_src.h5"));
+  EXPECT_TRUE(w.model.rope());
+  EXPECT_EQ(w.tensors.count("wpe"), 0u);
+}
+
 TEST_F(CkptTools, ConfigFileIsStoredWithTheSourceModelShape) {
   std::string bin = dir_.str("model.bin"), out = dir_.str("run.h5"), toml = dir_.str("run.toml");
   convert("meshtrain", "llmc", ckpt_, bin);

@@ -18,8 +18,11 @@
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
+#include "model/kernels/kv_cache.h"
 #include "model/kernels/layernorm.h"
+#include "model/kernels/attention.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/rope.h"
 #include "model/optimizer.h"
 #include "model/params.h"
 #include "tests/cuda_test_util.h"
@@ -153,6 +156,47 @@ TEST(GeluCuda, ForwardAndBackwardMatchCpu) {
     EXPECT_LE(rel_error(tail(d_out, o), out_ref), kTol);
     EXPECT_LE(rel_error(tail(d_dinp, o), dinp_ref), kTol);
   }
+}
+
+TEST(RopeCuda, Fp32AndBf16MatchCpuBothWays) {
+  MT_REQUIRE_GPU();
+  const int B = 2, T = 13, C = 48, NH = 3, pos0 = 5;  // head size 16, positions 5..17
+  const std::vector<float> table = rope_table(pos0 + T, C / NH, 10000.0);
+  Tensor d_table = to_device(table);
+  for (const bool inverse : {false, true}) {
+    SCOPED_TRACE(inverse ? "inverse" : "forward");
+    const Vec qkv = testing::rounded(random_floats(static_cast<size_t>(B) * T * 3 * C, 60));
+    Vec ref = qkv;
+    rope_cpu(ref.data(), table.data(), B, T, C, NH, pos0, inverse);
+    Tensor d32 = to_device(qkv);
+    rope_cuda(d32.f32(), d_table.f32(), B, T, C, NH, pos0, inverse, nullptr);
+    EXPECT_LE(rel_error(to_host(d32), ref), kTol);
+    Tensor d16 = testing::device_as<Bf16>(qkv);
+    rope_cuda(d16.data<Bf16>(), d_table.f32(), B, T, C, NH, pos0, inverse, nullptr);
+    EXPECT_LE(rel_error(to_host(d16), ref), 1e-2);
+  }
+}
+
+TEST(AttentionCachedCuda, PrefillAndDecodeMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int T = 150, C = 64, NH = 4, prefill = 137;  // more positions than threads in a block
+  const Vec qkv = testing::rounded(random_floats(static_cast<size_t>(T) * 3 * C, 61));
+  Vec ref(static_cast<size_t>(T) * C), kc(ref.size()), vc(ref.size());
+  attention_cached_cpu(ref.data(), kc.data(), vc.data(), qkv.data(), prefill, 0, C, NH);
+  for (int t = prefill; t < T; ++t)
+    attention_cached_cpu(ref.data() + t * C, kc.data(), vc.data(), qkv.data() + t * 3 * C, 1, t, C, NH);
+  auto run = [&](auto tag) {
+    using E = decltype(tag);
+    Tensor d_qkv = testing::device_as<E>(qkv), out = poisoned<E>(ref.size()), k = poisoned<E>(ref.size()),
+           v = poisoned<E>(ref.size());
+    attention_cached_cuda(out.data<E>(), k.data<E>(), v.data<E>(), d_qkv.data<E>(), prefill, 0, C, NH, nullptr);
+    for (int t = prefill; t < T; ++t)
+      attention_cached_cuda(out.data<E>() + t * C, k.data<E>(), v.data<E>(), d_qkv.data<E>() + t * 3 * C, 1, t, C,
+                            NH, nullptr);
+    return to_host(out);
+  };
+  EXPECT_LE(rel_error(run(float{}), ref), kTol);
+  EXPECT_LE(rel_error(run(Bf16{}), ref), 2e-2);
 }
 
 TEST(ResidualCuda, ForwardAndAccumulateMatchCpu) {

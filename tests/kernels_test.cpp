@@ -20,9 +20,11 @@
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
+#include "model/kernels/kv_cache.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/matmul.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/rope.h"
 #include "tests/test_util.h"
 
 extern "C" int openblas_get_num_threads(void);
@@ -435,6 +437,103 @@ TEST(Attention, FutureTokensDoNotChangeEarlierOutputs) {
 TEST(Attention, RejectsHeadsThatDoNotDivideChannels) {
   Vec qkv(3 * 10, 0.5f), out(10), att(1);
   EXPECT_THROW(attention_forward_cpu(out.data(), att.data(), qkv.data(), 1, 1, 10, 3), Error);
+}
+
+// ------------------------------------------------------------------------------------ rotary embeddings
+
+TEST(Rope, TableAndForwardFollowTheHalfSplitFormula) {
+  const int T = 6, C = 16, NH = 2, hs = C / NH, half = hs / 2;
+  const double theta = 10000.0;
+  const std::vector<float> table = rope_table(T, hs, theta);
+  ASSERT_EQ(table.size(), static_cast<size_t>(T * half * 2));
+  Vec qkv = random_floats(T * 3 * C, 70), before = qkv;
+  rope_cpu(qkv.data(), table.data(), 1, T, C, NH, 0, false);
+  for (int t = 0; t < T; ++t)
+    for (int part = 0; part < 3; ++part)
+      for (int h = 0; h < NH; ++h)
+        for (int i = 0; i < half; ++i) {
+          const int at = t * 3 * C + part * C + h * hs + i;
+          if (part == 2) {  // v is never turned
+            ASSERT_EQ(qkv[at], before[at]);
+            ASSERT_EQ(qkv[at + half], before[at + half]);
+            continue;
+          }
+          const double angle = t * std::pow(theta, -2.0 * i / hs);
+          const double x1 = before[at], x2 = before[at + half];
+          ASSERT_NEAR(qkv[at], x1 * std::cos(angle) - x2 * std::sin(angle), 1e-6) << t << " " << part << " " << i;
+          ASSERT_NEAR(qkv[at + half], x2 * std::cos(angle) + x1 * std::sin(angle), 1e-6) << t << " " << part << " " << i;
+        }
+  rope_cpu(qkv.data(), table.data(), 1, T, C, NH, 0, true);  // and back
+  for (size_t i = 0; i < qkv.size(); ++i) ASSERT_NEAR(qkv[i], before[i], 1e-6) << i;
+}
+
+TEST(Rope, ScoresDependOnlyOnTheOffset) {
+  // q at position m and k at position n: q.k per head is the same for (m, n) and (m + 7, n + 7),
+  // and differs for another offset.
+  const int C = 32, NH = 4, hs = C / NH, T = 40;
+  const std::vector<float> table = rope_table(T, hs, 10000.0);
+  const Vec row = random_floats(3 * C, 71);
+  auto turned = [&](int pos) {
+    Vec r = row;
+    rope_cpu(r.data(), table.data(), 1, 1, C, NH, pos, false);
+    return r;
+  };
+  auto scores = [&](int m, int n) {
+    const Vec q = turned(m), k = turned(n);
+    Vec s(NH, 0.0f);
+    for (int h = 0; h < NH; ++h)
+      for (int d = 0; d < hs; ++d) s[h] += q[h * hs + d] * k[C + h * hs + d];
+    return s;
+  };
+  for (auto [m, n] : std::vector<std::pair<int, int>>{{3, 1}, {10, 2}, {20, 20}, {5, 0}}) {
+    const Vec a = scores(m, n), b = scores(m + 7, n + 7), other = scores(m + 1, n);
+    for (int h = 0; h < NH; ++h) {
+      EXPECT_NEAR(a[h], b[h], 1e-5) << "m=" << m << " n=" << n << " head " << h;
+      EXPECT_GT(std::fabs(a[h] - other[h]), 1e-4) << "another offset should give another score";
+    }
+  }
+}
+
+TEST(Rope, BackwardIsTheTransposeByFiniteDifferences) {
+  const int B = 2, T = 5, C = 12, NH = 2;
+  const std::vector<float> table = rope_table(T + 3, C / NH, 500.0);
+  Vec x = random_floats(B * T * 3 * C, 72), r = random_floats(B * T * 3 * C, 73);
+  Vec grad = r;  // d(sum r * rope(x)) / dx = rope^T r = rope^-1 r
+  rope_cpu(grad.data(), table.data(), B, T, C, NH, 3, true);
+  auto loss = [&] {
+    Vec y = x;
+    rope_cpu(y.data(), table.data(), B, T, C, NH, 3, false);
+    return weighted_sum(y.data(), r);
+  };
+  expect_gradient("dqkv", x, grad, loss, 1e-2f);
+}
+
+TEST(Rope, RejectsOddHeadSizes) {
+  Vec qkv(3 * 6, 1.0f);
+  const std::vector<float> table = rope_table(4, 2, 100.0);
+  EXPECT_THROW(rope_cpu(qkv.data(), table.data(), 1, 1, 6, 2, 0, false), Error);
+  EXPECT_THROW(rope_table(4, 3, 100.0), Error);
+}
+
+// ------------------------------------------------------------------------------------ key/value cache
+
+TEST(KvCache, PrefillThenOneRowAtATimeMatchesFullAttention) {
+  const int T = 11, C = 12, NH = 3, prefill = 4;
+  Vec qkv = random_floats(T * 3 * C, 74);
+  Vec full(T * C), att(NH * T * T);
+  attention_forward_cpu(full.data(), att.data(), qkv.data(), 1, T, C, NH);
+  Buffer kcache(T * C), vcache(T * C), out(T * C);
+  attention_cached_cpu(out.data(), kcache.data(), vcache.data(), qkv.data(), prefill, 0, C, NH);
+  for (int t = prefill; t < T; ++t)
+    attention_cached_cpu(out.data() + t * C, kcache.data(), vcache.data(), qkv.data() + t * 3 * C, 1, t, C, NH);
+  expect_fully_written(out, "out");
+  expect_fully_written(kcache, "kcache");
+  for (int i = 0; i < T * C; ++i) ASSERT_NEAR(out[i], full[i], 1e-6) << "row " << i / C;
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) {
+      ASSERT_EQ(kcache[t * C + c], qkv[t * 3 * C + C + c]);
+      ASSERT_EQ(vcache[t * C + c], qkv[t * 3 * C + 2 * C + c]);
+    }
 }
 
 // ------------------------------------------------------------------------------------ gelu and residual

@@ -86,8 +86,7 @@ TEST(Params, ShardOfATensorGetsTheSameValuesAsTheWhole) {
   EXPECT_NE(other[0], part[0]) << "different names must give different values";
 }
 
-TEST(Gpt, FullBackwardMatchesFiniteDifferences) {
-  GptConfig c = tiny_config();
+void expect_backward_matches_finite_differences(const GptConfig& c) {
   LocalCommunicator comm;
   Gpt model(c, comm);
   model.initialize(11);
@@ -127,7 +126,96 @@ TEST(Gpt, FullBackwardMatchesFiniteDifferences) {
     }
   }
   EXPECT_GT(checked, 50);
-  RecordProperty("worst_relative_error", std::to_string(worst));
+  ::testing::Test::RecordProperty("worst_relative_error", std::to_string(worst));
+}
+
+TEST(Gpt, FullBackwardMatchesFiniteDifferences) { expect_backward_matches_finite_differences(tiny_config()); }
+
+GptConfig rope_config() {
+  GptConfig c = tiny_config();
+  c.pos_embedding = "rope";
+  c.rope_theta = 100.0;  // turns fast enough over 8 positions for every pair to matter
+  return c;
+}
+
+TEST(Gpt, RopeModelHasNoPositionTableAndItsBackwardMatchesFiniteDifferences) {
+  const GptConfig c = rope_config();
+  ParameterTable table(c);
+  EXPECT_EQ(table.find("wpe"), nullptr);
+  EXPECT_EQ(table.total(), c.num_params());
+  EXPECT_EQ(c.num_params(), tiny_config().num_params() - c.seq_len * c.n_embd);
+  expect_backward_matches_finite_differences(c);
+}
+
+TEST(Gpt, RopeChangesTheModelAndRejectsOddHeads) {
+  // Same weights (RoPE only drops wpe): the logits must differ from position 1 on, not at 0.
+  GptConfig c = rope_config();
+  LocalCommunicator comm;
+  Gpt rope(c, comm), plain(tiny_config(), comm);
+  plain.initialize(3);
+  std::vector<float> p(plain.table().total());
+  plain.get_params(p.data());
+  std::vector<float> q(rope.table().total());
+  for (const auto& s : rope.table().specs())
+    std::memcpy(q.data() + s.offset, p.data() + plain.table().get(s.name).offset, s.numel * sizeof(float));
+  rope.set_params(q.data());
+  // Zero the position table so the only positional signal left is RoPE's.
+  std::memset(plain.param("wpe").f32(), 0, plain.param("wpe").nbytes());
+  auto tokens = random_tokens(6, c.vocab_size, 4);
+  plain.forward(tokens.data(), nullptr, 1, 6);
+  rope.forward(tokens.data(), nullptr, 1, 6);
+  EXPECT_EQ(std::memcmp(plain.logits_row(0), rope.logits_row(0), 128 * sizeof(float)), 0) << "position 0 is not turned";
+  float diff = 0.0f;
+  for (int v = 0; v < c.vocab_size; ++v) diff = std::max(diff, std::fabs(plain.logits_row(5)[v] - rope.logits_row(5)[v]));
+  EXPECT_GT(diff, 1e-4f);
+  c.n_embd = 18;
+  c.n_head = 2;  // head size 9
+  EXPECT_THROW(c.validate(), Error);
+  c = rope_config();
+  c.pos_embedding = "alibi";
+  EXPECT_THROW(c.validate(), Error);
+}
+
+// Logits of every position through the key/value cache (prefill, then one token at a time) equal a
+// full forward's, and the cache refuses to pass seq_len without changing what it holds.
+void expect_cache_matches_full_forward(const GptConfig& c, Recompute recompute) {
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(21);
+  model.set_recompute(recompute);
+  const int T = c.seq_len, V = c.padded_vocab();
+  auto tokens = random_tokens(T, c.vocab_size, 9);
+  model.forward(tokens.data(), nullptr, 1, T);
+  std::vector<float> full(static_cast<size_t>(T) * V);
+  for (int t = 0; t < T; ++t) std::memcpy(full.data() + t * V, model.logits_row(t), V * sizeof(float));
+  double worst = 0.0;
+  for (int prefill : {1, 3}) {
+    model.reset_cache();
+    const float* l = model.forward_cached_logits(tokens.data(), prefill);
+    for (int t = prefill - 1; t < T; ++t) {
+      if (t >= prefill) l = model.forward_cached_logits(tokens.data() + t, 1);
+      for (int v = 0; v < c.vocab_size; ++v) {
+        worst = std::max(worst, static_cast<double>(std::fabs(l[v] - full[t * V + v])));
+        ASSERT_NEAR(l[v], full[t * V + v], 1e-5) << "position " << t << " token " << v << " prefill " << prefill;
+      }
+    }
+    EXPECT_EQ(model.cached_positions(), T);
+  }
+  try {
+    model.forward_cached_logits(tokens.data(), 1);
+    ADD_FAILURE() << "a token past seq_len went into the cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key/value cache holds model.seq_len = 8 positions"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(model.cached_positions(), T);
+  ::testing::Test::RecordProperty("worst_logit_difference", std::to_string(worst));
+}
+
+TEST(Gpt, KeyValueCacheLogitsMatchFullForwardAtEveryPosition) {
+  expect_cache_matches_full_forward(tiny_config(), Recompute::none);
+  expect_cache_matches_full_forward(rope_config(), Recompute::none);
+  expect_cache_matches_full_forward(rope_config(), Recompute::full);  // blocks share one activation set
 }
 
 TEST(Gpt, PaddedVocabularyGetsNoGradient) {
@@ -289,6 +377,35 @@ TEST(Sampler, GreedyTopKAndNoPaddedIds) {
   EXPECT_EQ(counts[0] + counts[2], 0) << "top-2 sampling drew outside the top 2";
   EXPECT_GT(counts[1], counts[3]);
   EXPECT_GT(counts[3], 300);
+}
+
+TEST(Sampler, TopPKeepsTheNucleusAndRepetitionPenaltyFollowsCtrl) {
+  // Probabilities at temperature 1: about 0.64, 0.24, 0.09, 0.03.
+  std::vector<float> logits = {3.0f, 2.0f, 1.0f, 0.0f};
+  CounterRng rng(2, 0);
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 0;
+  p.top_p = 0.5f;  // the first token alone reaches it
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(sample_token(logits.data(), 4, p, {}, rng), 0);
+  p.top_p = 0.8f;  // the first two
+  std::vector<int> counts(4, 0);
+  for (int i = 0; i < 2000; ++i) counts[sample_token(logits.data(), 4, p, {}, rng)]++;
+  EXPECT_EQ(counts[2] + counts[3], 0) << "top-p 0.8 drew outside the two likeliest";
+  EXPECT_GT(counts[1], 300);
+  // Penalty 4 on token 0 (seen twice, applied once): 3 / 4 = 0.75 < 2, so greedy picks token 1;
+  // a negative logit is multiplied instead: -1 * 4 keeps token 2 below token 3 at 0.
+  p.temperature = 0.0f;
+  p.repetition_penalty = 4.0f;
+  EXPECT_EQ(sample_token(logits.data(), 4, p, {0, 0}, rng), 1);
+  std::vector<float> neg = {-1.0f, -1.5f};
+  EXPECT_EQ(sample_token(neg.data(), 2, p, {0}, rng), 1);
+  EXPECT_EQ(logits[0], 3.0f) << "the caller's logits were modified";
+  p.top_p = 0.0f;
+  EXPECT_THROW(check_sampling(p), Error);
+  p.top_p = 1.0f;
+  p.repetition_penalty = 0.0f;
+  EXPECT_THROW(check_sampling(p), Error);
 }
 
 TEST(Optimizer, SplitRangesUpdateExactlyLikeTheWholeBuffer) {

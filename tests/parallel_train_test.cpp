@@ -14,6 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "core/tensor.h"
 #include "parallel/checkpoint.h"
@@ -52,8 +53,9 @@ class ParallelLayouts : public ::testing::Test {
         root_.string(), out);
   }
 
-  void expect_same_as_single(const std::string& name, const std::string& metrics) {
-    auto a = losses((root_ / "single.jsonl").string()), b = losses(metrics);
+  void expect_same_as_single(const std::string& name, const std::string& metrics,
+                             const std::string& single = "single") {
+    auto a = losses((root_ / (single + ".jsonl")).string()), b = losses(metrics);
     ASSERT_EQ(a.size(), 10u);
     ASSERT_EQ(b.size(), a.size()) << name;
     for (size_t i = 0; i < a.size(); ++i)
@@ -63,7 +65,7 @@ class ParallelLayouts : public ::testing::Test {
     // the key bias: its gradient is zero in exact arithmetic (softmax ignores a shift shared by all
     // keys), so Adam turns reduction-order noise of ~1e-9 into full-size updates there whatever the
     // layout; it is reported, not bounded, below.
-    CheckpointReader ra((root_ / "single/ckpt_000010.h5").string());
+    CheckpointReader ra((root_ / single / "ckpt_000010.h5").string());
     CheckpointReader rb((root_ / name / "ckpt_000010.h5").string());
     double diff = 0, norm = 0, worst = 0;
     std::string worst_name;
@@ -87,12 +89,12 @@ class ParallelLayouts : public ::testing::Test {
                 name.c_str(), std::sqrt(diff / norm), worst, worst_name.c_str());
   }
 
-  void run_layout(int np, const std::string& extra, const std::string& name) {
+  void run_layout(int np, const std::string& extra, const std::string& name, const std::string& single = "single") {
     std::string metrics = (root_ / (name + ".jsonl")).string();
     auto r = run(fmt::format("{} -n {} {} {} {} --metrics {}", MESHTRAIN_MPIEXEC, np, kBinary, args(name), extra,
                              metrics));
     ASSERT_EQ(r.code, 0) << r.output;
-    expect_same_as_single(name, metrics);
+    expect_same_as_single(name, metrics, single);
   }
 
   static fs::path root_;
@@ -183,15 +185,68 @@ TEST_F(ParallelLayouts, BadLayoutsAndFailingRanksEndTheJobWithAMessage) {
 }
 
 TEST_F(ParallelLayouts, GenerateOnTensorAndPipelineLayoutsMatchesOneProcess) {
-  const std::string gen = kBinary + " generate --checkpoint " + (root_ / "single").string() +
-                          " --prompt 'the cat' --max-new-tokens 12 --seed 5";
-  auto one = run(gen);
-  ASSERT_EQ(one.code, 0) << one.output;
-  EXPECT_EQ(one.output.rfind("the cat", 0), 0u) << one.output;
-  for (const auto& [np, layout] : std::vector<std::pair<int, std::string>>{
-           {2, "--tp 2"}, {2, "--pp 2"}, {4, "--tp 2 --pp 2"}, {4, "--pp 4"}}) {
-    auto r = run(fmt::format("{} -n {} {} {}", MESHTRAIN_MPIEXEC, np, gen, layout));
-    ASSERT_EQ(r.code, 0) << layout << "\n" << r.output;
-    EXPECT_EQ(r.output, one.output) << layout;
+  // One process without the key/value cache is the reference; every layout (and one process) with
+  // the cache must print the same text, sampled and greedy.
+  for (const std::string sampling : {"--seed 5", "--temperature 0"}) {
+    const std::string gen = kBinary + " generate --checkpoint " + (root_ / "single").string() +
+                            " --prompt 'the cat' --max-new-tokens 12 --ignore-eos " + sampling;
+    auto one = run(gen + " --no-kv-cache");
+    ASSERT_EQ(one.code, 0) << one.output;
+    EXPECT_EQ(one.output.rfind("the cat", 0), 0u) << one.output;
+    EXPECT_GT(one.output.size(), std::string("the cat\n").size()) << one.output;
+    for (const auto& [np, layout] : std::vector<std::pair<int, std::string>>{
+             {1, ""}, {2, "--tp 2"}, {2, "--pp 2"}, {4, "--tp 2 --pp 2"}, {4, "--pp 4"}}) {
+      auto r = run(fmt::format("{} -n {} {} {}", MESHTRAIN_MPIEXEC, np, gen, layout));
+      ASSERT_EQ(r.code, 0) << layout << "\n" << r.output;
+      EXPECT_EQ(r.output, one.output) << sampling << " " << layout << " (with the key/value cache)";
+    }
   }
+}
+
+TEST_F(ParallelLayouts, GenerationPastTheContextAndStopStrings) {
+  // seq_len is 16: 60 new tokens go well past it, with the cache refilling its window and without.
+  const std::string gen = kBinary + " generate --checkpoint " + (root_ / "single").string() +
+                          " --prompt 'the cat' --temperature 0 --ignore-eos";
+  for (const std::string extra : {"", " --no-kv-cache", " --tp 2 --pp 2"}) {
+    const bool mpi = extra.find("--tp") != std::string::npos;
+    const std::string cmd = gen + " --max-new-tokens 60" + extra;
+    auto r = run(mpi ? fmt::format("{} -n 4 {}", MESHTRAIN_MPIEXEC, cmd) : cmd);
+    ASSERT_EQ(r.code, 0) << extra << "\n" << r.output;
+    EXPECT_GT(r.output.size(), 60u) << extra << "\n" << r.output;
+  }
+  // A stop string taken from the greedy text itself: the output ends just before it.
+  auto full = run(gen + " --max-new-tokens 12");
+  ASSERT_EQ(full.code, 0) << full.output;
+  const std::string text = full.output.substr(7, full.output.size() - 8);  // after "the cat", before "\n"
+  ASSERT_GT(text.size(), 6u) << full.output;
+  const std::string stop = text.substr(text.size() / 2, 3);
+  const std::string expected = "the cat" + text.substr(0, text.find(stop)) + "\n";
+  auto stopped = run(gen + " --max-new-tokens 12 --stop '" + stop + "' --timing");
+  ASSERT_EQ(stopped.code, 0) << stopped.output;
+  EXPECT_NE(stopped.output.find(expected), std::string::npos) << "stop '" << stop << "'\n" << stopped.output;
+  EXPECT_NE(stopped.output.find("finished by stop"), std::string::npos) << stopped.output;
+  auto bad = run(gen + " --top-p 0");
+  EXPECT_NE(bad.code, 0);
+}
+
+TEST_F(ParallelLayouts, RopeModelTrainsTheSameOnEveryAxis) {
+  const std::string rope = " --set model.pos_embedding=rope --set model.rope_theta=500";
+  auto r = run(kBinary + " " + args("rope_single") + rope + " --metrics " + (root_ / "rope_single.jsonl").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const auto& [np, layout, name] : std::vector<std::tuple<int, std::string, std::string>>{
+           {2, "--set parallel.tp=2", "rope_tp2"},
+           {2, "--set parallel.pp=2 --set parallel.microbatches=2", "rope_pp2"},
+           {8, "--set parallel.dp=2 --set parallel.tp=2 --set parallel.pp=2 --set parallel.zero=1 "
+               "--set parallel.microbatches=2", "rope_dp2tp2pp2"}}) {
+    SCOPED_TRACE(name);
+    run_layout(np, layout + rope, name, "rope_single");
+  }
+  // Generation with the cache on a RoPE model over tensor and pipeline ranks matches one process.
+  const std::string gen = kBinary + " generate --checkpoint " + (root_ / "rope_single").string() +
+                          " --prompt 'the cat' --max-new-tokens 10 --temperature 0";
+  auto one = run(gen + " --no-kv-cache");
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto split = run(fmt::format("{} -n 4 {} --tp 2 --pp 2", MESHTRAIN_MPIEXEC, gen));
+  ASSERT_EQ(split.code, 0) << split.output;
+  EXPECT_EQ(split.output, one.output);
 }

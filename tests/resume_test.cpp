@@ -194,7 +194,9 @@ TEST_F(Resume, KeysThatCannotChangeNameTheKeyAndBothValues) {
   for (const Case& c : {Case{"model.n_layer=3", "model.n_layer cannot change on resume: the checkpoint has 2, this "
                                                 "run asks for 3"},
                         Case{"model.n_embd=64", "model.n_embd cannot change on resume: the checkpoint has 32"},
-                        Case{"model.seq_len=32", "model.seq_len cannot change"}}) {
+                        Case{"model.seq_len=32", "model.seq_len cannot change"},
+                        Case{"model.pos_embedding=rope", "model.pos_embedding cannot change on resume: the checkpoint "
+                                                         "has 'learned'"}}) {
     auto r = run("train --resume " + dir("fixed") + " --set train.steps=30 --set " + c.set);
     EXPECT_NE(r.code, 0) << c.set;
     EXPECT_TRUE(contains(r.output, c.expect)) << r.output;

@@ -57,8 +57,7 @@ struct Step {
 };
 
 /// One forward + backward of a fresh model (seed 5) on fixed random tokens.
-Step run_step(std::unique_ptr<Backend> be, Recompute recompute, int B, int T) {
-  GptConfig c = tiny_config();
+Step run_step(std::unique_ptr<Backend> be, Recompute recompute, int B, int T, GptConfig c = tiny_config()) {
   LocalCommunicator one;
   Gpt model(c, one, nullptr, 1, 0, std::move(be));
   model.set_recompute(recompute);
@@ -99,6 +98,49 @@ TEST(GptCuda, LossAndGradientsMatchTheCpu) {
     const Step gpu = run_step(make_cuda_backend(k.dt, k.att), k.rc, B, T);
     EXPECT_NEAR(gpu.loss, cpu.loss, k.tol * std::fabs(cpu.loss));
     EXPECT_LE(rel_l2(gpu.grads, cpu.grads), k.tol);
+  }
+}
+
+GptConfig rope_config() {
+  GptConfig c = tiny_config();
+  c.pos_embedding = "rope";
+  c.rope_theta = 1000.0;
+  return c;
+}
+
+TEST(GptCuda, RopeModelMatchesTheCpu) {
+  MT_REQUIRE_GPU();
+  const int B = 2, T = 45;
+  const Step cpu = run_step(make_cpu_backend(), Recompute::none, B, T, rope_config());
+  for (auto [dt, tol] : {std::pair{DType::f32, 1e-4}, std::pair{DType::bf16, 2e-2}}) {
+    const Step gpu = run_step(make_cuda_backend(dt), Recompute::selective, B, T, rope_config());
+    EXPECT_NEAR(gpu.loss, cpu.loss, tol * std::fabs(cpu.loss)) << dtype_name(dt);
+    EXPECT_LE(rel_l2(gpu.grads, cpu.grads), tol) << dtype_name(dt);
+  }
+}
+
+TEST(GptCuda, KeyValueCacheLogitsMatchTheFullForward) {
+  MT_REQUIRE_GPU();
+  for (const GptConfig& c : {tiny_config(), rope_config()}) {
+    for (auto [dt, tol] : {std::pair{DType::f32, 1e-4}, std::pair{DType::bf16, 3e-2}}) {
+      SCOPED_TRACE(fmt::format("{} {}", c.pos_embedding, dtype_name(dt)));
+      LocalCommunicator one;
+      Gpt model(c, one, nullptr, 1, 0, make_cuda_backend(dt));
+      model.initialize(8);
+      const int T = 20, V = c.padded_vocab();
+      std::vector<int32_t> tok(T);
+      for (int t = 0; t < T; ++t) tok[t] = (t * 37 + 11) % c.vocab_size;
+      model.forward(tok.data(), nullptr, 1, T);
+      std::vector<float> full, cached;
+      for (int t = 4; t < T; ++t) full.insert(full.end(), model.logits_row(t), model.logits_row(t) + V);
+      const float* l = model.forward_cached_logits(tok.data(), 5);  // prefill positions 0..4
+      cached.insert(cached.end(), l, l + V);
+      for (int t = 5; t < T; ++t) {
+        l = model.forward_cached_logits(tok.data() + t, 1);
+        cached.insert(cached.end(), l, l + V);
+      }
+      EXPECT_LE(rel_l2(cached, full), tol);
+    }
   }
 }
 

@@ -73,7 +73,8 @@ std::string resolve_resume(const std::string& resume, const std::string& out_dir
 
 /// The keys a resumed run may not change, with one message naming the key and both values.
 void check_unchanged(const Config& saved, const Config& now) {
-  for (const char* key : {"model.n_layer", "model.n_head", "model.n_embd", "model.seq_len", "model.vocab_size"}) {
+  for (const char* key : {"model.n_layer", "model.n_head", "model.n_embd", "model.seq_len", "model.vocab_size",
+                          "model.pos_embedding", "model.rope_theta"}) {
     const std::string was = config_value(saved, key), is = config_value(now, key);
     if (std::string(key) == "model.vocab_size" && now.model.vocab_size == 0) continue;  // resolved later
     MT_CHECK(was == is,
@@ -414,11 +415,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (!tokenizer || args.quiet_samples) return;
     if (lead) log->message(fmt::format("---- sample ({}) ----", title));
     if (lead) log->clear_bar();
-    LogitsFn logits = [&](const int32_t* tokens, int T) {
-      return pipe ? pipe->last_logits(tokens, T) : model.forward_last_logits(tokens, T);
-    };
-    stream_sample(logits, cfg.model, *tokenizer, prompt_tokens(*tokenizer, ""), sopt, sample_rng,
-                  lead ? stdout : nullptr);
+    stream_sample(model_logits(model, pipe ? &*pipe : nullptr, sopt.kv_cache), cfg.model, *tokenizer,
+                  prompt_tokens(*tokenizer, ""), sopt, sample_rng, file_sink(lead ? stdout : nullptr));
     if (lead) log->message("\n--------------------");
   };
 

@@ -45,9 +45,11 @@ __global__ void encoder_forward_kernel(Elem* __restrict__ out, const int32_t* __
   const int t = static_cast<int>(bt % T);
   float x[W], y[W];
   load_floats<W>(x, wte + static_cast<int64_t>(tokens[bt]) * C + c);
-  load_floats<W>(y, wpe + static_cast<int64_t>(t) * C + c);
+  if (wpe) {
+    load_floats<W>(y, wpe + static_cast<int64_t>(t) * C + c);
 #pragma unroll
-  for (int k = 0; k < W; ++k) x[k] += y[k];
+    for (int k = 0; k < W; ++k) x[k] += y[k];
+  }
   store_floats<W>(out + bt * C + c, x);
 }
 
@@ -122,8 +124,10 @@ void encoder_backward(Elem* dwte, Elem* dwpe, const Elem* dout, const int32_t* t
   const int64_t BT = static_cast<int64_t>(B) * T;
   const int n = static_cast<int>(BT);
 
-  encoder_backward_wpe_kernel<<<blocks_for(static_cast<int64_t>(T) * C), kBlock, 0, s>>>(dwpe, dout, B, T, C);
-  CUDA_CHECK(cudaGetLastError());
+  if (dwpe) {
+    encoder_backward_wpe_kernel<<<blocks_for(static_cast<int64_t>(T) * C), kBlock, 0, s>>>(dwpe, dout, B, T, C);
+    CUDA_CHECK(cudaGetLastError());
+  }
 
   // Scratch: positions, sorted tokens, sorted positions, then cub's temporary storage.
   size_t sort_bytes = 0;

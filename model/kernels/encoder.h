@@ -1,4 +1,5 @@
-// Token + position embedding. out[b,t,:] = wte[tok[b,t],:] + wpe[t,:].
+// Token + position embedding. out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]; a null wpe (dwpe in
+// backward) means no position table, as in a model with rotary embeddings (rope.h).
 // Backward scatters dout into the rows of wte that were used and into wpe; it runs in a fixed order
 // so gradients are bit-identical run to run.
 #pragma once

@@ -9,6 +9,7 @@
 // across thread counts. Token ids are validated before any parallel region (exceptions must not leave
 // an OpenMP region).
 #include <cstdint>
+#include <cstring>
 
 #include "core/error.h"
 #include "model/kernels/encoder.h"
@@ -36,8 +37,12 @@ void encoder_forward_cpu(float* out, const int32_t* tokens, const float* wte, co
 #pragma omp parallel for schedule(static)
   for (int64_t bt = 0; bt < BT; ++bt) {
     const float* tok_row = wte + static_cast<int64_t>(tokens[bt]) * C;
-    const float* pos_row = wpe + (bt % T) * C;
     float* o = out + bt * C;
+    if (!wpe) {
+      std::memcpy(o, tok_row, static_cast<size_t>(C) * sizeof(float));
+      continue;
+    }
+    const float* pos_row = wpe + (bt % T) * C;
 #pragma omp simd
     for (int c = 0; c < C; ++c) o[c] = tok_row[c] + pos_row[c];
   }
@@ -54,12 +59,12 @@ void encoder_backward_cpu(float* dwte, float* dwpe, const float* dout, const int
     for (int64_t bt = 0; bt < BT; ++bt) {
       const float* d = dout + bt * C + c0;
       float* tok_grad = dwte + static_cast<int64_t>(tokens[bt]) * C + c0;
+#pragma omp simd
+      for (int c = 0; c < width; ++c) tok_grad[c] += d[c];
+      if (!dwpe) continue;
       float* pos_grad = dwpe + (bt % T) * C + c0;
 #pragma omp simd
-      for (int c = 0; c < width; ++c) {
-        tok_grad[c] += d[c];
-        pos_grad[c] += d[c];
-      }
+      for (int c = 0; c < width; ++c) pos_grad[c] += d[c];
     }
   }
 }

@@ -8,8 +8,10 @@
 #include "model/kernels/crossentropy.h"
 #include "model/kernels/encoder.h"
 #include "model/kernels/gelu.h"
+#include "model/kernels/kv_cache.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/rope.h"
 #include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
@@ -118,6 +120,15 @@ void vocab_xent_finish_cuda(float*, float*, const float*, const int32_t*, const 
 void vocab_xent_finish_cuda(float*, Bf16*, const Bf16*, const int32_t*, const float*, const float*, int, int64_t,
                             int64_t, int64_t, float, void*) {
   MT_NO_CUDA("vocab_xent_finish_cuda");
+}
+
+void rope_cuda(float*, const float*, int, int, int, int, int, bool, void*) { MT_NO_CUDA("rope_cuda"); }
+void rope_cuda(Bf16*, const float*, int, int, int, int, int, bool, void*) { MT_NO_CUDA("rope_cuda"); }
+void attention_cached_cuda(float*, float*, float*, const float*, int, int, int, int, void*) {
+  MT_NO_CUDA("attention_cached_cuda");
+}
+void attention_cached_cuda(Bf16*, Bf16*, Bf16*, const Bf16*, int, int, int, int, void*) {
+  MT_NO_CUDA("attention_cached_cuda");
 }
 
 #undef MT_NO_CUDA

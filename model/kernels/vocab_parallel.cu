@@ -52,8 +52,10 @@ __global__ void embedding_backward_kernel(T* __restrict__ dwte_local, T* __restr
   if (c >= C) return;
   for (int64_t i = 0; i < BT; ++i) {
     const float g = to_float(dout[i * C + c]);
-    T* p = dwpe + (i % T_) * C + c;
-    *p = from_float<T>(to_float(*p) + g);
+    if (dwpe) {
+      T* p = dwpe + (i % T_) * C + c;
+      *p = from_float<T>(to_float(*p) + g);
+    }
     const int64_t local = tokens[i] - v0;
     if (local >= 0 && local < Vl) {
       T* w = dwte_local + local * C + c;

@@ -24,7 +24,7 @@ void vocab_embedding_rows_cpu(float* out, const int32_t* tokens, const float* wt
                               int64_t v0, int64_t Vl);
 /// out[b,t,:] += wpe[t,:].
 void add_positions_cpu(float* out, const float* wpe, int B, int T, int C);
-/// dwte_local rows of this rank's tokens and all of dwpe are accumulated into (+=), in a fixed order
+/// dwte_local rows of this rank's tokens and all of dwpe (unless null) are accumulated into (+=), in a fixed order
 /// (deterministic whatever the thread count).
 void vocab_embedding_backward_cpu(float* dwte_local, float* dwpe, const float* dout, const int32_t* tokens, int B,
                                   int T, int C, int64_t v0, int64_t Vl);

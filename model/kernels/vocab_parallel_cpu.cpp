@@ -34,7 +34,7 @@ void vocab_embedding_backward_cpu(float* dwte_local, float* dwpe, const float* d
   for (int c = 0; c < C; ++c) {
     for (int64_t i = 0; i < BT; ++i) {
       const float g = dout[i * C + c];
-      dwpe[(i % T) * C + c] += g;
+      if (dwpe) dwpe[(i % T) * C + c] += g;
       const int64_t local = tokens[i] - v0;
       if (local >= 0 && local < Vl) dwte_local[local * C + c] += g;
     }

@@ -2,9 +2,9 @@
 """CUDA emulation: does it catch bugs? Injects one bug at a time into the CUDA sources (an
 off-by-one index, a removed barrier, a wrong shuffle mask, a misaligned vector load, a swapped
 cuBLASLt epilogue, a swapped WMMA layout, a barrier dropped from a kernel only the multi-rank GPU
-training path runs), rebuilds the emulated test that covers it, and checks
-that the test now fails. The source is restored after each one (also on Ctrl-C or an error).
-Prints how many of how many were caught; exits non-zero unless all were.
+training path runs, a barrier dropped from the key/value-cache attention), rebuilds the emulated
+test that covers it, and checks that the test now fails. The source is restored after each one
+(also on Ctrl-C or an error). Prints how many of how many were caught; exits non-zero unless all were.
 
 Usage: mutation_check.py [BUILD_DIR]   (default build/emulation, configured with --preset emulation)
 """
@@ -46,6 +46,10 @@ MUTATIONS = [
      "  sh[threadIdx.x] = x;\n  __syncthreads();\n",
      "  sh[threadIdx.x] = x;\n",
      "parallel_cuda_test", "*Fp32Layouts*"),
+    ("removed __syncthreads in the key/value-cache attention's softmax reduction", "model/kernels/kv_cache.cu",
+     "  sh[threadIdx.x] = x;\n  __syncthreads();\n",
+     "  sh[threadIdx.x] = x;\n",
+     "kernels_cuda_test", "AttentionCachedCuda.*"),
 ]
 
 
