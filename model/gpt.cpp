@@ -502,6 +502,7 @@ const float* Gpt::logits_row(int64_t r) const {
 void Gpt::head_last_row(int T) {
   Acts& a = acts();
   const int C = cfg_.n_embd;
+  Region r(prof_, *be_, "classifier");
   be_->matmul_forward(a.logits, act(a.lnf, static_cast<int64_t>(T - 1) * C), p_.wte, nullptr, 1, C,
                       static_cast<int>(Vl_));
   a.grad_ready = false;

@@ -298,8 +298,10 @@ std::vector<double> matmul_ref(const Vec& inp, const Vec& w, const float* bias, 
 }
 
 TEST(Matmul, ForwardMatchesNaiveLoops) {
-  // Odd shapes, and one large enough for OpenBLAS to use several threads.
-  for (auto [N, C, OC] : {std::array<int, 3>{13, 20, 11}, std::array<int, 3>{70, 72, 130}}) {
+  // Odd shapes, one large enough for OpenBLAS to use several threads, and single rows (the
+  // matrix-vector path generation takes).
+  for (auto [N, C, OC] : {std::array<int, 3>{13, 20, 11}, std::array<int, 3>{70, 72, 130},
+                          std::array<int, 3>{1, 37, 29}, std::array<int, 3>{1, 256, 1000}}) {
     Vec inp = random_floats(N * C, 40), w = random_floats(OC * C, 41), bias = random_floats(OC, 42);
     for (const float* bp : {static_cast<const float*>(bias.data()), static_cast<const float*>(nullptr)}) {
       Buffer out(N * OC);

@@ -19,6 +19,17 @@ namespace {
 // Columns per work unit of the bias gradient (two cache lines).
 constexpr int kColumnBlock = 32;
 
+void matvec(float* out, const float* x, const float* weight, const float* bias, int C, int OC) {
+#pragma omp parallel for schedule(static)
+  for (int j = 0; j < OC; ++j) {
+    const float* w = weight + static_cast<int64_t>(j) * C;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int c = 0; c < C; ++c) acc += w[c] * x[c];
+    out[j] = bias != nullptr ? bias[j] + acc : acc;
+  }
+}
+
 }  // namespace
 
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
@@ -33,6 +44,11 @@ void matmul_forward_cpu(float* out, const float* inp, const float* weight, const
     }
   }
   // With beta = 0 sgemm never reads out, so garbage (even NaN) in it does not leak into the result.
+  // One row (generation, a token at a time) is a matrix-vector product bound by reading the weight:
+  // sgemm would pack the whole matrix first, sgemv reads it once at about half the memory bandwidth,
+  // and a dot product per output row split over the threads (eight partial sums, vectorised) reads
+  // it at nearly all of it.
+  if (N == 1) return matvec(out, inp, weight, bias, C, OC);
   gemm_cpu(false, true, N, OC, C, 1.0f, inp, C, weight, C, bias != nullptr ? 1.0f : 0.0f, out, OC);
 }
 
