@@ -65,7 +65,7 @@ class Backend {
   virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C,
                               int OC, void* pre_gelu = nullptr) = 0;
   /// dinp = dout @ weight (overwritten); dweight += dout^T @ inp; dbias += column sums of dout.
-  /// dinp and dbias may be null.
+  /// Any of dinp, dweight and dbias may be null (a frozen weight needs only dinp).
   virtual void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
                                const void* weight, int N, int C, int OC) = 0;
   /// saved holds attention_saved() floats for backward.
@@ -82,6 +82,8 @@ class Backend {
   virtual void gelu_forward(void* out, const void* inp, int64_t n) = 0;
   virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n) = 0;
   virtual void residual_forward(void* out, const void* a, const void* b, int64_t n) = 0;
+  /// dst += scale * src over n elements.
+  virtual void accumulate(void* dst, const void* src, int64_t n, float scale) = 0;
   /// Fused softmax + cross-entropy (model/kernels/crossentropy.h); dlogits may alias logits.
   virtual void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V,
                             int Vp, float dloss) = 0;

@@ -90,6 +90,9 @@ class CpuBackend final : public Backend {
   void residual_forward(void* out, const void* a, const void* b, int64_t n) override {
     residual_forward_cpu(f(out), f(a), f(b), n);
   }
+  void accumulate(void* dst, const void* src, int64_t n, float scale) override {
+    residual_accumulate_cpu(f(dst), f(src), n, scale);
+  }
   void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V, int Vp,
                     float dloss) override {
     softmax_crossentropy_cpu(losses, f(dlogits), f(logits), targets, N, V, Vp, dloss);

@@ -156,6 +156,12 @@ class CudaBackend final : public Backend {
       residual_forward_cuda(as<T_>(out), as<T_>(a), as<T_>(b), n, s());
     });
   }
+  void accumulate(void* dst, const void* src, int64_t n, float scale) override {
+    each([&](auto t) {
+      using T_ = decltype(t);
+      residual_accumulate_cuda(as<T_>(dst), as<T_>(src), n, s(), scale);
+    });
+  }
   void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V, int Vp,
                     float dloss) override {
     each([&](auto t) {

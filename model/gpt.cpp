@@ -122,6 +122,12 @@ Recompute parse_recompute(const std::string& name) {
   MT_FAIL("[config] train.recompute must be none, selective or full (got '{}')", name);
 }
 
+Lora& Gpt::enable_lora(const LoraConfig& lc) {
+  MT_CHECK(table_.pp_size() == 1, "[lora] adapters need the whole model on each rank: parallel.pp must be 1");
+  lora_ = std::make_unique<Lora>(cfg_, lc, *tp_, *be_);
+  return *lora_;
+}
+
 void Gpt::set_recompute(Recompute mode) {
   recompute_ = mode;
   for (auto& slot : slots_) slot.reset();
@@ -320,6 +326,7 @@ void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   {
     Region r(prof_, be, "matmul");
     be.matmul_forward(y.qkv, y.ln1, w.qkv_w, w.qkv_b, BT, C, 3 * Cl_);
+    if (lora_) lora_->forward(l, LoraTarget::qkv, y.qkv, y.ln1, BT);
   }
   if (rope_table_.defined()) {
     Region r(prof_, be, "rope");  // q and k turned by position, in place (the attention keeps them so)
@@ -337,18 +344,21 @@ void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   {
     Region r(prof_, be, "matmul");
     row_parallel_forward(be, tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_timer_);
+    if (lora_) lora_->forward(l, LoraTarget::proj, a.proj_out, y.atty, BT);
   }
   {
     Region r(prof_, be, "layernorm");  // fused with the attention residual
     be.residual_layernorm_forward(y.res2, y.ln2, y.ln2_mean, y.ln2_rstd, a.res[l], a.proj_out, w.ln2_w, w.ln2_b, BT,
                                   C);
   }
-  if (recompute_ == Recompute::selective) {
+  const bool fc_lora = lora_ && lora_->targets(LoraTarget::fc);
+  if (recompute_ == Recompute::selective || fc_lora) {
     // Backward recomputes the GELU output with gelu_forward from y.fch, so forward must make it the same
     // way: a GELU fused into the GEMM epilogue (cuBLASLt, bf16) works on the unrounded sum and gives
-    // other bits than gelu_forward on the stored y.fch.
+    // other bits than gelu_forward on the stored y.fch. An adapter on fc adds its branch before the GELU.
     Region r(prof_, be, "matmul");
     be.matmul_forward(y.fch, y.ln2, w.fc_w, w.fc_b, BT, C, Fl_);
+    if (fc_lora) lora_->forward(l, LoraTarget::fc, y.fch, y.ln2, BT);
     be.gelu_forward(y.fch_gelu, y.fch, static_cast<int64_t>(BT) * Fl_);
   } else {
     Region r(prof_, be, "matmul");  // with GELU in the epilogue where the device fuses it
@@ -357,6 +367,7 @@ void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   {
     Region r(prof_, be, "matmul");
     row_parallel_forward(be, tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_timer_);
+    if (lora_) lora_->forward(l, LoraTarget::fc_proj, a.proj_out, y.fch_gelu, BT);
   }
   {
     Region r(prof_, be, "residual");
@@ -566,7 +577,8 @@ void Gpt::backward() {
   if (table_.last_stage()) {
     {
       Region r(prof_, be, "classifier");
-      be.matmul_backward(a.dln, g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
+      be.matmul_backward(a.dln, frozen_ ? nullptr : g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C,
+                         static_cast<int>(Vl_));
       tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);  // each rank saw only its vocabulary columns
     }
     be.zero(a.dres, BTC * e);
@@ -580,6 +592,7 @@ void Gpt::backward() {
   for (int l = n_local_ - 1; l >= 0; --l) {
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
+    auto grad = [&](void* g) { return frozen_ ? nullptr : g; };  // a frozen model keeps no weight gradients
     auto& y = a.layers[l];
     if (recompute_ != Recompute::none) {
       // Bring back what forward did not keep; the same kernels on the same inputs give the same bits.
@@ -594,7 +607,9 @@ void Gpt::backward() {
     // a.dres holds d(res[l+1]); the residual passes it unchanged to res2.
     {
       Region r(prof_, be, "matmul");
-      be.matmul_backward(a.dfch_gelu, gw.fcproj_w, gw.fcproj_b, a.dres, y.fch_gelu, w.fcproj_w, BT, Fl_, C);
+      be.matmul_backward(a.dfch_gelu, grad(gw.fcproj_w), grad(gw.fcproj_b), a.dres, y.fch_gelu, w.fcproj_w, BT, Fl_,
+                         C);
+      if (lora_) lora_->backward(l, LoraTarget::fc_proj, a.dfch_gelu, a.dres, y.fch_gelu, BT);
     }
     be.zero(a.dfch, static_cast<int64_t>(BT) * Fl_ * e);
     {
@@ -603,8 +618,9 @@ void Gpt::backward() {
     }
     {
       Region r(prof_, be, "matmul");
-      be.matmul_backward(a.dln, gw.fc_w, gw.fc_b, a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
+      be.matmul_backward(a.dln, grad(gw.fc_w), grad(gw.fc_b), a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
       tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
+      if (lora_) lora_->backward(l, LoraTarget::fc, a.dln, a.dfch, y.ln2, BT);
     }
     {
       Region r(prof_, be, "layernorm");
@@ -613,7 +629,8 @@ void Gpt::backward() {
     // a.dres now holds d(res2); the attention residual passes it to res[l].
     {
       Region r(prof_, be, "matmul");
-      be.matmul_backward(a.datty, gw.attproj_w, gw.attproj_b, a.dres, y.atty, w.attproj_w, BT, Cl_, C);
+      be.matmul_backward(a.datty, grad(gw.attproj_w), grad(gw.attproj_b), a.dres, y.atty, w.attproj_w, BT, Cl_, C);
+      if (lora_) lora_->backward(l, LoraTarget::proj, a.datty, a.dres, y.atty, BT);
     }
     be.zero(a.dqkv, static_cast<int64_t>(BT) * 3 * Cl_ * e);
     {
@@ -626,8 +643,9 @@ void Gpt::backward() {
     }
     {
       Region r(prof_, be, "matmul");
-      be.matmul_backward(a.dln, gw.qkv_w, gw.qkv_b, a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
+      be.matmul_backward(a.dln, grad(gw.qkv_w), grad(gw.qkv_b), a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
       tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
+      if (lora_) lora_->backward(l, LoraTarget::qkv, a.dln, a.dqkv, y.ln1, BT);
     }
     {
       Region r(prof_, be, "layernorm");
@@ -635,7 +653,7 @@ void Gpt::backward() {
     }
     if (grad_ready_) grad_ready_(offset_in(grads_, gw.ln1_w));
   }
-  if (table_.first_stage()) {
+  if (table_.first_stage() && !frozen_) {
     Region r(prof_, be, "encoder");
     const int32_t* tokens = a.ids.data<int32_t>();
     if (tp.size() == 1) be.encoder_backward(g_.wte, g_.wpe, a.dres, tokens, B, T, C);

@@ -16,6 +16,7 @@
 #include "core/timer.h"
 #include "model/backend.h"
 #include "model/gpt_config.h"
+#include "model/lora.h"
 #include "model/params.h"
 
 namespace meshtrain {
@@ -85,6 +86,16 @@ class Gpt {
   /// Accumulates parameter gradients of the last forward(..., compute_grad = true) into grads().
   /// As a stage other than the last, the gradient of stage_output() must be in stage_output_grad().
   void backward();
+
+  // ---- LoRA fine-tuning (model/lora.h).
+  /// Adds adapters to the linear layers lc names (zero B: the model is unchanged until they train).
+  /// Whole models only (no pipeline stages).
+  Lora& enable_lora(const LoraConfig& lc);
+  /// The adapters, or null.
+  Lora* lora() const { return lora_.get(); }
+  /// Frozen: backward computes no gradients for the model's linear layers and embeddings, only the
+  /// input gradients the adapters need (LayerNorm gradients are still written, and ignored).
+  void set_frozen(bool frozen) { frozen_ = frozen; }
 
   /// Sets the recomputation mode (before the first forward of a batch shape; frees activations).
   void set_recompute(Recompute mode);
@@ -178,6 +189,8 @@ class Gpt {
   Tensor rope_table_;  // cos/sin per (position, pair) on the model's device (RoPE models only)
   Tensor kv_cache_;    // per block: keys then values, seq_len x Cl_ each (allocated by the first forward_cached)
   int cached_ = 0;     // positions in kv_cache_
+  std::unique_ptr<Lora> lora_;
+  bool frozen_ = false;
 };
 
 }  // namespace meshtrain

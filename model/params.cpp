@@ -51,6 +51,19 @@ ParameterTable::ParameterTable(const GptConfig& cfg, int tp_size, int tp_rank, i
   }
 }
 
+ParameterTable::ParameterTable(const std::vector<ParamSpec>& specs, int tp_size, int tp_rank)
+    : tp_size_(tp_size), tp_rank_(tp_rank) {
+  MT_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, "[params] tp rank {} of {}", tp_rank, tp_size);
+  for (const ParamSpec& s : specs) {
+    const bool splits_rows = s.shard == ShardKind::rows || s.shard == ShardKind::rows3;
+    MT_CHECK(!splits_rows || s.global_shape[0] % (tp_size * (s.shard == ShardKind::rows3 ? 3 : 1)) == 0,
+             "[params] {} has {} rows, which do not split over parallel.tp = {}", s.name, s.global_shape[0], tp_size);
+    MT_CHECK(s.shard != ShardKind::cols || s.global_shape[1] % tp_size == 0,
+             "[params] {} has {} columns, which do not split over parallel.tp = {}", s.name, s.global_shape[1], tp_size);
+    add(s.name, s.global_shape, s.shard, s.init, s.decay, s.init_rows);
+  }
+}
+
 std::pair<int, int> ParameterTable::stage_layers(int n_layer, int pp_size, int pp_stage) {
   const int base = n_layer / pp_size, extra = n_layer % pp_size;
   const int begin = pp_stage * base + std::min(pp_stage, extra);
@@ -117,10 +130,13 @@ void ParameterTable::initialize(float* params, uint64_t seed) const {
         for (int64_t i = 0; i < s.numel; ++i) p[i] = 1.0f;
         break;
       case ParamInit::normal:
-      case ParamInit::normal_residual: {
+      case ParamInit::normal_residual:
+      case ParamInit::normal_fan_in: {
         // Row by row, each from its global position; rows past init_rows (padded vocabulary) are zero.
-        const float sd = s.init == ParamInit::normal ? std_base : std_resid;
         const int64_t global_cols = s.global_shape.size() == 2 ? s.global_shape[1] : 1;
+        const float sd = s.init == ParamInit::normal            ? std_base
+                         : s.init == ParamInit::normal_residual ? std_resid
+                                                                : 1.0f / std::sqrt(static_cast<float>(global_cols));
         const int64_t limit = s.init_rows >= 0 ? s.init_rows * global_cols : shape_numel(s.global_shape);
         for (int64_t i = 0, rows = shard_rows(s); i < rows; ++i) {
           RowSlice r = shard_row(s, tp_rank_, i);

@@ -14,7 +14,9 @@
 
 namespace meshtrain {
 
-enum class ParamInit { normal, normal_residual, zeros, ones };
+/// normal: N(0, 0.02); normal_residual: N(0, 0.02 / sqrt(2 n_layer)); normal_fan_in: N(0, 1 / sqrt(columns of
+/// the whole tensor)) (LoRA's A); zeros; ones.
+enum class ParamInit { normal, normal_residual, normal_fan_in, zeros, ones };
 
 /// How a parameter is split over the tp ranks (Megatron-style).
 enum class ShardKind {
@@ -50,6 +52,9 @@ class ParameterTable {
   /// stage also holds the LM head's copy of the tied token embedding ("wte"). Throws when the model
   /// does not split that way.
   explicit ParameterTable(const GptConfig& cfg, int tp_size = 1, int tp_rank = 0, int pp_size = 1, int pp_stage = 0);
+  /// A table of other parameters (LoRA adapters): each spec gives name, global_shape, shard, init
+  /// and decay; this rank's shapes and the offsets are filled in as for GPT-2's.
+  ParameterTable(const std::vector<ParamSpec>& specs, int tp_size, int tp_rank);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& get(const std::string& name) const;
   /// The spec named name, or null when this rank does not hold it.

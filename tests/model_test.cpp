@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "core/rng.h"
@@ -534,4 +536,143 @@ TEST(Gpt, FullRecomputationCutsActivationsOfATwelveLayerModelFourfold) {
   RecordProperty("none_bytes", std::to_string(none));
   RecordProperty("full_bytes", std::to_string(full));
   EXPECT_GE(static_cast<double>(none) / static_cast<double>(full), 4.0) << none << " vs " << full;
+}
+
+// ---- LoRA --------------------------------------------------------------------------------------
+
+namespace {
+Tensor copy_of(const Tensor& t) {
+  Tensor c = Tensor::empty(t.shape());
+  c.copy_from(t);
+  return c;
+}
+
+LoraConfig tiny_lora() {
+  LoraConfig lc;
+  lc.rank = 3;
+  lc.alpha = 6.0;
+  return lc;
+}
+}  // namespace
+
+TEST(Lora, StartsAtTheBaseModelAndTrainsOnlyTheAdapters) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(11);
+  const int B = 2, T = 8;
+  auto inp = random_tokens(B * T, c.vocab_size, 1), tgt = random_tokens(B * T, c.vocab_size, 2);
+  const float base_loss = model.forward(inp.data(), tgt.data(), B, T);
+  Lora& lora = model.enable_lora(tiny_lora());
+  lora.initialize(5);
+  model.set_frozen(true);
+  EXPECT_EQ(model.forward(inp.data(), tgt.data(), B, T), base_loss) << "B = 0 must leave the model unchanged";
+  const std::vector<float> base(model.params().f32(), model.params().f32() + model.table().total());
+  const std::vector<float> adapters0(lora.params().f32(), lora.params().f32() + lora.table().total());
+  AdamWConfig oc;
+  oc.weight_decay = 0.0f;
+  AdamW opt(lora.table(), oc);
+  float first = 0.0f, last = 0.0f;
+  for (int step = 0; step < 20; ++step) {
+    model.zero_grad();
+    lora.zero_grad();
+    last = model.forward(inp.data(), tgt.data(), B, T, true);
+    if (step == 0) first = last;
+    model.backward();
+    if (step == 0) {  // a frozen model computes no gradients for its linear layers and embeddings
+      for (const char* name : {"h.0.attn.c_attn.weight", "h.1.mlp.c_proj.weight", "wte", "wpe"}) {
+        const Tensor g = model.grad(name);
+        for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.f32()[i], 0.0f) << name << " gradient written";
+      }
+    }
+    opt.step(lora.params(), lora.grads(), 1e-2f);
+  }
+  EXPECT_LT(last, first - 0.1f) << "the adapters did not learn";
+  EXPECT_EQ(std::memcmp(base.data(), model.params().f32(), base.size() * sizeof(float)), 0) << "base weights moved";
+  int changed = 0;
+  for (int64_t i = 0; i < lora.table().total(); ++i) changed += lora.params().f32()[i] != adapters0[i];
+  EXPECT_GT(changed, lora.table().total() / 2);
+}
+
+TEST(Lora, AdapterGradientsMatchFiniteDifferences) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt model(c, comm);
+  model.initialize(12);
+  Lora& lora = model.enable_lora(tiny_lora());
+  lora.initialize(6);
+  model.set_frozen(true);
+  CounterRng r(3, 1);
+  float* p = lora.params().f32();
+  for (int64_t i = 0; i < lora.table().total(); ++i) p[i] += 0.5f * (r.uniform() - 0.5f);  // B no longer zero
+  const int B = 2, T = 6;
+  auto inp = random_tokens(B * T, c.vocab_size, 3), tgt = random_tokens(B * T, c.vocab_size, 4);
+  lora.zero_grad();
+  model.forward(inp.data(), tgt.data(), B, T, true);
+  model.backward();
+  std::vector<float> analytic(lora.grads().f32(), lora.grads().f32() + lora.table().total());
+  int checked = 0;
+  for (const auto& s : lora.table().specs()) {
+    for (int k = 0; k < 3; ++k) {
+      const int64_t i = s.offset + static_cast<int64_t>(r.below(s.numel));
+      const float saved = p[i], eps = 1e-2f;
+      p[i] = saved + eps;
+      const double lp = model.forward(inp.data(), tgt.data(), B, T);
+      p[i] = saved - eps;
+      const double lm = model.forward(inp.data(), tgt.data(), B, T);
+      p[i] = saved;
+      const double numeric = (lp - lm) / (2.0 * eps);
+      const double err =
+          std::fabs(numeric - analytic[i]) / std::max(1e-2, std::fabs(numeric) + std::fabs(analytic[i]));
+      EXPECT_LT(err, 3e-2) << s.name << " element " << i - s.offset << ": analytic " << analytic[i] << " numeric "
+                           << numeric;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 3 * 2 * 4 * c.n_layer);
+}
+
+TEST(Lora, MergedWeightsGiveTheAdaptedModelsLogits) {
+  GptConfig c = tiny_config();
+  LocalCommunicator comm;
+  Gpt adapted(c, comm), merged(c, comm);
+  adapted.initialize(13);
+  LoraConfig lc = tiny_lora();
+  lc.targets = "qkv,fc_proj";
+  Lora& lora = adapted.enable_lora(lc);
+  lora.initialize(7);
+  CounterRng r(4, 1);
+  for (int64_t i = 0; i < lora.table().total(); ++i) lora.params().f32()[i] += 0.3f * (r.uniform() - 0.5f);
+  // Whole tensors of both, merged on the host, into a plain model.
+  std::map<std::string, Tensor> weights, adapters;
+  for (const auto& s : adapted.table().specs()) weights[s.name] = copy_of(adapted.param(s.name));
+  for (const auto& s : lora.table().specs()) adapters[s.name] = copy_of(lora.params().view(s.offset, s.shape));
+  lora_merge(weights, adapters, c, lc);
+  for (const auto& s : merged.table().specs()) merged.param(s.name).copy_from(weights.at(s.name));
+  auto inp = random_tokens(2 * 8, c.vocab_size, 5);
+  adapted.forward(inp.data(), nullptr, 2, 8);
+  merged.forward(inp.data(), nullptr, 2, 8);
+  float worst = 0.0f, moved = 0.0f;
+  Gpt plain(c, comm);
+  plain.initialize(13);
+  plain.forward(inp.data(), nullptr, 2, 8);
+  for (int row = 0; row < 16; ++row)
+    for (int v = 0; v < c.vocab_size; ++v) {
+      worst = std::max(worst, std::fabs(adapted.logits_row(row)[v] - merged.logits_row(row)[v]));
+      moved = std::max(moved, std::fabs(adapted.logits_row(row)[v] - plain.logits_row(row)[v]));
+    }
+  EXPECT_LT(worst, 1e-5f);
+  EXPECT_GT(moved, 1e-3f) << "the adapters should change the model";
+}
+
+TEST(Lora, OptimizerStateIsOverFiftyTimesSmallerThanFullFineTuning) {
+  const GptConfig c;  // the benchmark model: L4 H4 C256, GPT-2's vocabulary
+  const LoraConfig lc;  // rank 8 on all four layers
+  AdamW full(ParameterTable(c), AdamWConfig{});
+  AdamW adapters(ParameterTable(lora_specs(c, lc), 1, 0), AdamWConfig{});
+  const double ratio = static_cast<double>(full.state_bytes()) / static_cast<double>(adapters.state_bytes());
+  std::printf("optimizer state: full fine-tuning %zu bytes, LoRA rank %d %zu bytes: %.0fx smaller\n",
+              full.state_bytes(), lc.rank, adapters.state_bytes(), ratio);
+  EXPECT_GE(ratio, 50.0);
+  ::testing::Test::RecordProperty("state_ratio", std::to_string(ratio));
 }

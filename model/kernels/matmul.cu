@@ -358,14 +358,15 @@ struct CudaMatmul::Impl {
                 bool accumulate_dinp) {
     MT_CHECK(N >= 1 && C >= 1 && OC >= 1,
              "[CudaMatmul::backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C, OC);
-    MT_CHECK(dweight != nullptr && dout != nullptr && inp != nullptr,
-             "[CudaMatmul::backward] dweight, dout and inp must be device pointers; only dinp and dbias may be null");
+    MT_CHECK(dout != nullptr && (dweight == nullptr || inp != nullptr),
+             "[CudaMatmul::backward] dout (and inp, for dweight) must be device pointers");
     MT_CHECK(dinp == nullptr || weight != nullptr, "[CudaMatmul::backward] dinp needs the weight, which is null");
     const cudaDataType_t type = TypeOf<T>::cuda;
     if (dinp != nullptr)
       run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, type, weight, dout, dinp, accumulate_dinp ? 1.0f : 0.0f),
                   kOpBackward);
-    run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, type, inp, dout, dweight, 1.0f), kOpBackward);
+    if (dweight != nullptr)  // null: a frozen weight (LoRA fine-tuning) needs only dinp
+      run_or_fail(gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, type, inp, dout, dweight, 1.0f), kOpBackward);
     if (dbias == nullptr) return;
 
     // Partials in the workspace: as many chunks of at least kChunkRows rows as fit.

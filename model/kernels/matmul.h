@@ -5,7 +5,7 @@
 namespace meshtrain {
 
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
-/// dinp, dweight and dbias are accumulated into (+=); dinp or dbias may be null to skip them.
+/// dinp, dweight and dbias are accumulated into (+=); any may be null to skip it (a frozen weight).
 void matmul_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                          const float* weight, int N, int C, int OC);
 

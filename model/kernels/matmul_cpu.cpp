@@ -56,9 +56,8 @@ void matmul_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
                          const float* weight, int N, int C, int OC) {
   MT_CHECK(N >= 1 && C >= 1 && OC >= 1, "[matmul_backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C,
            OC);
-  MT_CHECK(dweight != nullptr, "[matmul_backward] dweight is null; only dinp and dbias may be skipped");
   if (dinp != nullptr) gemm_cpu(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
-  gemm_cpu(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+  if (dweight != nullptr) gemm_cpu(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
   if (dbias == nullptr) return;
   const int num_blocks = (OC + kColumnBlock - 1) / kColumnBlock;
 #pragma omp parallel for schedule(static)

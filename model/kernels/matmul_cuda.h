@@ -32,7 +32,7 @@ class CudaMatmul {
   /// dinp += dout @ weight (dinp = ... when accumulate_dinp is false: beta = 0 saves zeroing it first);
   /// dweight += dout^T @ inp (beta = 1 accumulation in the GEMM);
   /// dbias += column sums of dout, reduced in fp32 in a fixed order (own kernels; deterministic).
-  /// dinp and dbias may be null (weight is only read for dinp).
+  /// dinp, dweight and dbias may each be null (weight is only read for dinp, inp only for dweight).
   void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight,
                 int N, int C, int OC, bool accumulate_dinp = true);
   void backward(Bf16* dinp, Bf16* dweight, Bf16* dbias, const Bf16* dout, const Bf16* inp, const Bf16* weight, int N,

@@ -34,7 +34,7 @@ void layernorm_backward_cuda(float*, float*, float*, const float*, const float*,
 void gelu_forward_cuda(float*, const float*, int64_t, void*) { MT_NO_CUDA("gelu_forward_cuda"); }
 void gelu_backward_cuda(float*, const float*, const float*, int64_t, void*) { MT_NO_CUDA("gelu_backward_cuda"); }
 void residual_forward_cuda(float*, const float*, const float*, int64_t, void*) { MT_NO_CUDA("residual_forward_cuda"); }
-void residual_accumulate_cuda(float*, const float*, int64_t, void*) { MT_NO_CUDA("residual_accumulate_cuda"); }
+void residual_accumulate_cuda(float*, const float*, int64_t, void*, float) { MT_NO_CUDA("residual_accumulate_cuda"); }
 void softmax_crossentropy_cuda(float*, float*, const float*, const int32_t*, int, int, int, float, void*) {
   MT_NO_CUDA("softmax_crossentropy_cuda");
 }
@@ -69,7 +69,7 @@ void residual_layernorm_forward_cuda(Bf16*, Bf16*, float*, float*, const Bf16*, 
 void gelu_forward_cuda(Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("gelu_forward_cuda"); }
 void gelu_backward_cuda(Bf16*, const Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("gelu_backward_cuda"); }
 void residual_forward_cuda(Bf16*, const Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("residual_forward_cuda"); }
-void residual_accumulate_cuda(Bf16*, const Bf16*, int64_t, void*) { MT_NO_CUDA("residual_accumulate_cuda"); }
+void residual_accumulate_cuda(Bf16*, const Bf16*, int64_t, void*, float) { MT_NO_CUDA("residual_accumulate_cuda"); }
 void softmax_crossentropy_cuda(float*, Bf16*, const Bf16*, const int32_t*, int, int, int, float, void*) {
   MT_NO_CUDA("softmax_crossentropy_cuda");
 }

@@ -36,13 +36,14 @@ __global__ void residual_forward_kernel(T* out, const T* a, const T* b, int64_t 
 }
 
 template <int W, class T>
-__global__ void residual_accumulate_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t n_packs) {
+__global__ void residual_accumulate_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t n_packs,
+                                           float scale) {
   for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < n_packs; p += int64_t{gridDim.x} * blockDim.x) {
     float x[W], y[W];
     load_floats<W>(x, dst + p * W);
     load_floats<W>(y, src + p * W);
 #pragma unroll
-    for (int k = 0; k < W; ++k) x[k] += y[k];
+    for (int k = 0; k < W; ++k) x[k] += scale * y[k];
     store_floats<W>(dst + p * W, x);
   }
 }
@@ -64,15 +65,15 @@ void launch_forward(T* out, const T* a, const T* b, int64_t N, void* stream) {
 }
 
 template <class T>
-void launch_accumulate(T* dst, const T* src, int64_t N, void* stream) {
+void launch_accumulate(T* dst, const T* src, int64_t N, void* stream, float scale) {
   MT_CHECK(N >= 0, "[residual_accumulate_cuda] N={}: the element count cannot be negative", N);
   if (N == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   constexpr int W = kPack<T>;
   if (can_pack<T>(N, dst, src)) {
-    residual_accumulate_kernel<W><<<grid_for(N / W), kBlock, 0, s>>>(dst, src, N / W);
+    residual_accumulate_kernel<W><<<grid_for(N / W), kBlock, 0, s>>>(dst, src, N / W, scale);
   } else {
-    residual_accumulate_kernel<1><<<grid_for(N), kBlock, 0, s>>>(dst, src, N);
+    residual_accumulate_kernel<1><<<grid_for(N), kBlock, 0, s>>>(dst, src, N, scale);
   }
   CUDA_CHECK(cudaGetLastError());
 }
@@ -83,16 +84,16 @@ void residual_forward_cuda(float* out, const float* a, const float* b, int64_t N
   launch_forward(out, a, b, N, stream);
 }
 
-void residual_accumulate_cuda(float* dst, const float* src, int64_t N, void* stream) {
-  launch_accumulate(dst, src, N, stream);
+void residual_accumulate_cuda(float* dst, const float* src, int64_t N, void* stream, float scale) {
+  launch_accumulate(dst, src, N, stream, scale);
 }
 
 void residual_forward_cuda(Bf16* out, const Bf16* a, const Bf16* b, int64_t N, void* stream) {
   launch_forward(cuda_bf16(out), cuda_bf16(a), cuda_bf16(b), N, stream);
 }
 
-void residual_accumulate_cuda(Bf16* dst, const Bf16* src, int64_t N, void* stream) {
-  launch_accumulate(cuda_bf16(dst), cuda_bf16(src), N, stream);
+void residual_accumulate_cuda(Bf16* dst, const Bf16* src, int64_t N, void* stream, float scale) {
+  launch_accumulate(cuda_bf16(dst), cuda_bf16(src), N, stream, scale);
 }
 
 }  // namespace meshtrain

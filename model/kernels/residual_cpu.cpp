@@ -15,10 +15,10 @@ void residual_forward_cpu(float* out, const float* a, const float* b, int64_t N)
   for (int64_t i = 0; i < N; ++i) out[i] = a[i] + b[i];
 }
 
-void residual_accumulate_cpu(float* dst, const float* src, int64_t N) {
+void residual_accumulate_cpu(float* dst, const float* src, int64_t N, float scale) {
   MT_CHECK(N >= 0, "[residual_accumulate] N={}: the element count cannot be negative", N);
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < N; ++i) dst[i] += src[i];
+  for (int64_t i = 0; i < N; ++i) dst[i] += scale * src[i];
 }
 
 }  // namespace meshtrain
