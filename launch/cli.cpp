@@ -13,6 +13,7 @@
 #include "core/timer.h"
 #include "launch/ckpt_tools.h"
 #include "launch/config.h"
+#include "launch/finetune.h"
 #include "launch/generate.h"
 #include "launch/train/train.h"
 #include "model/data.h"
@@ -127,6 +128,38 @@ int run_cli(int argc, char** argv) {
   gen->add_option("--pp", gargs.pp, "pipeline stages when run under mpirun")->check(CLI::Range(1, 4096))
       ->capture_default_str();
 
+  gen->add_option("--adapter", gargs.adapter,
+                  "LoRA adapter file from `meshtrain finetune` (trained on --checkpoint's weights)");
+
+  FinetuneArgs fargs;
+  auto* ft = app.add_subcommand("finetune", "fine-tune LoRA adapters on a checkpoint (its weights stay frozen)");
+  ft->add_option("--checkpoint", fargs.checkpoint, "base checkpoint file (or a folder: its latest checkpoint)")
+      ->required();
+  ft->add_option("--data", fargs.data,
+                 "training token shards (paths or globs, comma-separated), from `meshtrain tokenize` with the base's "
+                 "tokenizer");
+  ft->add_option("--val", fargs.val, "validation token shards (optional)");
+  ft->add_option("--output", fargs.output, "adapter file to write")->capture_default_str();
+  ft->add_flag("--overwrite", fargs.overwrite, "replace --output when it exists");
+  ft->add_option("--config", fargs.config_file, "TOML file with [train], [data] and [lora] keys")
+      ->check(CLI::ExistingFile);
+  ft->add_option("--set", fargs.overrides,
+                 "override one key (repeatable): lora.rank, lora.alpha, lora.targets, train.* (steps, lr, ...)");
+  ft->add_option("--metrics", fargs.metrics, "append one JSON object per step to this file");
+  ft->add_option("--tp", fargs.tp, "tensor-parallel ranks under mpirun (the others are data-parallel)")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  ft->footer("Defaults over the base run's configuration: train.steps=100, train.lr=1e-3, train.min_lr=1e-4, "
+             "train.warmup_steps=10, train.weight_decay=0, train.eval_every=25; lora.rank=8, lora.alpha=16, "
+             "lora.targets=qkv,proj,fc,fc_proj.");
+
+  auto* lora_cmd = app.add_subcommand("lora", "LoRA adapter tools");
+  lora_cmd->require_subcommand(1);
+  MergeArgs margs;
+  auto* merge = lora_cmd->add_subcommand("merge", "fold an adapter into its base weights: a full checkpoint");
+  merge->add_option("--base", margs.base, "the checkpoint the adapter was trained on (file or folder)")->required();
+  merge->add_option("--adapter", margs.adapter, "adapter file from `meshtrain finetune`")->required();
+  merge->add_option("--output", margs.output, "checkpoint file to write (must not exist)")->required();
+
   std::string tok_dir, out_dir;
   std::vector<std::string> inputs;
   double val_fraction = 0.1;
@@ -163,9 +196,11 @@ int run_cli(int argc, char** argv) {
   std::unique_ptr<MpiRuntime> runtime;
   std::unique_ptr<Communicator> world;
   try {
-    if (*train || *gen) {
+    if (*train || *gen || *ft) {
       runtime = MpiRuntime::init_if_launched(&argc, &argv);
       world = world_communicator(runtime.get());
+      if (runtime) fargs.default_threads = runtime->threads_per_rank();
+      if (runtime) fargs.local_rank = runtime->local_rank();
       if (runtime) targs.default_threads = runtime->threads_per_rank();
       if (runtime) targs.ranks_on_host = runtime->local_size();
       if (runtime) targs.local_rank = runtime->local_rank();
@@ -186,6 +221,10 @@ int run_cli(int argc, char** argv) {
       if (r.stop_signal) return 128 + r.stop_signal;  // the shell's convention for "ended by a signal"
     } else if (*gen) {
       run_generate(gargs, *world);
+    } else if (*ft) {
+      run_finetune(fargs, *world);
+    } else if (*merge) {
+      fmt::print("{}\n", run_lora_merge(margs));
     } else if (*tokenize) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);
     } else if (*bpe) {

@@ -161,6 +161,13 @@ const std::vector<Key>& schema() {
                          "how ranks exchange tensors: auto, mpi (GPU tensors staged through host memory; several "
                          "ranks may share a GPU) or nccl (GPU to GPU, one GPU per rank)", &C::parallel,
                          &ParallelConfig::comm));
+    k.push_back(make_key("lora.rank", Kind::integer, "finetune: rank r of each adapter (A is r x C_in, B is C_out x r)",
+                         &C::lora, &LoraConfig::rank, 1));
+    k.push_back(make_key("lora.alpha", Kind::number, "finetune: the adapter branch is scaled by alpha / rank",
+                         &C::lora, &LoraConfig::alpha));
+    k.push_back(make_key("lora.targets", Kind::string,
+                         "finetune: adapted layers, comma-separated from qkv, proj, fc, fc_proj", &C::lora,
+                         &LoraConfig::targets));
     return k;
   }();
   return keys;
@@ -178,7 +185,7 @@ const Key* find_key(const std::string& name) {
   for (const auto& k : schema())
     if (k.name.rfind(section + ".", 0) == 0) known.push_back(k.name);
   if (known.empty())
-    MT_FAIL("[config] unknown key '{}'{}: sections are [model], [data], [train] and [parallel]", name, origin);
+    MT_FAIL("[config] unknown key '{}'{}: sections are [model], [data], [train], [parallel] and [lora]", name, origin);
   MT_FAIL("[config] unknown key '{}'{}; known keys: {}", name, origin, fmt::join(known, ", "));
 }
 
@@ -343,6 +350,7 @@ void validate_config(const Config& cfg) {
   MT_CHECK(m.n_embd % m.n_head == 0, "[config] model.n_embd ({}) must be a multiple of model.n_head ({})", m.n_embd,
            m.n_head);
   m.validate_positions();
+  validate_lora(cfg.lora);
   const auto& t = cfg.train;
   MT_CHECK(t.lr > 0.0, "[config] train.lr must be > 0 (got {})", t.lr);
   MT_CHECK(t.min_lr >= 0.0 && t.min_lr <= t.lr, "[config] train.min_lr must be in [0, train.lr] (got {})", t.min_lr);

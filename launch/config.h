@@ -1,4 +1,4 @@
-// Run configuration: [model], [data], [train] and [parallel] sections read from TOML, overridden by
+// Run configuration: [model], [data], [train], [parallel] and [lora] sections read from TOML, overridden by
 // --set section.key=value, checked against one schema (unknown keys and bad values are errors
 // naming the key and the expected form). The defaults are the built-in default run.
 #pragma once
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/gpt_config.h"
+#include "model/lora.h"
 
 namespace meshtrain {
 
@@ -63,6 +64,7 @@ struct Config {
   DataConfig data;
   TrainConfig train;
   ParallelConfig parallel;
+  LoraConfig lora;  // `meshtrain finetune` only
 };
 
 /// The built-in defaults: the default run's model and schedule; model.vocab_size 0 = from the tokenizer.

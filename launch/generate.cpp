@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "core/timer.h"
 #include "launch/config.h"
+#include "launch/finetune.h"
 #include "launch/train/train_state.h"
 #include "model/gpt.h"
 #include "model/tokenizer.h"
@@ -185,6 +186,10 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   Gpt model(cfg.model, mesh.dp(), &mesh.tp(), args.pp, mesh.pp_rank(), std::move(backend));
   if (world.size() == 1) load_run(path, model, nullptr);
   else load_run_sharded(path, model, nullptr, world, mesh.dp_rank());
+  if (!args.adapter.empty()) {
+    MT_CHECK(args.pp == 1, "[generate] --adapter runs without pipeline stages; use --tp only");
+    load_adapter(args.adapter, path, model);
+  }
   std::optional<Pipeline> pipe;
   if (args.pp > 1) pipe.emplace(model, mesh.pp(), PipelineSchedule::gpipe);
   CounterRng rng(static_cast<uint64_t>(args.seed), 2);

@@ -79,6 +79,7 @@ struct GenerateArgs {
   std::string precision = "fp32";  // fp32 or bf16 (CUDA)
   int local_rank = 0;              // picks the GPU under mpirun
   bool timing = false;             // print tokens/s to stderr at the end
+  std::string adapter;             // LoRA adapter file, or ""
 };
 
 class Communicator;

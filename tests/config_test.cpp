@@ -61,7 +61,7 @@ TEST(Config, UnknownKeysAreNamed) {
   EXPECT_NE(e.find("unknown key 'train.learning_rate'"), std::string::npos) << e;
   EXPECT_NE(e.find("train.lr"), std::string::npos) << "the message should list the known keys: " << e;
   e = error_of([] { load_config("", {"optim.lr=1"}); });
-  EXPECT_NE(e.find("sections are [model], [data], [train] and [parallel]"), std::string::npos) << e;
+  EXPECT_NE(e.find("sections are [model], [data], [train], [parallel] and [lora]"), std::string::npos) << e;
 
   meshtrain::testing::ScratchDir dir("config");
   std::ofstream(dir.str("bad.toml")) << "[model]\nn_layer = 2\nn_layers = 3\n";

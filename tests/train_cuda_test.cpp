@@ -119,6 +119,50 @@ TEST(GptCuda, RopeModelMatchesTheCpu) {
   }
 }
 
+/// One forward + backward of a frozen model with LoRA adapters (random, B non-zero): the loss and the
+/// adapters' gradients.
+Step lora_step(std::unique_ptr<Backend> be) {
+  const GptConfig c = tiny_config();
+  LocalCommunicator one;
+  Gpt model(c, one, nullptr, 1, 0, std::move(be));
+  model.initialize(5);
+  LoraConfig lc;
+  lc.rank = 4;
+  Lora& lora = model.enable_lora(lc);
+  lora.initialize(9);  // A as fine-tuning starts; B small but non-zero, as after some steps
+  std::vector<float> p(static_cast<size_t>(lora.table().total()));
+  lora.get_params(p.data());
+  const std::vector<float> noise = meshtrain::testing::random_floats(p.size(), 23, -0.02f, 0.02f);
+  for (const auto& s : lora.table().specs())
+    if (s.name.find("lora_B") != std::string::npos)
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) p[static_cast<size_t>(i)] = noise[static_cast<size_t>(i)];
+  lora.set_params(p.data());
+  model.set_frozen(true);
+  const int B = 2, T = 40;
+  std::vector<int32_t> tok(static_cast<size_t>(B) * T), tgt(tok.size());
+  for (size_t i = 0; i < tok.size(); ++i) {
+    tok[i] = static_cast<int32_t>((i * 31 + 7) % c.vocab_size);
+    tgt[i] = static_cast<int32_t>((i * 17 + 3) % c.vocab_size);
+  }
+  lora.zero_grad();
+  Step s;
+  s.loss = model.forward(tok.data(), tgt.data(), B, T, true);
+  model.backward();
+  s.grads.resize(static_cast<size_t>(lora.table().total()));
+  model.backend().download_floats(s.grads.data(), lora.grads().raw(), lora.table().total());
+  return s;
+}
+
+TEST(GptCuda, LoraAdaptersTrainAsOnTheCpu) {
+  MT_REQUIRE_GPU();
+  const Step cpu = lora_step(make_cpu_backend());
+  for (auto [dt, tol] : {std::pair{DType::f32, 1e-4}, std::pair{DType::bf16, 2e-2}}) {
+    const Step gpu = lora_step(make_cuda_backend(dt));
+    EXPECT_NEAR(gpu.loss, cpu.loss, tol * std::fabs(cpu.loss)) << dtype_name(dt);
+    EXPECT_LE(rel_l2(gpu.grads, cpu.grads), tol) << dtype_name(dt);
+  }
+}
+
 TEST(GptCuda, KeyValueCacheLogitsMatchTheFullForward) {
   MT_REQUIRE_GPU();
   for (const GptConfig& c : {tiny_config(), rope_config()}) {

@@ -217,13 +217,25 @@ RunCounters load_run_sharded(const std::string& path, Gpt& model, MomentBuffers*
   return read_counters(r, moments);
 }
 
+namespace {
+/// Adapter files (launch/finetune.h) share the checkpoint container but hold no model.
+void check_not_adapter(const CheckpointReader& r, const std::string& path) {
+  auto contents = r.meta().strings.find("contents");
+  MT_CHECK(contents == r.meta().strings.end() || contents->second != "lora-adapter",
+           "[checkpoint] '{}' is a LoRA adapter, not a model: pass the checkpoint it was trained on as the model and "
+           "this file as --adapter (or fold it in with `meshtrain lora merge`)", path);
+}
+}  // namespace
+
 Config read_run_config(const std::string& path) {
   CheckpointReader r(path);
+  check_not_adapter(r, path);
   return config_from_toml(r.get_string("config"), path + ":config");
 }
 
 RunInfo read_run_info(const std::string& path) {
   CheckpointReader r(path);
+  check_not_adapter(r, path);
   RunInfo info;
   info.config = config_from_toml(r.get_string("config"), path + ":config");
   auto it = r.meta().strings.find("layout");
