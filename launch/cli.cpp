@@ -15,6 +15,7 @@
 #include "launch/config.h"
 #include "launch/finetune.h"
 #include "launch/generate.h"
+#include "launch/serve.h"
 #include "launch/train/train.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
@@ -152,6 +153,48 @@ int run_cli(int argc, char** argv) {
              "train.warmup_steps=10, train.weight_decay=0, train.eval_every=25; lora.rank=8, lora.alpha=16, "
              "lora.targets=qkv,proj,fc,fc_proj.");
 
+  ServeArgs sargs;
+  auto* serve = app.add_subcommand("serve", "serve a model over HTTP: a chat page at / and OpenAI-shaped "
+                                            "POST /v1/completions (streaming with server-sent events)");
+  serve->add_option("--checkpoint", sargs.model.checkpoint, "checkpoint file (or a folder: its latest checkpoint)")
+      ->required();
+  serve->add_option("--adapter", sargs.model.adapter, "LoRA adapter file trained on --checkpoint");
+  serve->add_option("--tokenizer", sargs.model.tokenizer, "tokenizer folder (default: the one the run used)");
+  serve->add_option("--host", sargs.host, "address to listen on (127.0.0.1: this machine only)")
+      ->capture_default_str();
+  serve->add_option("--port", sargs.port, "port (0 = any free one, printed)")->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  serve->add_option("--max-body", sargs.max_body, "largest request body accepted, in bytes")
+      ->check(CLI::Range(64, 1 << 30))->capture_default_str();
+  serve->add_option("--device", sargs.model.device, "auto (CUDA when a GPU is visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  serve->add_option("--precision", sargs.model.precision, "fp32, or bf16 on a GPU")
+      ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  serve->add_option("--threads", sargs.model.threads, "CPU threads (0 = all available)")->capture_default_str();
+
+  GenerateArgs cargs;
+  cargs.sample.max_new_tokens = 100;
+  auto* chat = app.add_subcommand("chat", "continue each line typed on stdin with the model, streaming the text");
+  chat->add_option("--checkpoint", cargs.checkpoint, "checkpoint file (or a folder: its latest checkpoint)")
+      ->required();
+  chat->add_option("--adapter", cargs.adapter, "LoRA adapter file trained on --checkpoint");
+  chat->add_option("--tokenizer", cargs.tokenizer, "tokenizer folder (default: the one the run used)");
+  chat->add_option("--max-new-tokens", cargs.sample.max_new_tokens, "tokens per answer")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  chat->add_option("--temperature", cargs.sample.sampling.temperature, "sampling temperature; 0 = greedy")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+  chat->add_option("--top-k", cargs.sample.sampling.top_k, "sample among the k likeliest tokens; 0 = all")
+      ->check(CLI::Range(0, 1 << 24))->capture_default_str();
+  chat->add_option("--top-p", cargs.sample.sampling.top_p, "nucleus sampling mass; 1 = all")
+      ->check(CLI::Range(0.000001, 1.0))->capture_default_str();
+  chat->add_option("--repetition-penalty", cargs.sample.sampling.repetition_penalty, "1 = off")
+      ->check(CLI::Range(0.01, 100.0))->capture_default_str();
+  chat->add_option("--stop", cargs.sample.stop, "end an answer at this string (repeatable)");
+  chat->add_option("--seed", cargs.seed, "sampling seed")->capture_default_str();
+  chat->add_option("--device", cargs.device, "auto, cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  chat->add_option("--threads", cargs.threads, "CPU threads (0 = all available)")->capture_default_str();
+
   auto* lora_cmd = app.add_subcommand("lora", "LoRA adapter tools");
   lora_cmd->require_subcommand(1);
   MergeArgs margs;
@@ -223,6 +266,10 @@ int run_cli(int argc, char** argv) {
       run_generate(gargs, *world);
     } else if (*ft) {
       run_finetune(fargs, *world);
+    } else if (*serve) {
+      run_serve(sargs);
+    } else if (*chat) {
+      run_chat(cargs);
     } else if (*merge) {
       fmt::print("{}\n", run_lora_merge(margs));
     } else if (*tokenize) {

@@ -143,15 +143,8 @@ Generation stream_sample(const NextLogits& next_logits, const GptConfig& cfg, co
   return g;
 }
 
-void run_generate(const GenerateArgs& args, Communicator& world) {
-  const bool lead = world.rank() == 0;
-  std::string path = args.checkpoint;
-  if (std::filesystem::is_directory(path)) {
-    std::string latest = find_latest_checkpoint(path);
-    MT_CHECK(!latest.empty(), "[generate] no checkpoint (ckpt_NNNNNN.h5) in folder '{}'", path);
-    path = latest;
-  }
-  MT_CHECK(std::filesystem::exists(path), "[generate] checkpoint '{}' does not exist", path);
+std::unique_ptr<InferenceModel> load_inference_model(const GenerateArgs& args, Communicator& world) {
+  const std::string path = resolve_checkpoint(args.checkpoint, "generate");
   MT_CHECK(args.device == "auto" || args.device == "cpu" || args.device == "cuda",
            "[generate] --device must be auto, cpu or cuda (got '{}')", args.device);
   MT_CHECK(args.precision == "fp32" || args.precision == "bf16", "[generate] --precision must be fp32 or bf16 (got '{}')",
@@ -164,10 +157,14 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   }
   set_num_threads(args.threads > 0 ? args.threads : available_cores());
   const RunInfo info = read_run_info(path);  // configuration and tokenizer fingerprint in one read
-  Config cfg = info.config;
+  auto m = std::make_unique<InferenceModel>();
+  m->checkpoint = path;
+  m->config = info.config;
+  const Config& cfg = m->config;
   std::string tok_dir = args.tokenizer.empty() ? cfg.data.tokenizer : args.tokenizer;
   MT_CHECK(!tok_dir.empty(), "[generate] the checkpoint names no tokenizer; pass --tokenizer DIR");
-  Tokenizer tok = Tokenizer::load(tok_dir);
+  m->tokenizer.emplace(Tokenizer::load(tok_dir));
+  const Tokenizer& tok = *m->tokenizer;
   const std::string& made_with = info.counters.tokenizer_id;
   MT_CHECK(made_with.empty() || made_with == tok.fingerprint_hex(),
            "[generate] the model was trained with tokenizer {} ('{}'), but '{}' is tokenizer {}: its ids would "
@@ -180,25 +177,39 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   // rank samples the same tokens from the same logits and rank 0 prints them.
   MT_CHECK(world.size() % (args.tp * args.pp) == 0, "[generate] --tp {} x --pp {} must divide the number of ranks ({})",
            args.tp, args.pp, world.size());
-  Mesh mesh(world, MeshShape{world.size() / (args.tp * args.pp), args.tp, args.pp});
+  m->mesh = std::make_unique<Mesh>(world, MeshShape{world.size() / (args.tp * args.pp), args.tp, args.pp});
+  Mesh& mesh = *m->mesh;
   std::unique_ptr<Backend> backend;
   if (use_cuda) backend = make_cuda_backend(args.precision == "bf16" ? DType::bf16 : DType::f32);
-  Gpt model(cfg.model, mesh.dp(), &mesh.tp(), args.pp, mesh.pp_rank(), std::move(backend));
+  m->model = std::make_unique<Gpt>(cfg.model, mesh.dp(), &mesh.tp(), args.pp, mesh.pp_rank(), std::move(backend));
+  Gpt& model = *m->model;
   if (world.size() == 1) load_run(path, model, nullptr);
   else load_run_sharded(path, model, nullptr, world, mesh.dp_rank());
   if (!args.adapter.empty()) {
     MT_CHECK(args.pp == 1, "[generate] --adapter runs without pipeline stages; use --tp only");
     load_adapter(args.adapter, path, model);
   }
-  std::optional<Pipeline> pipe;
-  if (args.pp > 1) pipe.emplace(model, mesh.pp(), PipelineSchedule::gpipe);
+  if (args.pp > 1) m->pipeline = std::make_unique<Pipeline>(model, mesh.pp(), PipelineSchedule::gpipe);
+  return m;
+}
+
+InferenceModel::~InferenceModel() = default;
+
+NextLogits InferenceModel::logits(bool kv_cache) { return model_logits(*model, pipeline.get(), kv_cache); }
+
+void run_generate(const GenerateArgs& args, Communicator& world) {
+  const bool lead = world.rank() == 0;
+  auto im = load_inference_model(args, world);
+  const Tokenizer& tok = *im->tokenizer;
+  Gpt& model = *im->model;
+  const Config& cfg = im->config;
   CounterRng rng(static_cast<uint64_t>(args.seed), 2);
   auto context = prompt_tokens(tok, args.prompt);
   std::FILE* out = lead ? stdout : nullptr;
   if (out) std::fwrite(args.prompt.data(), 1, args.prompt.size(), out);
   const double t0 = now_seconds();
-  Generation g = stream_sample(model_logits(model, pipe ? &*pipe : nullptr, args.sample.kv_cache), cfg.model, tok,
-                               context, args.sample, rng, file_sink(out));
+  Generation g = stream_sample(im->logits(args.sample.kv_cache), cfg.model, tok, context, args.sample, rng,
+                               file_sink(out));
   const double seconds = now_seconds() - t0;
   if (out) std::fputc('\n', out);
   if (lead && args.timing)

@@ -15,9 +15,14 @@
 #include <string_view>
 #include <vector>
 
+#include <memory>
+#include <optional>
+
 #include "core/rng.h"
+#include "launch/config.h"
 #include "model/gpt_config.h"
 #include "model/sampler.h"
+#include "model/tokenizer.h"
 
 namespace meshtrain {
 
@@ -83,6 +88,24 @@ struct GenerateArgs {
 };
 
 class Communicator;
+class Mesh;
+
+/// A checkpoint loaded for generation (and the server): its configuration and tokenizer, the model
+/// laid out over the ranks' mesh, and its pipeline when there are stages.
+struct InferenceModel {
+  ~InferenceModel();
+  std::string checkpoint;  // the file loaded
+  Config config;
+  std::optional<Tokenizer> tokenizer;
+  std::unique_ptr<Mesh> mesh;
+  std::unique_ptr<Gpt> model;
+  std::unique_ptr<Pipeline> pipeline;
+  /// A next-token source for one sequence (a fresh key/value cache when kv_cache).
+  NextLogits logits(bool kv_cache);
+};
+/// Loads args.checkpoint (and args.adapter) on the ranks of world laid out as (world / (tp x pp), tp, pp),
+/// on the device args ask for; checks the tokenizer against the one the model was trained with.
+std::unique_ptr<InferenceModel> load_inference_model(const GenerateArgs& args, Communicator& world);
 
 /// The `generate` command, on the ranks of world laid out as (world / (tp x pp), tp, pp).
 void run_generate(const GenerateArgs& args, Communicator& world);

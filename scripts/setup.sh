@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages meshtrain builds and runs with. Idempotent: installs only what is
-# missing and prints nothing when everything is already present.
+# Installs the Debian packages meshtrain builds and runs with (and, given `tests`, what its tests
+# also need). Idempotent: installs only what is missing and prints nothing when everything is there.
 set -euo pipefail
 
 packages=(
@@ -9,11 +9,14 @@ packages=(
   libhdf5-openmpi-dev hdf5-tools zlib1g-dev
   libopenblas-openmp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev libcpp-httplib-dev
   libomp-dev
   python3 procps
   fortunes-min fortunes
 )
+
+# `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test.
+if [ "${1:-}" = "tests" ]; then packages+=(chromium); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,7 @@
 # need ../shared/data skip, saying so, when it is missing. Each stage prints its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh tests
 t0=$(date +%s)
 cmake --preset release -DMESHTRAIN_TESTS=ON -DMESHTRAIN_BENCH=ON >/dev/null
 cmake --build build/release -j"$(nproc)"
