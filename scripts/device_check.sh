@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check for a lent machine without a package registry. Prepare once on the Debian dev machine:
 #   apt-get update && DEVDEPS_EXTRA="libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev \
-#     libbenchmark-dev libgmock-dev libopenblas-openmp-dev libomp-dev" bash ../shared/device/pack-deps.sh
+#     libbenchmark-dev libgmock-dev libopenblas-openmp-dev libomp-dev libcpp-httplib-dev libssl-dev libbrotli-dev" \
+#     bash ../shared/device/pack-deps.sh
 # then run this script on the GPU machine carrying .devdeps (device tool: carry [".devdeps"]).
 # It unpacks the carried packages, configures a CUDA build for the card found, builds, runs the GPU
 # tests (every CUDA kernel family against its CPU twin, GPU training against the CPU, NCCL),
 # compute-sanitizer memcheck over the kernel tests where the tool works, the benchmarks (GPT-2 124M
 # bf16 training: tokens/s, MFU, peak memory, eager vs CUDA graph; every layout of up to 4 ranks with
-# its split; flash vs materialised attention; cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
+# its split; generation with and without the key/value cache; flash vs materialised attention;
+# cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
 # short table. Budget: under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,7 @@ step bench_gpt2 150 build-gpu/bench/gpu_train_bench --precision bf16 --T 1024 --
 # the ranks share them over MPI): tokens/s, MFU, peak memory and where each step's time goes.
 step bench_layouts 120 env DEVICE=cuda PRECISION=bf16 COMM=auto GRAPH=true MAX_RANKS=4 \
   bash bench/layouts.sh build-gpu "$out/layouts-work" 6
+step bench_generate 40 build-gpu/bench/generate_bench --device cuda
 step bench_attention 60 build-gpu/bench/attention_bench
 step bench_matmul 40 build-gpu/bench/matmul_bench
 # The CPU suite also runs in CI; here it only uses what is left of the 8 minutes.
@@ -73,11 +76,13 @@ fi
 echo
 echo "| stage | result |"
 echo "|---|---|"
-for k in configure build gpu_tests memcheck bench_gpt2 bench_layouts bench_attention bench_matmul cpu_tests; do
+for k in configure build gpu_tests memcheck bench_gpt2 bench_layouts bench_generate bench_attention bench_matmul \
+    cpu_tests; do
   echo "| $k | ${result[$k]:-not run} |"
 done
 echo
-for b in bench_gpt2 bench_layouts bench_attention bench_matmul; do
-  [ -f "$out/$b.log" ] && { echo "## $b"; grep -E "^\||^device|^GPT|^FLOPs|micro-batch" "$out/$b.log"; echo; }
+for b in bench_gpt2 bench_layouts bench_generate bench_attention bench_matmul; do
+  [ -f "$out/$b.log" ] && { echo "## $b"; grep -E "^\||^device|^GPT|^FLOPs|micro-batch|^model|cache|recompute|speed-up" \
+    "$out/$b.log"; echo; }
 done
 grep -hE "Failed|FAILED|\*\*\*" "$out/gpu_tests.log" 2>/dev/null | head -20
