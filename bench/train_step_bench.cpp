@@ -1,6 +1,7 @@
 // Whole training step of the benchmark model on the CPU: forward, backward and AdamW on random
 // tokens, with time per layer family, achieved GFLOP/s and peak resident memory. Prints numbers,
-// never fails on a slow machine. Usage: train_step_bench [--steps N] [--threads N] [--set key=value]...
+// never fails on a slow machine. Usage: train_step_bench [--steps N] [--threads N] [--trace] [--set key=value]...
+// --trace records trace regions as `train --trace` does (without writing them): the cost of tracing.
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
+#include "core/trace.h"
 #include "launch/config.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
@@ -23,17 +25,20 @@ int main(int argc, char** argv) {
   cfg.model = GptConfig{};  // n_layer 4, n_head 4, n_embd 256, seq_len 256, vocab 50257
   cfg.train.batch_size = 4;
   int steps = 5, threads = 2;
+  bool trace = false;  // record trace regions (core/trace.h), as `train --trace` does
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
     else if (a == "--threads" && i + 1 < argc) threads = std::stoi(argv[++i]);
+    else if (a == "--trace") trace = true;
     else if (a == "--set" && i + 1 < argc) apply_override(cfg, argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--steps N] [--threads N] [--set section.key=value]...\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--steps N] [--threads N] [--trace] [--set section.key=value]...\n", argv[0]);
       return 2;
     }
   }
   set_num_threads(threads);
+  Tracer::get().set_on(trace);
   const int B = cfg.train.batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
   LocalCommunicator comm;
   Gpt model(cfg.model, comm);
@@ -69,6 +74,7 @@ int main(int argc, char** argv) {
       best = std::min(best, dt);
       sum += dt;
       std::printf("step %d: %.1f ms\n", s + 1, dt * 1e3);
+      Tracer::get().take();  // as a trace window would, without the file
     }
   }
   double mean = sum / steps;

@@ -87,6 +87,10 @@ int run_cli(int argc, char** argv) {
   train->add_flag("--branch", targs.branch,
                   "with --resume: allow continuing in a folder that holds later checkpoints, moving them into "
                   "a superseded_after_* subfolder (nothing is deleted)");
+  train->add_option("--trace", targs.trace,
+                    "write a Chrome Trace Event JSON file of every rank's regions (forward/backward per block, "
+                    "collectives, pipeline transfers, optimizer, data, checkpoints) for train.trace_steps; view it "
+                    "in ui.perfetto.dev or chrome://tracing");
   train->add_option("--metrics", targs.metrics,
                     "append one JSON object per step to this file (JSON Lines; its folder is created)");
   bool print_config = false, print_reference = false;

@@ -142,6 +142,9 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("train.peak_tflops", Kind::number,
                          "dense TFLOP/s of one device for the MFU in the step log; 0 = known from the GPU's name "
                          "(H100/H200, A100), no MFU otherwise", &C::train, &TrainConfig::peak_tflops));
+    k.push_back(make_key("train.trace_steps", Kind::string,
+                         "with --trace: the steps recorded, FIRST:LAST (1-based, inclusive); empty = every step",
+                         &C::train, &TrainConfig::trace_steps));
     k.push_back(make_key("parallel.dp", Kind::integer, "data-parallel ranks; 0 = the ranks left after tp",
                          &C::parallel, &ParallelConfig::dp, 0));
     k.push_back(make_key("parallel.tp", Kind::integer, "tensor-parallel ranks (divide model.n_head)", &C::parallel,

@@ -46,6 +46,7 @@ struct TrainConfig {
   std::string attention = "flash"; // CUDA attention kernels: flash or materialised
   std::string resume_schedule = "continue";  // on resume with a changed schedule: continue or restart
   std::string stop_signal = "";    // a signal besides SIGINT/SIGTERM that checkpoints and stops (USR1, ...)
+  std::string trace_steps = "";    // --trace window FIRST:LAST (1-based, inclusive); "" = every step
 };
 
 struct ParallelConfig {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "core/trace.h"
 #include "model/kernels/adamw.h"
 
 namespace meshtrain {
@@ -139,12 +140,37 @@ class Backend {
 
 /// Intervals on a Backend's timeline: the time the device's stream spent between start() and stop()
 /// (on a GPU, waiting for a collective it was ordered after; on the CPU, host time), summed.
+///
+/// With tracing on (core/trace.h) each interval is also a trace region of category trace_cat, timed
+/// on the host: on the CPU the same interval as the device's, on a GPU the host's view of it.
 class DeviceTimer {
  public:
   using Spans = std::vector<std::pair<int64_t, int64_t>>;
-  explicit DeviceTimer(Backend* be = nullptr) : be_(be) {}
-  void start() { open_ = be_->mark(); }
-  void stop() { spans_.push_back({open_, be_->mark()}); }
+  explicit DeviceTimer(Backend* be = nullptr, const char* trace_cat = "", const char* trace_name = "")
+      : be_(be), cat_(trace_cat), name_(trace_name) {}
+  void start(int64_t bytes = -1) {
+    open_ = be_->mark();
+    if (Tracer::get().on()) {
+      trace_t0_ = Tracer::now_us();
+      trace_bytes_ = bytes;
+    }
+  }
+  void stop() {
+    spans_.push_back({open_, be_->mark()});
+    if (trace_t0_ >= 0.0 && Tracer::get().on()) {
+      Tracer& t = Tracer::get();
+      TraceEvent e;
+      e.name = name_;
+      e.cat = cat_;
+      e.tid = t.thread_index();
+      e.step = t.step();
+      e.bytes = trace_bytes_;
+      e.ts_us = trace_t0_;
+      e.dur_us = Tracer::now_us() - trace_t0_;
+      t.add(std::move(e));
+    }
+    trace_t0_ = -1.0;
+  }
   /// Seconds in the intervals since the last take() (the device must have passed them); clears them.
   double take() {
     double s = 0.0;
@@ -158,7 +184,11 @@ class DeviceTimer {
 
  private:
   Backend* be_;
+  const char* cat_;
+  const char* name_;
   int64_t open_ = -1;
+  double trace_t0_ = -1.0;
+  int64_t trace_bytes_ = -1;
   Spans spans_;
 };
 

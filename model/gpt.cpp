@@ -17,11 +17,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 #include "model/kernels/matmul.h"
 #include "model/kernels/rope.h"
 #include "model/kernels/vocab_parallel.h"
 #include "core/communicator.h"
+#include "core/trace.h"
 
 namespace meshtrain {
 
@@ -88,7 +90,7 @@ Gpt::Gpt(const GptConfig& cfg, Communicator& comm, Communicator* tp, int pp_size
       table_((cfg.validate(), cfg), tp_->size(), tp_->rank(), pp_size, pp_stage),
       be_(backend ? std::move(backend) : make_cpu_backend()),
       esize_(dtype_size(be_->dtype())),
-      tp_timer_(be_.get()) {
+      tp_timer_(be_.get(), "tp", "tp all-reduce") {
   n_local_ = table_.layer_end() - table_.layer_begin();
   slots_.resize(1);
   const int t = tp_->size();
@@ -296,7 +298,7 @@ namespace {
 /// timing it on the device's timeline.
 void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, DeviceTimer& timer) {
   if (tp.size() == 1) return;
-  timer.start();
+  timer.start(n * static_cast<int64_t>(dtype_size(buffer.dtype())));
   Tensor view = buffer.view(offset_in(buffer, x), {n});
   tp.all_reduce_async(view, ReduceOp::sum)->wait();  // over NCCL: the stream waits, not the host
   timer.stop();
@@ -313,6 +315,7 @@ void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, v
 }  // namespace
 
 void Gpt::block_forward(int l, int B, int T, int cache_pos) {
+  TraceScope trace("compute", [&] { return "forward block " + std::to_string(table_.layer_begin() + l); });
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -432,6 +435,7 @@ void Gpt::run_blocks(int B, int T, int cache_pos) {
 }
 
 void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float dloss) {
+  TraceScope trace("compute", "head forward (logits, loss)");
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -574,6 +578,8 @@ void Gpt::backward() {
   const int B = a.last_B, T = a.last_T, C = cfg_.n_embd, BT = B * T;
   const int64_t BTC = static_cast<int64_t>(BT) * C;
   const size_t e = esize_;
+  std::optional<TraceScope> head_trace;
+  if (table_.last_stage()) head_trace.emplace("compute", "head backward");
   if (table_.last_stage()) {
     {
       Region r(prof_, be, "classifier");
@@ -589,7 +595,9 @@ void Gpt::backward() {
     }
     if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
   }  // else a.dres already holds the gradient of this stage's output
+  head_trace.reset();
   for (int l = n_local_ - 1; l >= 0; --l) {
+    TraceScope trace("compute", [&] { return "backward block " + std::to_string(table_.layer_begin() + l); });
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
     auto grad = [&](void* g) { return frozen_ ? nullptr : g; };  // a frozen model keeps no weight gradients

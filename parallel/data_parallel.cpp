@@ -7,13 +7,14 @@
 #include <cstring>
 
 #include "core/timer.h"
+#include "core/trace.h"
 #include "model/gpt.h"
 
 namespace meshtrain {
 
 DataParallel::DataParallel(Gpt& model, Communicator& dp, DataParallelConfig cfg, AdamWConfig opt_cfg,
                            Communicator* pp)
-    : model_(model), comm_(dp), pp_(pp && pp->size() > 1 ? pp : nullptr), cfg_(cfg), timer_(&model.backend()) {
+    : model_(model), comm_(dp), pp_(pp && pp->size() > 1 ? pp : nullptr), cfg_(cfg), timer_(&model.backend(), "dp", "dp reduction wait / ZeRO collectives") {
   MT_CHECK(cfg.zero == 0 || cfg.zero == 1, "[data_parallel] parallel.zero must be 0 or 1 (got {})", cfg.zero);
   MT_CHECK(cfg.bucket_mb > 0.0, "[data_parallel] parallel.bucket_mb must be > 0 (got {})", cfg.bucket_mb);
   const int64_t n = comm_.size(), total = model.grads().numel();
@@ -59,6 +60,7 @@ void DataParallel::launch(size_t i) {
 
 void DataParallel::on_ready(int64_t ready_from) {
   // MPI work done here (launching, polling) is communication the CPU does instead of compute.
+  TraceScope trace("dp", "dp buckets: launch and poll");
   const double t0 = now_seconds();
   // Launch, last bucket first, every bucket whose whole range is final; then let MPI progress the
   // ones in flight (CPU collectives advance only inside MPI calls).

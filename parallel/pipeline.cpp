@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/timer.h"
+#include "core/trace.h"
 #include "model/gpt.h"
 
 namespace meshtrain {
@@ -41,24 +42,50 @@ void Pipeline::forward(int micro, int slot, int B, int T, const int32_t* inp, co
   model_.use_slot(slot);
   Tensor in = model_.stage_input(B, T);
   if (stage_ > 0) {
+    TraceScope trace("pp", [&] { return fmt::format("recv activations (micro-batch {})", micro); },
+                     static_cast<int64_t>(in.nbytes()));
+    trace.flow_in(flow_id(micro, stage_ - 1, false));
     double t0 = now_seconds();
     pp_.recv(in, stage_ - 1, 2 * micro);
     wait_s_ += now_seconds() - t0;
   }
   loss_sum += model_.forward(inp, tgt, B, T, grad, scale);
-  if (stage_ < stages_ - 1) sends_[slot].push_back(pp_.isend(model_.stage_output(), stage_ + 1, 2 * micro));
+  if (stage_ < stages_ - 1) {
+    Tensor out = model_.stage_output();
+    TraceScope trace("pp_send", [&] { return fmt::format("send activations (micro-batch {})", micro); },
+                     static_cast<int64_t>(out.nbytes()));
+    trace.flow_out(flow_id(micro, stage_, false));
+    sends_[slot].push_back(pp_.isend(out, stage_ + 1, 2 * micro));
+  }
+}
+
+uint64_t Pipeline::flow_id(int micro, int from_stage, bool gradient) const {
+  // Unique per step, micro-batch, sending stage and direction; never 0.
+  const auto step = static_cast<uint64_t>(std::max<int64_t>(0, Tracer::get().step()));
+  const uint64_t scope = Tracer::get().flow_scope();
+  return (((scope * 1048576 + step) * 65536 + static_cast<uint64_t>(micro)) * 1024 + static_cast<uint64_t>(from_stage)) *
+             2 + (gradient ? 1 : 0) + 1;
 }
 
 void Pipeline::backward(int micro, int slot) {
   model_.use_slot(slot);
   if (stage_ < stages_ - 1) {
     Tensor g = model_.stage_output_grad();
+    TraceScope trace("pp", [&] { return fmt::format("recv gradients (micro-batch {})", micro); },
+                     static_cast<int64_t>(g.nbytes()));
+    trace.flow_in(flow_id(micro, stage_ + 1, true));
     double t0 = now_seconds();
     back_.recv(g, stage_ + 1, 2 * micro + 1);
     wait_s_ += now_seconds() - t0;
   }
   model_.backward();
-  if (stage_ > 0) sends_[slot].push_back(back_.isend(model_.stage_input_grad(), stage_ - 1, 2 * micro + 1));
+  if (stage_ > 0) {
+    Tensor g = model_.stage_input_grad();
+    TraceScope trace("pp_send", [&] { return fmt::format("send gradients (micro-batch {})", micro); },
+                     static_cast<int64_t>(g.nbytes()));
+    trace.flow_out(flow_id(micro, stage_, true));
+    sends_[slot].push_back(back_.isend(g, stage_ - 1, 2 * micro + 1));
+  }
 }
 
 double Pipeline::train(int m, int B, int T, const FillFn& fill, float dloss_scale,

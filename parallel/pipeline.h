@@ -59,6 +59,8 @@ class Pipeline {
                double& loss_sum);
   void backward(int micro, int slot);
   void wait_sends(int slot);
+  /// The trace flow (core/trace.h) from a send to its receive.
+  uint64_t flow_id(int micro, int from_stage, bool gradient) const;
   /// Row row of the last stage's logits, gathered over tp and broadcast to every stage.
   const float* share_logits(int64_t row);
 

@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -249,4 +251,90 @@ TEST_F(ParallelLayouts, RopeModelTrainsTheSameOnEveryAxis) {
   auto split = run(fmt::format("{} -n 4 {} --tp 2 --pp 2", MESHTRAIN_MPIEXEC, gen));
   ASSERT_EQ(split.code, 0) << split.output;
   EXPECT_EQ(split.output, one.output);
+}
+
+// --trace on dp 2 x tp 2 x pp 2 with ZeRO-1: one Chrome Trace Event file with every rank, regions
+// nested per thread, every pipeline send joined to its receive, and per-step sums of the dp, tp and
+// pp regions equal to the step log's split.
+TEST_F(ParallelLayouts, TraceHasEveryRankAndMatchesTheStepLog) {
+  const std::string trace = (root_ / "trace.json").string(), metrics = (root_ / "traced.jsonl").string();
+  auto r = run(fmt::format(
+      "{} -n 8 {} {} --set parallel.dp=2 --set parallel.tp=2 --set parallel.pp=2 --set parallel.zero=1 "
+      "--set parallel.microbatches=2 --set train.trace_steps=3:6 --trace {} --metrics {}",
+      MESHTRAIN_MPIEXEC, kBinary, args("traced"), trace, metrics));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("trace of steps 3-6 written to"), std::string::npos) << r.output;
+  const nlohmann::json file = nlohmann::json::parse(meshtrain::testing::slurp(trace));
+  const auto& events = file["traceEvents"];
+  std::map<int, std::string> processes;
+  std::map<std::pair<int, int>, std::vector<std::pair<double, double>>> slices;  // (pid, tid) -> [start, end)
+  std::map<uint64_t, std::vector<nlohmann::json>> flows;
+  std::map<std::tuple<int, int64_t, std::string>, double> sums;  // (pid, step, category) -> ms
+  std::set<int64_t> steps;
+  for (const auto& e : events) {
+    const std::string ph = e["ph"];
+    if (ph == "M" && e["name"] == "process_name") processes[e["pid"]] = e["args"]["name"];
+    if (ph == "s" || ph == "f") flows[e["id"].get<uint64_t>()].push_back(e);
+    if (ph != "X") continue;
+    const double ts = e["ts"], dur = e["dur"];
+    ASSERT_GE(dur, 0.0);
+    slices[{e["pid"], e["tid"]}].push_back({ts, ts + dur});
+    ASSERT_TRUE(e["args"].contains("step")) << e.dump();
+    const int64_t step = e["args"]["step"];
+    steps.insert(step);
+    sums[{e["pid"], step, e["cat"]}] += dur / 1000.0;
+  }
+  ASSERT_EQ(processes.size(), 8u);
+  EXPECT_EQ(processes[5], "rank 5 (dp 0, tp 1, pp 1)");
+  EXPECT_EQ(steps, (std::set<int64_t>{3, 4, 5, 6})) << "only the window's steps are recorded";
+  // Complete events of one thread nest (no partial overlap), as a viewer's stacks need.
+  for (auto& [thread, list] : slices) {
+    std::sort(list.begin(), list.end(),
+              [](auto a, auto b) { return a.first < b.first || (a.first == b.first && a.second > b.second); });
+    std::vector<double> open;
+    for (const auto& [begin, end] : list) {
+      while (!open.empty() && begin >= open.back() - 1e-3) open.pop_back();
+      ASSERT_TRUE(open.empty() || end <= open.back() + 1e-3)
+          << "rank " << thread.first << ": a region overlaps the end of its enclosing one";
+      open.push_back(end);
+    }
+  }
+  // Every send has its receive, on another rank, after it.
+  ASSERT_FALSE(flows.empty());
+  for (const auto& [id, ends] : flows) {
+    ASSERT_EQ(ends.size(), 2u) << "flow " << id;
+    const auto& s = ends[0]["ph"] == "s" ? ends[0] : ends[1];
+    const auto& f = ends[0]["ph"] == "s" ? ends[1] : ends[0];
+    EXPECT_EQ(s["ph"], "s");
+    EXPECT_EQ(f["ph"], "f");
+    EXPECT_NE(s["pid"], f["pid"]);
+    EXPECT_GE(f["ts"].get<double>(), s["ts"].get<double>()) << "flow " << id << " arrives before it leaves";
+  }
+  EXPECT_EQ(flows.size(), 4u * 2 * 2 * 4) << "4 steps x 2 micro-batches x 2 directions x 4 pipelines";
+  // The step log's split is the mean over ranks of the same regions.
+  const auto rows = meshtrain::testing::read_metrics(metrics);
+  ASSERT_EQ(rows.size(), 10u);
+  for (int64_t step : steps) {
+    const auto& row = rows[static_cast<size_t>(step - 1)];
+    for (const auto& [cat, key] : std::vector<std::pair<std::string, std::string>>{
+             {"dp", "dp_comm_ms"}, {"tp", "tp_comm_ms"}, {"pp", "pp_wait_ms"}}) {
+      double mean = 0.0;
+      for (int pid = 0; pid < 8; ++pid) mean += sums[{pid, step, cat}] / 8.0;
+      const double logged = row[key];
+      EXPECT_NEAR(mean, logged, 0.05 * logged + 0.05) << "step " << step << " " << cat;
+    }
+    double slowest = 0.0;
+    for (int pid = 0; pid < 8; ++pid) slowest = std::max(slowest, sums[{pid, step, "step"}]);
+    const double rank0 = sums[{0, step, "step"}];
+    EXPECT_NEAR(rank0, row["ms"].get<double>(), 0.05 * row["ms"].get<double>() + 0.05);
+    EXPECT_NEAR(slowest, row["max_ms"].get<double>(), 0.05 * row["max_ms"].get<double>() + 0.05);
+  }
+  // A trace never replaces a file, and a malformed window fails before training.
+  auto again = run(fmt::format("{} {} --trace {}", kBinary, args("traced2"), trace));
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.output.find("traces never replace a file"), std::string::npos) << again.output;
+  auto bad = run(fmt::format("{} {} --set train.trace_steps=7 --trace {}", kBinary, args("traced3"),
+                             (root_ / "t3.json").string()));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("train.trace_steps must be FIRST:LAST"), std::string::npos) << bad.output;
 }

@@ -15,6 +15,7 @@
 #include "core/device.h"
 #include "core/threads.h"
 #include "core/timer.h"
+#include "core/trace.h"
 #include "launch/builtin_corpus.h"
 #include "launch/config.h"
 #include "launch/generate.h"
@@ -33,6 +34,7 @@
 #include "parallel/mesh.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
+#include "parallel/trace_writer.h"
 
 namespace fs = std::filesystem;
 
@@ -119,6 +121,25 @@ double evaluate(const LossFn& loss, const std::vector<std::string>& val_paths, c
     sum += loss(inp.data(), tgt.data(), B, T);
   }
   return sum / n;
+}
+
+/// train.trace_steps "A:B" (1-based, inclusive) as (A, B); "" = every step of the run.
+std::pair<int64_t, int64_t> parse_trace_steps(const std::string& text, int64_t total) {
+  if (text.empty()) return {1, total};
+  const auto colon = text.find(':');
+  int64_t a = 0, b = 0;
+  try {
+    MT_CHECK(colon != std::string::npos, "");
+    size_t used = 0;
+    a = std::stoll(text.substr(0, colon), &used);
+    MT_CHECK(used == colon, "");
+    b = std::stoll(text.substr(colon + 1), &used);
+    MT_CHECK(used == text.size() - colon - 1, "");
+  } catch (const std::exception&) {
+    MT_FAIL("[config] train.trace_steps must be FIRST:LAST, two step numbers (got '{}'), e.g. 3:6", text);
+  }
+  MT_CHECK(a >= 1 && b >= a, "[config] train.trace_steps = {}: need 1 <= FIRST <= LAST", text);
+  return {a, b};
 }
 
 /// Every rank must run the same configuration: rank 0's is broadcast and compared line by line.
@@ -213,6 +234,11 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   }
 
   check_same_config(cfg, world);
+  if (!args.trace.empty()) {
+    parse_trace_steps(cfg.train.trace_steps, 1);  // a malformed window fails now, not after training
+    MT_CHECK(!fs::exists(args.trace), "[train] --trace '{}' exists; traces never replace a file, name a new one",
+             args.trace);
+  }
 
   // The device: CUDA when asked for, or (auto) when a GPU is visible; every layout runs on either.
   const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && cuda_device_count() > 0);
@@ -424,18 +450,49 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   double peak_tflops = cfg.train.peak_tflops;
   if (peak_tflops == 0.0 && use_cuda) peak_tflops = known_peak_tflops(cuda_device_description(), cfg.train.precision == "bf16");
 
+  // Tracing (--trace): steps [first, last] of the window are recorded; all ranks write one file.
+  const auto [trace_first, trace_last] = parse_trace_steps(cfg.train.trace_steps, total);
+  bool trace_pending = !args.trace.empty();
+  double trace_offset = 0.0;
+  const std::string trace_name = fmt::format("rank {} (dp {}, tp {}, pp {})", world.rank(), mesh.coord().dp,
+                                             mesh.coord().tp, mesh.coord().pp);
+  auto finish_trace = [&] {
+    if (!trace_pending) return;
+    trace_pending = false;
+    Tracer::get().set_on(false);
+    write_trace(args.trace, world, trace_name, trace_offset);
+    if (lead) log->message(fmt::format("[train] trace of steps {}-{} written to {} (open it in ui.perfetto.dev or "
+                                       "chrome://tracing)", trace_first, std::min<int64_t>(trace_last, total),
+                                       args.trace));
+  };
+  if (trace_pending) {
+    trace_offset = clock_offset_us(world);
+    Tracer::get().name_thread("main");
+    // Pipeline neighbours share their dp and tp coordinates: that pair keeps their flows apart from
+    // the other pipelines' (core/trace.h).
+    Tracer::get().set_flow_scope(static_cast<uint64_t>(mesh.coord().dp * tp_size + mesh.coord().tp));
+  }
+
   StopSignals signals(cfg.train.stop_signal);
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
+    Tracer::get().set_step(step + 1);
+    if (trace_pending) Tracer::get().set_on(step + 1 >= trace_first && step + 1 <= trace_last);
+    std::optional<TraceScope> step_trace;
+    step_trace.emplace("step", [&] { return fmt::format("step {}", step + 1); });
     double t0 = now_seconds();
     float lr = schedule.at(step);
     model.take_tp_comm_seconds();  // restart the count (evaluations between steps add to it)
-    loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
+    {
+      TraceScope data_trace("data", "data: next batch");
+      loader.next_batch(global_rows, dp.rank(), dp_size, batch.data());
+    }
     for (int micro = 0; micro < micro_count; ++micro)
       split_windows(batch.data() + static_cast<size_t>(micro) * B * (T + 1), B, T,
                     all_inp.data() + static_cast<size_t>(micro) * B * T, all_tgt.data() + static_cast<size_t>(micro) * B * T);
     const StepResult r = train_step.run(all_inp.data(), all_tgt.data(), micro_count, B, T, lr);
     double dt = now_seconds() - t0;
+    step_trace.reset();
 
     StepRecord rec;
     rec.step = step + 1;
@@ -467,12 +524,14 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     }
     bool last = step + 1 == total;
     // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
-    if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last))
+    if (!val_paths.empty() && ((cfg.train.eval_every > 0 && rec.step % cfg.train.eval_every == 0) || last)) {
+      TraceScope eval_trace("eval", "evaluation");
       rec.val_loss = evaluate(
           [&](const int32_t* in, const int32_t* tg, int b, int t) {
             return pipe ? pipe->loss(in, tg, b, t) : model.forward(in, tg, b, t);
           },
           val_paths, cfg);
+    }
     if (lead) log->record(rec);
     last_loss = rec.loss;
 
@@ -484,6 +543,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (world.size() > 1) world.all_reduce(stop, ReduceOp::max);
     const int stop_signal = stop.data<int32_t>()[0];
     if ((cfg.train.checkpoint_every > 0 && rec.step % cfg.train.checkpoint_every == 0) || last || stop_signal) {
+      TraceScope checkpoint_trace("checkpoint", "checkpoint save");
       counters.step = rec.step;
       counters.loader = loader.state();
       counters.rng_counter = static_cast<int64_t>(sample_rng.counter());
@@ -515,6 +575,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       }
       world.barrier();  // no rank runs ahead of a checkpoint that may yet fail
       if (stop_signal) {
+        finish_trace();
         if (lead) {
           log->clear_bar();
           fmt::print(stderr,
@@ -525,7 +586,9 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
         return {last_loss, stop_signal};
       }
     }
+    if (rec.step >= trace_last) finish_trace();
   }
+  finish_trace();
   sample("final");
   return {last_loss, 0};
 }

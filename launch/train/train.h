@@ -14,6 +14,7 @@ struct TrainArgs {
   std::string resume;   // checkpoint file, run folder, "latest", or ""
   bool branch = false;  // resume into a folder holding later checkpoints, moving them aside
   std::string metrics;  // JSON Lines file, or ""
+  std::string trace;    // Chrome Trace Event JSON file (steps train.trace_steps), or ""
   bool quiet_samples = false;
   int default_threads = 0;  // threads when train.threads = 0; 0 = the cores available to the process
   int ranks_on_host = 1;    // ranks of this job on this rank's host

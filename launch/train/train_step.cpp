@@ -5,6 +5,7 @@
 
 #include "core/communicator.h"
 #include "core/error.h"
+#include "core/trace.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "parallel/data_parallel.h"
@@ -45,6 +46,7 @@ void TrainStep::queue(int micro, int B, int T, float lr, const std::vector<float
     be.download_async(losses + BT * i, g.losses().raw(), BT * sizeof(float));
   }
   ddp_.finish();
+  TraceScope trace("optimizer", "optimizer (norm, clip, AdamW)");
   ddp_.queue_step(lr);
 }
 
@@ -66,6 +68,7 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
       tied_->all_reduce(g, ReduceOp::sum);
     }
     ddp_.finish();
+    TraceScope trace("optimizer", "optimizer (norm, clip, AdamW)");
     r.grad_norm = ddp_.step(lr);
   } else {
     // What the host can check before anything is queued (the device validates nothing).
