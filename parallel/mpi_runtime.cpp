@@ -74,6 +74,14 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
              thread_level_, MPI_THREAD_FUNNELED);
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
+    // srun without an MPI plugin that matches the MPI library starts N processes that each see a
+    // world of one: N independent runs writing the same files. Refuse that.
+    // (A batch script itself is no step: SLURM_STEP_NUM_TASKS is set by srun only.)
+    const auto step_tasks = env_int("SLURM_STEP_NUM_TASKS");
+    MT_CHECK(!(step_tasks && *step_tasks > 1 && world_size_ == 1),
+             "[mpi] srun started {} tasks, but MPI sees this one alone: the launcher did not connect them. Use "
+             "`srun --mpi=pmix` (Open MPI; `srun --mpi=list` shows the plugins) or mpirun inside the allocation",
+             *step_tasks);
     // Open MPI and MVAPICH say where a rank sits on its node; otherwise ask MPI which ranks share
     // memory with us. Every rank of one launch sees the same variables, so all take the same branch
     // and the collective split below is entered by all or none.
