@@ -164,6 +164,9 @@ const std::vector<Key>& schema() {
                          "how ranks exchange tensors: auto, mpi (GPU tensors staged through host memory; several "
                          "ranks may share a GPU) or nccl (GPU to GPU, one GPU per rank)", &C::parallel,
                          &ParallelConfig::comm));
+    k.push_back(make_key("parallel.timeout_s", Kind::number,
+                         "a rank blocked this many seconds in a collective or receive (a peer died or hung) ends "
+                         "the job with a message; 0 = wait forever", &C::parallel, &ParallelConfig::timeout_s));
     k.push_back(make_key("lora.rank", Kind::integer, "finetune: rank r of each adapter (A is r x C_in, B is C_out x r)",
                          &C::lora, &LoraConfig::rank, 1));
     k.push_back(make_key("lora.alpha", Kind::number, "finetune: the adapter branch is scaled by alpha / rank",
@@ -383,6 +386,7 @@ void validate_config(const Config& cfg) {
   MT_CHECK(p.schedule == "gpipe" || p.schedule == "1f1b", "[config] parallel.schedule must be gpipe or 1f1b (got '{}')",
            p.schedule);
   MT_CHECK(p.bucket_mb > 0.0, "[config] parallel.bucket_mb must be > 0 (got {})", p.bucket_mb);
+  MT_CHECK(p.timeout_s >= 0.0, "[config] parallel.timeout_s must be >= 0 (0 = no limit; got {})", p.timeout_s);
   MT_CHECK(p.comm == "auto" || p.comm == "mpi" || p.comm == "nccl",
            "[config] parallel.comm must be auto, mpi or nccl (got '{}')", p.comm);
   MT_CHECK(p.comm != "nccl" || t.device != "cpu",

@@ -58,6 +58,7 @@ struct ParallelConfig {
   double bucket_mb = 4.0;   // gradient bucket size for the overlapped reduction
   int microbatches = 0;     // micro-batches per rank and step; 0 = train.grad_accum
   std::string comm = "auto";  // auto, mpi (GPU tensors staged through host memory) or nccl
+  double timeout_s = 300.0;   // a rank blocked this long in communication ends the job; 0 = never
 };
 
 struct Config {

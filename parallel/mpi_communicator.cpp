@@ -13,12 +13,14 @@
 #include "core/bf16.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/mpi_work.h"
+#include "parallel/watchdog.h"
 
 namespace meshtrain {
 
 // MPI_CHECK for the calls an operation makes: the message names the operation and this rank.
 #define MPI_OP_CHECK(op, call)                                                                          \
   do {                                                                                                  \
+    CommWatchdog::Guard mt_watch_(op, [&] { return where(); });                                         \
     int mt_mpi_err_ = (call);                                                                           \
     if (mt_mpi_err_ != MPI_SUCCESS)                                                                     \
       throw_mpi_error(__FILE__, __LINE__, fmt::format("[{}] {}: {}", op, where(), #call), mt_mpi_err_); \
@@ -359,6 +361,7 @@ std::unique_ptr<Work> MpiCommunicator::start_recv(Tensor& t, int src, int tag, b
       return;
     }
     MPI_Status status;
+    CommWatchdog::Guard watch("recv", [&] { return fmt::format("{}, from rank {}", where(), src); });
     int rc = MPI_Recv(p, n, type, src, tag, comm_, &status);
     int error_class = MPI_SUCCESS;
     if (rc != MPI_SUCCESS) MPI_Error_class(rc, &error_class);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "parallel/mpi_runtime.h"
+#include "parallel/watchdog.h"
 
 namespace meshtrain {
 
@@ -38,6 +39,7 @@ class MpiWork final : public Work {
     std::vector<int> codes(requests_.size());
     // One MPI_Wait per request rather than MPI_Waitall: Open MPI 4.1's MPI_Waitall never returns
     // when a receive is truncated while MPI runs with thread support (MPI_THREAD_FUNNELED).
+    CommWatchdog::Guard watch(op_, [&] { return where_; });
     for (size_t i = 0; i < requests_.size(); ++i) codes[i] = MPI_Wait(&requests_[i], &statuses[i]);
     finish(codes, statuses);
   }

@@ -11,9 +11,11 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 
+#include "core/fault.h"
 #include "core/h5.h"
 #include "parallel/mpi_communicator.h"
 
@@ -149,6 +151,9 @@ void save_checkpoint_sharded(const std::string& path, const std::vector<ShardedE
                 err.what());
       }
     }
+    // (Tests of a rank dying mid-save: core/fault.h.)
+    const auto step = meta.ints.find("step");
+    if (test_fault("kill_in_save", world.rank(), step == meta.ints.end() ? -1 : step->second)) ::raise(SIGKILL);
     // Each tensor's checksum, combined from the pieces the ranks wrote, as a single writer stores it.
     const std::vector<int64_t> crcs = combined_crcs(entries, world);
     for (size_t i = 0; i < entries.size(); ++i) {

@@ -233,8 +233,10 @@ TEST(MatmulCuda, RejectsBadArguments) {
   EXPECT_THROW(mm.forward(p, p, p, nullptr, 4, 4, -1), Error);
   EXPECT_THROW(mm.forward(p, nullptr, p, nullptr, 4, 4, 4), Error);
   EXPECT_THROW(mm.forward(p, p, p, nullptr, 4, 4, 4, p), Error);  // pre_gelu aliasing out
-  EXPECT_THROW(mm.backward(p, nullptr, p, p, p, p, 4, 4, 4), Error);
+  EXPECT_THROW(mm.backward(p, p, p, nullptr, p, p, 4, 4, 4), Error);  // no dout
+  EXPECT_THROW(mm.backward(p, p, p, p, nullptr, p, 4, 4, 4), Error);  // dweight without the input
   EXPECT_THROW(mm.backward(p, p, p, p, p, nullptr, 4, 4, 4), Error);  // dinp without the weight
+  EXPECT_NO_THROW(mm.backward(p, nullptr, nullptr, p, nullptr, p, 4, 4, 4));  // a frozen weight: dinp only
   EXPECT_THROW(mm.backward(nullptr, p, nullptr, p, p, p, 4, 0, 4), Error);
 }
 

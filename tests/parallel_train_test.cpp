@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <array>
 #include <cstdio>
@@ -337,4 +338,43 @@ TEST_F(ParallelLayouts, TraceHasEveryRankAndMatchesTheStepLog) {
                              (root_ / "t3.json").string()));
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("train.trace_steps must be FIRST:LAST"), std::string::npos) << bad.output;
+}
+
+// A rank that is killed, hangs inside a collective, cannot open its data, or dies in the middle of a
+// sharded checkpoint ends the whole job within a bounded time, names what happened, leaves no
+// process behind, and the last complete checkpoint resumes to the end (core/fault.h injects each).
+TEST_F(ParallelLayouts, FailingRanksEndTheJobInBoundedTimeAndTheRunResumes) {
+  struct Case {
+    std::string fault, expect;
+    bool resumable;
+  };
+  for (const Case& c : {Case{"kill:1:4", "", true}, Case{"hang:2:4", "[watchdog] waited", true},
+                        Case{"data:3", "missing_shard_000000.bin", false},
+                        Case{"kill_in_save:1:4", "", true}}) {
+    SCOPED_TRACE(c.fault);
+    const std::string name = "fault_" + c.fault.substr(0, c.fault.find(':')), dir = (root_ / name).string();
+    const std::string layout =
+        "--set parallel.dp=2 --set parallel.tp=2 --set train.checkpoint_every=2 --set parallel.timeout_s=3";
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = run(fmt::format("env MESHTRAIN_TEST_FAULT={} {} -n 4 {} {} {}", c.fault, MESHTRAIN_MPIEXEC, kBinary,
+                             args(name), layout));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.code, 0) << r.output;
+    EXPECT_NE(r.code, 124) << "the job hung until the test's timeout";
+    EXPECT_LT(seconds, 40.0) << r.output;
+    if (!c.expect.empty()) {
+      EXPECT_NE(r.output.find(c.expect), std::string::npos) << r.output;
+    }
+    if (c.fault.rfind("hang", 0) == 0) {
+      EXPECT_NE(r.output.find("parallel.timeout_s = 3"), std::string::npos) << r.output;
+    }
+    auto left = run(fmt::format("pgrep -f '[m]eshtrain train.*{}'", dir));  // [m]: not pgrep's own shell
+    EXPECT_NE(left.code, 0) << "processes left behind:\n" << left.output;
+    if (!c.resumable) continue;
+    EXPECT_EQ(meshtrain::testing::slurp(dir + "/latest"), "ckpt_000002.h5\n") << "latest must name the last complete one";
+    EXPECT_FALSE(fs::exists(dir + "/ckpt_000004.h5"));
+    auto resumed = run(fmt::format("{} -n 4 {} train --resume {} {}", MESHTRAIN_MPIEXEC, kBinary, dir, layout));
+    ASSERT_EQ(resumed.code, 0) << resumed.output;
+    EXPECT_TRUE(fs::exists(dir + "/ckpt_000010.h5")) << resumed.output;
+  }
 }

@@ -6,13 +6,19 @@
 // checkpoint, so a resumed run repeats the uninterrupted one exactly.
 #include "launch/train/train.h"
 
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
 #include <filesystem>
+#include <thread>
 #include <algorithm>
 #include <functional>
 #include <optional>
 #include <sstream>
 
 #include "core/device.h"
+#include "core/fault.h"
 #include "core/threads.h"
 #include "core/timer.h"
 #include "core/trace.h"
@@ -35,6 +41,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "parallel/trace_writer.h"
+#include "parallel/watchdog.h"
 
 namespace fs = std::filesystem;
 
@@ -234,6 +241,11 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   }
 
   check_same_config(cfg, world);
+  if (world.size() > 1) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    CommWatchdog::configure(cfg.parallel.timeout_s, world.rank(), host);
+  }
   if (!args.trace.empty()) {
     parse_trace_steps(cfg.train.trace_steps, 1);  // a malformed window fails now, not after training
     MT_CHECK(!fs::exists(args.trace), "[train] --trace '{}' exists; traces never replace a file, name a new one",
@@ -340,7 +352,11 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
            "{} x micro-batches {} = {}", global_rows, cfg.train.batch_size, cfg.train.grad_accum, dp_size, micro_count,
            dp_size * micro_count);
   const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
-  DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
+  // (A rank that cannot open its data, for the tests of failing ranks: core/fault.h.)
+  const auto rank_paths = test_fault("data", world.rank())
+                              ? std::vector<std::string>{cfg.train.out_dir + "/missing_shard_000000.bin"}
+                              : train_paths;
+  DataLoader loader(rank_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
 
   AdamWConfig ocfg;
   ocfg.weight_decay = static_cast<float>(cfg.train.weight_decay);
@@ -477,6 +493,10 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   double last_loss = 0.0;
   for (int64_t step = counters.step; step < total; ++step) {
     Tracer::get().set_step(step + 1);
+    // (Injected failures for the tests of failing ranks: core/fault.h.)
+    if (test_fault("kill", world.rank(), step + 1)) ::raise(SIGKILL);
+    if (test_fault("hang", world.rank(), step + 1))
+      while (true) std::this_thread::sleep_for(std::chrono::hours(1));
     if (trace_pending) Tracer::get().set_on(step + 1 >= trace_first && step + 1 <= trace_last);
     std::optional<TraceScope> step_trace;
     step_trace.emplace("step", [&] { return fmt::format("step {}", step + 1); });
