@@ -296,9 +296,13 @@ namespace {
 
 /// All-reduces (sums) n elements at x, which lie inside the activation buffer, over the tp group,
 /// timing it on the device's timeline.
-void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, DeviceTimer& timer) {
+void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, DeviceTimer& timer,
+            std::pair<double, double>& bytes) {
   if (tp.size() == 1) return;
-  timer.start(n * static_cast<int64_t>(dtype_size(buffer.dtype())));
+  const int64_t payload = n * static_cast<int64_t>(dtype_size(buffer.dtype()));
+  bytes.first += static_cast<double>(payload);
+  bytes.second += static_cast<double>(payload) * 2.0 * (tp.size() - 1) / tp.size();
+  timer.start(payload);
   Tensor view = buffer.view(offset_in(buffer, x), {n});
   tp.all_reduce_async(view, ReduceOp::sum)->wait();  // over NCCL: the stream waits, not the host
   timer.stop();
@@ -307,9 +311,10 @@ void tp_sum(Communicator& tp, const Tensor& buffer, void* x, int64_t n, DeviceTi
 /// Row-parallel linear layer: out = inp @ W^T summed over the tp group, plus the bias, which tp
 /// rank 0 alone adds in its GEMM so the sum holds it once.
 void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, void* out, const void* inp,
-                          const void* w, const void* bias, int N, int C_in, int C_out, DeviceTimer& timer) {
+                          const void* w, const void* bias, int N, int C_in, int C_out, DeviceTimer& timer,
+                          std::pair<double, double>& bytes) {
   be.matmul_forward(out, inp, w, tp.rank() == 0 ? bias : nullptr, N, C_in, C_out);
-  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, timer);
+  tp_sum(tp, buffer, out, static_cast<int64_t>(N) * C_out, timer, bytes);
 }
 
 }  // namespace
@@ -346,7 +351,7 @@ void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   }
   {
     Region r(prof_, be, "matmul");
-    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_timer_);
+    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.atty, w.attproj_w, w.attproj_b, BT, Cl_, C, tp_timer_, tp_bytes_);
     if (lora_) lora_->forward(l, LoraTarget::proj, a.proj_out, y.atty, BT);
   }
   {
@@ -369,7 +374,7 @@ void Gpt::block_forward(int l, int B, int T, int cache_pos) {
   }
   {
     Region r(prof_, be, "matmul");
-    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_timer_);
+    row_parallel_forward(be, tp, a.buffer, a.proj_out, y.fch_gelu, w.fcproj_w, w.fcproj_b, BT, Fl_, C, tp_timer_, tp_bytes_);
     if (lora_) lora_->forward(l, LoraTarget::fc_proj, a.proj_out, y.fch_gelu, BT);
   }
   {
@@ -424,7 +429,7 @@ void Gpt::run_blocks(int B, int T, int cache_pos) {
     } else {
       // The rank holding each token's row contributes it, the others zeros: the sum is exact.
       be.vocab_embedding_rows(a.res[0], tokens, p_.wte, BT, C, v0_, Vl_);
-      tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_timer_);
+      tp_sum(tp, a.buffer, a.res[0], static_cast<int64_t>(BT) * C, tp_timer_, tp_bytes_);
       if (wpe) be.add_positions(a.res[0], wpe, B, T, C);
     }
   }
@@ -454,6 +459,9 @@ void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float 
   // Per row, the ranks agree on the maximum, then on the sum of exponentials and the target's logit.
   Tensor mx = a.xent.view(0, {BT}), sums = a.xent.view(BT, {2 * static_cast<int64_t>(BT)});
   be.vocab_xent_max(mx.f32(), a.logits, BT, Vl_, cfg_.vocab_size, v0_);
+  const double xent_bytes = 3.0 * BT * sizeof(float);  // both all-reduces
+  tp_bytes_.first += xent_bytes;
+  tp_bytes_.second += xent_bytes * 2.0 * (tp_->size() - 1) / tp_->size();
   tp_timer_.start();
   tp_->all_reduce_async(mx, ReduceOp::max)->wait();
   tp_timer_.stop();
@@ -585,7 +593,7 @@ void Gpt::backward() {
       Region r(prof_, be, "classifier");
       be.matmul_backward(a.dln, frozen_ ? nullptr : g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C,
                          static_cast<int>(Vl_));
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);  // each rank saw only its vocabulary columns
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_, tp_bytes_);  // each rank saw only its vocabulary columns
     }
     be.zero(a.dres, BTC * e);
     {
@@ -627,7 +635,7 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, grad(gw.fc_w), grad(gw.fc_b), a.dfch, y.ln2, w.fc_w, BT, C, Fl_);
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_, tp_bytes_);
       if (lora_) lora_->backward(l, LoraTarget::fc, a.dln, a.dfch, y.ln2, BT);
     }
     {
@@ -652,7 +660,7 @@ void Gpt::backward() {
     {
       Region r(prof_, be, "matmul");
       be.matmul_backward(a.dln, grad(gw.qkv_w), grad(gw.qkv_b), a.dqkv, y.ln1, w.qkv_w, BT, C, 3 * Cl_);
-      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_);
+      tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_, tp_bytes_);
       if (lora_) lora_->backward(l, LoraTarget::qkv, a.dln, a.dqkv, y.ln1, BT);
     }
     {

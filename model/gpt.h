@@ -146,6 +146,9 @@ class Gpt {
   /// Seconds the device spent in (waiting for) tensor-parallel all-reduces since the last call, then
   /// restarts from zero. Measured on the device's timeline: call it once the device has finished.
   double take_tp_comm_seconds() { return tp_timer_.take(); }
+  /// Bytes the tensor-parallel all-reduces moved since the last call, as (payload, bus) where bus
+  /// bytes weigh each all-reduce by 2(t - 1)/t as nccl-tests' bus bandwidth does; then restarts.
+  std::pair<double, double> take_tp_bytes() { return std::exchange(tp_bytes_, {0.0, 0.0}); }
   /// The intervals behind take_tp_comm_seconds() (a step captured as a CUDA graph keeps them).
   DeviceTimer& tp_timer() { return tp_timer_; }
 
@@ -185,6 +188,7 @@ class Gpt {
   Profiler* prof_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
   DeviceTimer tp_timer_;
+  std::pair<double, double> tp_bytes_{0.0, 0.0};  // payload, bus bytes of tp all-reduces
   Recompute recompute_ = Recompute::none;
   Tensor rope_table_;  // cos/sin per (position, pair) on the model's device (RoPE models only)
   Tensor kv_cache_;    // per block: keys then values, seq_len x Cl_ each (allocated by the first forward_cached)

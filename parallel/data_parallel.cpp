@@ -46,6 +46,9 @@ void DataParallel::arm() {
 void DataParallel::launch(size_t i) {
   Bucket& b = buckets_[i];
   Tensor grads = model_.grads().view(b.begin, {b.end - b.begin});
+  const double n = comm_.size(), payload = static_cast<double>(grads.nbytes());
+  bytes_.first += payload;
+  bytes_.second += payload * (cfg_.zero == 0 ? 2.0 : 1.0) * (n - 1) / n;
   if (cfg_.zero == 0) {
     b.work = comm_.all_reduce_async(grads, ReduceOp::avg);
   } else {
@@ -136,6 +139,8 @@ void DataParallel::queue_step(float lr) {
       model_.backend().copy(mine.raw(), static_cast<const std::byte*>(params.raw()) + chunk_begin(b) * e,
                             chunk_len(b) * e);
       Tensor whole = params.view(b.begin, {b.end - b.begin});
+      bytes_.first += static_cast<double>(whole.nbytes());
+      bytes_.second += static_cast<double>(whole.nbytes()) * (comm_.size() - 1) / comm_.size();
       works.push_back(comm_.all_gather_async(mine, whole));
       shard_at += chunk_len(b);
     }

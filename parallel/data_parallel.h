@@ -68,6 +68,9 @@ class DataParallel {
   /// for the norm's all-reduces and ZeRO-1's parameter all-gather (its timeline: CUDA events on a
   /// GPU). Call once the device has finished the step; restarts from zero.
   double take_exposed_comm_seconds() { return std::exchange(exposed_, 0.0) + timer_.take(); }
+  /// Bytes the data-parallel collectives moved since the last call, as (payload, bus): bus bytes
+  /// weigh all-reduces by 2(n - 1)/n and reduce-scatters / all-gathers by (n - 1)/n (nccl-tests).
+  std::pair<double, double> take_bytes() { return std::exchange(bytes_, {0.0, 0.0}); }
   /// The device intervals behind it (a step captured as a CUDA graph keeps them for its replays).
   DeviceTimer& timer() { return timer_; }
   int zero() const { return cfg_.zero; }
@@ -94,6 +97,7 @@ class DataParallel {
   bool armed_ = false;
   double exposed_ = 0.0;  // host time in backward's hooks
   DeviceTimer timer_;
+  std::pair<double, double> bytes_{0.0, 0.0};
 };
 
 }  // namespace meshtrain

@@ -55,6 +55,7 @@ void Pipeline::forward(int micro, int slot, int B, int T, const int32_t* inp, co
     TraceScope trace("pp_send", [&] { return fmt::format("send activations (micro-batch {})", micro); },
                      static_cast<int64_t>(out.nbytes()));
     trace.flow_out(flow_id(micro, stage_, false));
+    sent_bytes_ += static_cast<double>(out.nbytes());
     sends_[slot].push_back(pp_.isend(out, stage_ + 1, 2 * micro));
   }
 }
@@ -84,6 +85,7 @@ void Pipeline::backward(int micro, int slot) {
     TraceScope trace("pp_send", [&] { return fmt::format("send gradients (micro-batch {})", micro); },
                      static_cast<int64_t>(g.nbytes()));
     trace.flow_out(flow_id(micro, stage_, true));
+    sent_bytes_ += static_cast<double>(g.nbytes());
     sends_[slot].push_back(back_.isend(g, stage_ - 1, 2 * micro + 1));
   }
 }
@@ -92,6 +94,7 @@ double Pipeline::train(int m, int B, int T, const FillFn& fill, float dloss_scal
                        const std::function<void()>& before_last_backward) {
   MT_CHECK(m >= 1, "[pipeline] {} micro-batches", m);
   wait_s_ = 0.0;
+  sent_bytes_ = 0.0;
   const size_t n = static_cast<size_t>(B) * T;
   std::vector<std::vector<int32_t>> inputs(m, std::vector<int32_t>(n)), targets(m, std::vector<int32_t>(n));
   for (int i = 0; i < m; ++i) fill(i, inputs[i].data(), targets[i].data());

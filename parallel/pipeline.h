@@ -53,6 +53,9 @@ class Pipeline {
   static double bubble_fraction(int p, int m) { return p > 1 ? double(p - 1) / double(m + p - 1) : 0.0; }
   /// Seconds spent waiting for activations and gradients from neighbours in the last train().
   double wait_seconds() const { return wait_s_; }
+  /// Bytes this stage sent (activations and gradients) in the last train(); point-to-point, so
+  /// payload and bus bytes are the same.
+  double sent_bytes() const { return sent_bytes_; }
 
  private:
   void forward(int micro, int slot, int B, int T, const int32_t* inp, const int32_t* tgt, bool grad, float scale,
@@ -72,6 +75,7 @@ class Pipeline {
   std::vector<std::vector<std::unique_ptr<Work>>> sends_;  // in flight, per activation slot
   Tensor logits_;
   double wait_s_ = 0.0;
+  double sent_bytes_ = 0.0;
 };
 
 }  // namespace meshtrain

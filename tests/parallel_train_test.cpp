@@ -330,6 +330,22 @@ TEST_F(ParallelLayouts, TraceHasEveryRankAndMatchesTheStepLog) {
     EXPECT_NEAR(rank0, row["ms"].get<double>(), 0.05 * row["ms"].get<double>() + 0.05);
     EXPECT_NEAR(slowest, row["max_ms"].get<double>(), 0.05 * row["max_ms"].get<double>() + 0.05);
   }
+  // The log's spread over ranks and the bytes per axis. Per rank and step (2 micro-batches of
+  // 2 x 16 tokens, 32 channels, 2 blocks per stage): pp sends 2 x 2 x 16 x 32 floats = 8192 bytes;
+  // tp all-reduces 4 per block and micro-batch of 32 x 32 floats, plus the vocabulary-parallel
+  // embedding (stage 0) or head (stage 1): 74112 bytes on average.
+  for (const auto& row : rows) {
+    for (const std::string key : {"compute_ms", "dp_comm_ms", "tp_comm_ms", "pp_wait_ms"}) {
+      EXPECT_LE(row[key + "_min"].get<double>(), row[key].get<double>() + 1e-6) << key;
+      EXPECT_LE(row[key].get<double>(), row[key + "_max"].get<double>() + 1e-6) << key;
+    }
+    EXPECT_GE(row["slowest_rank"].get<int>(), 0);
+    EXPECT_LT(row["slowest_rank"].get<int>(), 8);
+    EXPECT_EQ(row["pp_bytes"].get<double>(), 8192.0);
+    EXPECT_EQ(row["tp_bytes"].get<double>(), 74112.0);
+    EXPECT_GT(row["dp_bytes"].get<double>(), 0.0);
+    for (const char* bw : {"dp_busbw_gbs", "tp_busbw_gbs", "pp_busbw_gbs"}) EXPECT_GE(row[bw].get<double>(), 0.0);
+  }
   // A trace never replaces a file, and a malformed window fails before training.
   auto again = run(fmt::format("{} {} --trace {}", kBinary, args("traced2"), trace));
   EXPECT_NE(again.code, 0);

@@ -90,6 +90,21 @@ void StepLog::record(const StepRecord& r) {
       j["tp_comm_ms"] = r.tp_comm_ms;
       j["pp_wait_ms"] = r.pp_wait_ms;
       j["max_ms"] = r.max_ms;
+      j["slowest_rank"] = r.slowest_rank;
+      j["compute_ms_min"] = r.compute_min_ms;
+      j["compute_ms_max"] = r.compute_max_ms;
+      j["dp_comm_ms_min"] = r.dp_min_ms;
+      j["dp_comm_ms_max"] = r.dp_max_ms;
+      j["tp_comm_ms_min"] = r.tp_min_ms;
+      j["tp_comm_ms_max"] = r.tp_max_ms;
+      j["pp_wait_ms_min"] = r.pp_min_ms;
+      j["pp_wait_ms_max"] = r.pp_max_ms;
+      j["dp_bytes"] = r.dp_bytes;
+      j["tp_bytes"] = r.tp_bytes;
+      j["pp_bytes"] = r.pp_bytes;
+      j["dp_busbw_gbs"] = r.dp_busbw;
+      j["tp_busbw_gbs"] = r.tp_busbw;
+      j["pp_busbw_gbs"] = r.pp_busbw;
     }
     if (r.gpu_peak_mib > 0.0) j["gpu_peak_mib"] = r.gpu_peak_mib;
     if (r.mfu > 0.0) j["mfu"] = r.mfu;
@@ -104,8 +119,8 @@ void StepLog::record(const StepRecord& r) {
     int64_t done = r.step - first_;
     double eta = elapsed / static_cast<double>(done) * static_cast<double>(total_ - r.step);
     std::string val = r.val_loss ? fmt::format(" | val {:.4f}", *r.val_loss) : "";
-    std::string comm = r.parallel ? fmt::format(" (compute {:.0f} + dp {:.0f} + tp {:.0f} + pp {:.0f})", r.compute_ms,
-                                                r.dp_comm_ms, r.tp_comm_ms, r.pp_wait_ms)
+    std::string comm = r.parallel ? fmt::format(" (compute {:.0f} + dp {:.0f} + tp {:.0f} + pp {:.0f}; slowest rank {})",
+                                                r.compute_ms, r.dp_comm_ms, r.tp_comm_ms, r.pp_wait_ms, r.slowest_rank)
                                   : "";
     std::string text = fmt::format("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.3f} | {:.0f} ms{} | {:.0f} tok/s",
                                    r.step, total_, r.loss, val, r.lr, r.grad_norm, r.ms, comm, r.tokens_per_s);

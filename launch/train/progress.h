@@ -21,6 +21,15 @@ struct StepRecord {
   bool parallel = false;
   double compute_ms = 0.0, dp_comm_ms = 0.0, tp_comm_ms = 0.0, pp_wait_ms = 0.0;
   double max_ms = 0.0;  // the slowest rank's step
+  int slowest_rank = 0;
+  // The same split's spread over ranks: min and max of each part.
+  double compute_min_ms = 0.0, compute_max_ms = 0.0, dp_min_ms = 0.0, dp_max_ms = 0.0;
+  double tp_min_ms = 0.0, tp_max_ms = 0.0, pp_min_ms = 0.0, pp_max_ms = 0.0;
+  // Bytes one rank moved on each axis this step (mean over ranks), and the bus bandwidth it reached
+  // while the step waited on that axis (nccl-tests' busbw: all-reduce bytes x 2(n-1)/n, reduce-scatter
+  // and all-gather x (n-1)/n, sends x 1, over the waiting time; GB/s, 0 when nothing waited).
+  double dp_bytes = 0.0, tp_bytes = 0.0, pp_bytes = 0.0;
+  double dp_busbw = 0.0, tp_busbw = 0.0, pp_busbw = 0.0;
   // GPU runs: peak device memory so far (tensors plus kernel scratch pools), in MiB; 0 on the CPU.
   double gpu_peak_mib = 0.0;
   // Model FLOPs utilisation in percent: tokens/s x (6N + 12 L C T) over the devices' peak; 0 = unknown.

@@ -524,23 +524,60 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (use_cuda) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
     if (peak_tflops > 0.0)
       rec.mfu = 100.0 * rec.tokens_per_s * cfg.model.flops_per_token(T) / (peak_tflops * 1e12 * world.size());
+    const auto dp_bytes = ddp.take_bytes();
+    const auto tp_bytes = model.take_tp_bytes();
     if (world.size() > 1) {
-      // Mean over ranks of where the time went, and the slowest rank's step.
-      Tensor split = Tensor::empty({4}), slowest = Tensor::empty({1});
-      float* v = split.f32();
+      // Every rank's split and bytes, so the log can give min / mean / max and the slowest rank.
+      constexpr int kFields = 8;  // dp, tp, pp, compute and step ms; dp, tp and pp payload bytes
+      Tensor mine = Tensor::empty({kFields}), all = Tensor::empty({kFields * static_cast<int64_t>(world.size())});
+      float* v = mine.f32();
       v[0] = static_cast<float>(ddp.take_exposed_comm_seconds() * 1e3);
       v[1] = static_cast<float>(model.take_tp_comm_seconds() * 1e3);
       v[2] = static_cast<float>(pipe ? pipe->wait_seconds() * 1e3 : 0.0);
       v[3] = static_cast<float>(dt * 1e3) - v[0] - v[1] - v[2];
-      slowest.f32()[0] = static_cast<float>(dt * 1e3);
-      world.all_reduce(split, ReduceOp::avg);
-      world.all_reduce(slowest, ReduceOp::max);
+      v[4] = static_cast<float>(dt * 1e3);
+      v[5] = static_cast<float>(dp_bytes.first);
+      v[6] = static_cast<float>(tp_bytes.first);
+      v[7] = static_cast<float>(pipe ? pipe->sent_bytes() : 0.0);
+      world.all_gather(mine, all);
+      const int n = world.size();
+      auto field = [&](int rank, int f) { return static_cast<double>(all.f32()[rank * kFields + f]); };
+      auto stats = [&](int f, double& lo, double& mean, double& hi) {
+        lo = hi = field(0, f);
+        mean = 0.0;
+        for (int q = 0; q < n; ++q) {
+          lo = std::min(lo, field(q, f));
+          hi = std::max(hi, field(q, f));
+          mean += field(q, f) / n;
+        }
+      };
       rec.parallel = true;
-      rec.dp_comm_ms = v[0];
-      rec.tp_comm_ms = v[1];
-      rec.pp_wait_ms = v[2];
-      rec.compute_ms = v[3];
-      rec.max_ms = slowest.f32()[0];
+      stats(0, rec.dp_min_ms, rec.dp_comm_ms, rec.dp_max_ms);
+      stats(1, rec.tp_min_ms, rec.tp_comm_ms, rec.tp_max_ms);
+      stats(2, rec.pp_min_ms, rec.pp_wait_ms, rec.pp_max_ms);
+      stats(3, rec.compute_min_ms, rec.compute_ms, rec.compute_max_ms);
+      double lo = 0.0, mean = 0.0;
+      stats(4, lo, mean, rec.max_ms);
+      for (int q = 0; q < n; ++q)
+        if (field(q, 4) == rec.max_ms) {
+          rec.slowest_rank = q;
+          break;
+        }
+      for (int q = 0; q < n; ++q) {
+        rec.dp_bytes += field(q, 5) / n;
+        rec.tp_bytes += field(q, 6) / n;
+        rec.pp_bytes += field(q, 7) / n;
+      }
+      // Bus bandwidth: this rank's bus bytes over its waiting time on the axis, then the mean over ranks.
+      Tensor bw = Tensor::zeros({3});
+      auto rate = [](double bus_bytes, double ms) { return ms > 0.0 ? bus_bytes / (ms * 1e-3) / 1e9 : 0.0; };
+      bw.f32()[0] = static_cast<float>(rate(dp_bytes.second, v[0]));
+      bw.f32()[1] = static_cast<float>(rate(tp_bytes.second, v[1]));
+      bw.f32()[2] = static_cast<float>(rate(pipe ? pipe->sent_bytes() : 0.0, v[2]));
+      world.all_reduce(bw, ReduceOp::avg);
+      rec.dp_busbw = bw.f32()[0];
+      rec.tp_busbw = bw.f32()[1];
+      rec.pp_busbw = bw.f32()[2];
     }
     bool last = step + 1 == total;
     // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
