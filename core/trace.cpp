@@ -4,6 +4,10 @@
 #include <chrono>
 #include <thread>
 
+#ifdef MESHTRAIN_NVTX
+#include <nvtx3/nvToolsExt.h>
+#endif
+
 namespace meshtrain {
 
 Tracer& Tracer::get() {
@@ -57,6 +61,9 @@ void TraceScope::begin(const char* cat, std::string name, int64_t bytes) {
   e_.tid = t.thread_index();
   e_.step = t.step();
   e_.bytes = bytes;
+#ifdef MESHTRAIN_NVTX
+  nvtxRangePushA(e_.name.c_str());
+#endif
   e_.ts_us = Tracer::now_us();
 }
 
@@ -64,6 +71,9 @@ void TraceScope::end() {
   if (!active_) return;
   active_ = false;
   e_.dur_us = Tracer::now_us() - e_.ts_us;
+#ifdef MESHTRAIN_NVTX
+  nvtxRangePop();
+#endif
   Tracer::get().add(std::move(e_));
 }
 

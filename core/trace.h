@@ -4,7 +4,8 @@
 // "tp" / "dp" / "pp" (communication the step waits for, measured at the same points as the step
 // log's split), "pp_send", "optimizer", "data", "eval", "checkpoint", "step". A region can start or
 // end a flow (an arrow in the viewer, e.g. from a pipeline send to its receive on another rank).
-// parallel/trace_writer.h merges every rank's events into one file.
+// parallel/trace_writer.h merges every rank's events into one file. CUDA builds also push each
+// region as an NVTX range (nvtx3), so Nsight Systems shows them beside the GPU's kernels.
 #pragma once
 
 #include <atomic>
