@@ -10,6 +10,7 @@
 
 #include "core/h5.h"
 #include "launch/ckpt_io.h"
+#include "launch/train/train_state.h"
 #include "model/params.h"
 #include "parallel/checkpoint.h"
 
@@ -60,12 +61,6 @@ std::string model_line(const CheckpointReader& r) {
   }
 }
 
-std::string resolve_checkpoint(const std::string& path) {
-  if (!std::filesystem::is_directory(path)) return path;
-  std::string latest = find_latest_checkpoint(path);
-  MT_CHECK(!latest.empty(), "[ckpt] no checkpoint (ckpt_NNNNNN.h5) in folder '{}'", path);
-  return latest;
-}
 
 }  // namespace
 
@@ -174,6 +169,22 @@ std::string checkpoint_info(const std::string& path) {
   return out;
 }
 
+std::string verify_checkpoint(const std::string& path) {
+  CheckpointReader r(path);  // the file, its format and attributes
+  int64_t datasets = 0, bytes = 0, unchecked = 0;
+  for (const std::string& name : r.list()) {
+    Tensor t = Tensor::empty(r.shape(name));
+    r.read(name, t);  // checks the stored CRC-32 and names the dataset when it differs
+    ++datasets;
+    bytes += static_cast<int64_t>(t.nbytes());
+    unchecked += r.stored_crc(name) < 0;
+  }
+  MT_CHECK(unchecked == 0, "[ckpt] '{}': {} of {} datasets carry no checksum, so damage to them would pass unseen",
+           path, unchecked, datasets);
+  return fmt::format("{}: ok, {} datasets ({}) read back with matching CRC-32 checksums", path, datasets,
+                     human_bytes(bytes));
+}
+
 void add_ckpt_commands(CLI::App& app, std::function<void()>& action) {
   auto* ckpt = app.add_subcommand(
       "ckpt", "inspect and convert checkpoints (meshtrain HDF5, llm.c model .bin, Hugging Face safetensors)");
@@ -183,7 +194,16 @@ void add_ckpt_commands(CLI::App& app, std::function<void()>& action) {
   auto* info = ckpt->add_subcommand("info", "print a checkpoint's model shape, layout, step and every dataset");
   info->add_option("path", *info_path, "checkpoint file (or a folder: its latest checkpoint)")->required();
   info->callback([&action, info_path] {
-    action = [path = *info_path] { fmt::print("{}", checkpoint_info(resolve_checkpoint(path))); };
+    action = [path = *info_path] { fmt::print("{}", checkpoint_info(resolve_checkpoint(path, "ckpt"))); };
+  });
+
+  auto verify_path = std::make_shared<std::string>();
+  auto* verify = ckpt->add_subcommand("verify", "read every dataset of a checkpoint back and check its checksum "
+                                                "(no model is built)");
+  verify->add_option("path", *verify_path, "checkpoint or adapter file (or a folder: its latest checkpoint)")
+      ->required();
+  verify->callback([&action, verify_path] {
+    action = [path = *verify_path] { fmt::print("{}\n", verify_checkpoint(resolve_checkpoint(path, "ckpt"))); };
   });
 
   auto args = std::make_shared<ConvertArgs>();

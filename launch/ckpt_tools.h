@@ -38,6 +38,10 @@ void check_model_weights(const ModelWeights& w, const std::string& what);
 /// shape, dtype, bytes) and totals per group.
 std::string checkpoint_info(const std::string& path);
 
+/// Reads every dataset of a checkpoint (or adapter file) back, checking each one's CRC-32; a
+/// summary line, or an error naming the file and the damaged dataset.
+std::string verify_checkpoint(const std::string& path);
+
 /// The model/ tensors and model shape (from the "config" attribute) of a meshtrain checkpoint.
 ModelWeights read_meshtrain_weights(const std::string& path);
 /// Writes a checkpoint that `meshtrain generate` and `meshtrain train --resume` accept: model/

@@ -5,6 +5,8 @@
 
 #include <unistd.h>
 
+#include <csignal>
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
 
@@ -71,6 +73,9 @@ void run_tokenizer_train(const std::vector<std::string>& inputs, int vocab_size,
 }  // namespace
 
 int run_cli(int argc, char** argv) {
+  // A file-size limit (ulimit -f) must turn a too-large write into an error the code reports (EFBIG),
+  // not kill the process mid-save with SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"meshtrain: train GPT-style language models from scratch, on CPUs or GPUs, over a data x tensor x "
                "pipeline mesh of ranks under mpirun or srun"};
   app.require_subcommand(1);

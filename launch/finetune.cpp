@@ -38,17 +38,6 @@ namespace {
 constexpr const char* kAdapterContents = "lora-adapter";
 }  // namespace
 
-std::string resolve_checkpoint(const std::string& path, const char* who) {
-  MT_CHECK(!path.empty(), "[{}] no checkpoint given", who);
-  if (fs::is_directory(path)) {
-    const std::string latest = find_latest_checkpoint(path);
-    MT_CHECK(!latest.empty(), "[{}] no checkpoint (ckpt_NNNNNN.h5) in folder '{}'", who, path);
-    return latest;
-  }
-  MT_CHECK(fs::exists(path), "[{}] checkpoint '{}' does not exist", who, path);
-  return path;
-}
-
 std::string weights_fingerprint(const std::string& checkpoint) {
   CheckpointReader r(checkpoint);
   std::string text;

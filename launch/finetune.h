@@ -42,8 +42,6 @@ struct FinetuneResult {
 /// Fine-tunes LoRA adapters on the ranks of world and writes them to args.output.
 FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world);
 
-/// The checkpoint a file-or-folder argument names (a folder: its latest checkpoint); what names it.
-std::string resolve_checkpoint(const std::string& path, const char* who);
 /// A short fingerprint of a checkpoint's weights (16 hex digits), from its stored checksums.
 std::string weights_fingerprint(const std::string& checkpoint);
 

@@ -492,6 +492,19 @@ TEST_F(CkptTools, RopeModelsRecordTheChoiceAndRefuseGpt2Formats) {
   EXPECT_EQ(w.tensors.count("wpe"), 0u);
 }
 
+TEST_F(CkptTools, VerifyReadsEveryDatasetAndNamesADamagedOne) {
+  const std::string summary = verify_checkpoint(ckpt_);
+  EXPECT_NE(summary.find("ok, "), std::string::npos) << summary;
+  EXPECT_NE(summary.find("matching CRC-32"), std::string::npos) << summary;
+  // Flip one bit in the middle of the file (tensor data): verify names the file and the dataset.
+  const std::string bad = dir_.str("flipped.h5");
+  std::filesystem::copy_file(ckpt_, bad);
+  std::string bytes = read_bytes(bad);
+  bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x08);
+  write_bytes(bad, bytes);
+  expect_error([&] { verify_checkpoint(bad); }, {"fails its checksum", "flipped.h5", "the file is corrupt"});
+}
+
 TEST_F(CkptTools, ConfigFileIsStoredWithTheSourceModelShape) {
   std::string bin = dir_.str("model.bin"), out = dir_.str("run.h5"), toml = dir_.str("run.toml");
   convert("meshtrain", "llmc", ckpt_, bin);

@@ -350,3 +350,28 @@ TEST_F(Resume, MetricsCreatesItsFolderAndHelpIsCurrent) {
   for (const char* flag : {"--resume", "--branch", "--metrics", "--config", "--set"})
     EXPECT_TRUE(contains(th.output, flag)) << flag;
 }
+
+// A disk that fills up during a save (a file-size limit makes every write past it fail with EFBIG):
+// a clear error naming the file, the previous checkpoint and `latest` byte-identical, nothing under
+// the new checkpoint's name, and the run resumes once there is room.
+TEST_F(Resume, AFullDiskEndsTheSaveWithAClearErrorAndLosesNothing) {
+  auto first = run(train("full", 10));
+  ASSERT_EQ(first.code, 0) << first.output;
+  const auto before = snapshot(dir("full"));
+  ASSERT_TRUE(before.count("ckpt_000010.h5")) << "no first checkpoint";
+  // 100 KiB: the step log fits, the next checkpoint (about 400 KiB) does not.
+  auto full = meshtrain::testing::run_command(
+      fmt::format("sh -c 'ulimit -f 100; exec {} train --resume {} --set train.steps=20'", kBinary, dir("full")));
+  EXPECT_NE(full.code, 0) << full.output;
+  EXPECT_TRUE(contains(full.output, "File too large")) << full.output;
+  EXPECT_TRUE(contains(full.output, "ckpt_000020.h5.tmp")) << full.output;
+  auto after = snapshot(dir("full"));
+  EXPECT_EQ(after, before) << "the run's folder changed (a partial file left behind, or the old checkpoint touched)";
+  EXPECT_FALSE(fs::exists(dir("full") + "/ckpt_000020.h5"));
+  auto resumed = run("train --resume " + dir("full") + " --set train.steps=20");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_EQ(slurp(dir("full") + "/latest"), "ckpt_000020.h5\n");
+  auto verify = run("ckpt verify " + dir("full"));
+  EXPECT_EQ(verify.code, 0) << verify.output;
+  EXPECT_TRUE(contains(verify.output, "ckpt_000020.h5: ok")) << verify.output;
+}

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "model/gpt.h"
 #include "model/optimizer.h"
@@ -258,6 +259,17 @@ RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments
     }
   }
   return read_counters(r, moments);
+}
+
+std::string resolve_checkpoint(const std::string& path, const char* who) {
+  MT_CHECK(!path.empty(), "[{}] no checkpoint given", who);
+  if (std::filesystem::is_directory(path)) {
+    const std::string latest = find_latest_checkpoint(path);
+    MT_CHECK(!latest.empty(), "[{}] no checkpoint (ckpt_NNNNNN.h5) in folder '{}'", who, path);
+    return latest;
+  }
+  MT_CHECK(std::filesystem::exists(path), "[{}] checkpoint '{}' does not exist", who, path);
+  return path;
 }
 
 }  // namespace meshtrain

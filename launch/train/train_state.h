@@ -51,6 +51,9 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
 Config read_run_config(const std::string& path);
 /// Reads the configuration, layout and counters of a checkpoint (no tensors).
 RunInfo read_run_info(const std::string& path);
+/// The checkpoint a file-or-folder argument names (a folder: its latest checkpoint); who (the
+/// command) prefixes the error when there is none.
+std::string resolve_checkpoint(const std::string& path, const char* who);
 /// Loads weights (and, when moments is non-null, the AdamW state into buffers shaped like the
 /// parameters) and counters into a whole model; checks every tensor's shape and checksum.
 RunCounters load_run(const std::string& path, Gpt& model, MomentBuffers* moments);
