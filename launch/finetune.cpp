@@ -21,6 +21,7 @@
 #include "core/timer.h"
 #include "launch/ckpt_tools.h"
 #include "launch/train/progress.h"
+#include "launch/train/train.h"
 #include "launch/train/train_state.h"
 #include "model/data.h"
 #include "model/gpt.h"
@@ -115,15 +116,6 @@ std::map<std::string, Tensor> read_adapter_tensors(const std::string& path, cons
     out.emplace(s.name, std::move(t));
   }
   return out;
-}
-
-/// Rows of T + 1 tokens -> inputs (the first T) and targets (the last T).
-void split_rows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt) {
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      inp[b * T + t] = rows[b * (T + 1) + t];
-      tgt[b * T + t] = rows[b * (T + 1) + t + 1];
-    }
 }
 
 float sum_over(Communicator& comm, float x) {
@@ -288,20 +280,9 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
   DataLoader loader(train_paths, T, cfg.train.shuffle, static_cast<uint64_t>(cfg.train.seed));
   std::vector<int32_t> rows(static_cast<size_t>(B) * micro * (T + 1)), inp(static_cast<size_t>(B) * T),
       tgt(inp.size());
-  // Mean loss of the first eval_batches validation batches (the same ones every time).
-  auto evaluate = [&]() {
-    DataLoader val(val_paths, T, false, 0);
-    const int n = static_cast<int>(std::min<int64_t>(cfg.train.eval_batches,
-                                                     std::max<int64_t>(1, val.num_windows() / B_global)));
-    std::vector<int32_t> vrows(static_cast<size_t>(B_global) * (T + 1));
-    std::vector<int32_t> vin(static_cast<size_t>(B_global) * T), vtg(vin.size());
-    double sum = 0.0;
-    for (int i = 0; i < n; ++i) {
-      val.next_batch(B_global, 0, 1, vrows.data());
-      split_rows(vrows.data(), B_global, T, vin.data(), vtg.data());
-      sum += model.forward(vin.data(), vtg.data(), B_global, T);
-    }
-    return sum / n;
+  auto evaluate_val = [&] {
+    return evaluate([&](const int32_t* in, const int32_t* tg, int b, int t) { return model.forward(in, tg, b, t); },
+                    val_paths, cfg);
   };
   // Replicated adapters count once in the norm: on tp rank 0.
   const int tp_rank = tp.rank();
@@ -311,7 +292,7 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
   std::optional<StepLog> log;
   if (lead) log.emplace(0, cfg.train.steps, cfg.train.log_every, args.metrics, world.size() == 1);
   if (!val_paths.empty()) {
-    result.first_val = result.last_val = evaluate();
+    result.first_val = result.last_val = evaluate_val();
     if (lead) log->message(fmt::format("[finetune] validation loss before fine-tuning: {:.4f}", result.first_val));
   }
   const float dloss_scale = 1.0f / static_cast<float>(micro * dp_size);
@@ -323,7 +304,7 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
     lora.zero_grad();
     double loss = 0.0;
     for (int m = 0; m < micro; ++m) {
-      split_rows(rows.data() + static_cast<size_t>(m) * B * (T + 1), B, T, inp.data(), tgt.data());
+      split_windows(rows.data() + static_cast<size_t>(m) * B * (T + 1), B, T, inp.data(), tgt.data());
       loss += model.forward(inp.data(), tgt.data(), B, T, true, dloss_scale);
       model.backward();
     }
@@ -343,7 +324,7 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
     rec.tokens_per_s = static_cast<double>(B_global) * micro * T / (rec.ms * 1e-3);
     const bool last = step + 1 == cfg.train.steps;
     if (!val_paths.empty() && ((cfg.train.eval_every > 0 && (step + 1) % cfg.train.eval_every == 0) || last))
-      rec.val_loss = result.last_val = evaluate();
+      rec.val_loss = result.last_val = evaluate_val();
     if (lead) log->record(rec);
   }
   // Every rank gathers (a collective); rank 0 writes.

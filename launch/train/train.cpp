@@ -51,15 +51,6 @@ namespace {
 
 constexpr int kBuiltinVocab = 4096;
 
-/// Rows of T + 1 tokens -> inputs (the first T) and targets (the last T).
-void split_windows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt) {
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      inp[b * T + t] = rows[b * (T + 1) + t];
-      tgt[b * T + t] = rows[b * (T + 1) + t + 1];
-    }
-}
-
 /// --resume takes a checkpoint file, a run folder (its latest checkpoint) or "latest" (in out_dir).
 std::string resolve_resume(const std::string& resume, const std::string& out_dir) {
   if (resume == "latest") {
@@ -110,24 +101,6 @@ std::string choose_resume_layout(Config& cfg, const Config& saved, const std::st
   return fmt::format("[train] layout: the checkpoint was saved at {} (tp {} x pp {}), which does not fit {} rank{}; "
                      "training data-parallel over all of them (dp {}); set parallel.dp/tp/pp to choose",
                      saved_layout, p.tp, p.pp, world, world == 1 ? "" : "s", world);
-}
-
-using LossFn = std::function<double(const int32_t* inputs, const int32_t* targets, int B, int T)>;
-
-double evaluate(const LossFn& loss, const std::vector<std::string>& val_paths, const Config& cfg) {
-  // Always the same first eval_batches windows, so values are comparable across steps and runs.
-  const int B = cfg.train.batch_size, T = cfg.model.seq_len;
-  DataLoader val(val_paths, T, false, 0);
-  std::vector<int32_t> batch(static_cast<size_t>(B) * (T + 1)), inp(static_cast<size_t>(B) * T),
-      tgt(static_cast<size_t>(B) * T);
-  int n = static_cast<int>(std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / B)));
-  double sum = 0.0;
-  for (int i = 0; i < n; ++i) {
-    val.next_batch(B, 0, 1, batch.data());
-    split_windows(batch.data(), B, T, inp.data(), tgt.data());
-    sum += loss(inp.data(), tgt.data(), B, T);
-  }
-  return sum / n;
 }
 
 /// train.trace_steps "A:B" (1-based, inclusive) as (A, B); "" = every step of the run.
@@ -528,7 +501,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     const auto tp_bytes = model.take_tp_bytes();
     if (world.size() > 1) {
       // Every rank's split and bytes, so the log can give min / mean / max and the slowest rank.
-      constexpr int kFields = 8;  // dp, tp, pp, compute and step ms; dp, tp and pp payload bytes
+      constexpr int kFields = 10;  // dp, tp, pp, compute and step ms; dp, tp, pp payload bytes; dp, tp bus bytes
       Tensor mine = Tensor::empty({kFields}), all = Tensor::empty({kFields * static_cast<int64_t>(world.size())});
       float* v = mine.f32();
       v[0] = static_cast<float>(ddp.take_exposed_comm_seconds() * 1e3);
@@ -539,6 +512,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       v[5] = static_cast<float>(dp_bytes.first);
       v[6] = static_cast<float>(tp_bytes.first);
       v[7] = static_cast<float>(pipe ? pipe->sent_bytes() : 0.0);
+      v[8] = static_cast<float>(dp_bytes.second);
+      v[9] = static_cast<float>(tp_bytes.second);
       world.all_gather(mine, all);
       const int n = world.size();
       auto field = [&](int rank, int f) { return static_cast<double>(all.f32()[rank * kFields + f]); };
@@ -568,16 +543,14 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
         rec.tp_bytes += field(q, 6) / n;
         rec.pp_bytes += field(q, 7) / n;
       }
-      // Bus bandwidth: this rank's bus bytes over its waiting time on the axis, then the mean over ranks.
-      Tensor bw = Tensor::zeros({3});
+      // Bus bandwidth: each rank's bus bytes over its waiting time on the axis, then the mean over ranks
+      // (pipeline sends are point-to-point: their bus bytes are their payload).
       auto rate = [](double bus_bytes, double ms) { return ms > 0.0 ? bus_bytes / (ms * 1e-3) / 1e9 : 0.0; };
-      bw.f32()[0] = static_cast<float>(rate(dp_bytes.second, v[0]));
-      bw.f32()[1] = static_cast<float>(rate(tp_bytes.second, v[1]));
-      bw.f32()[2] = static_cast<float>(rate(pipe ? pipe->sent_bytes() : 0.0, v[2]));
-      world.all_reduce(bw, ReduceOp::avg);
-      rec.dp_busbw = bw.f32()[0];
-      rec.tp_busbw = bw.f32()[1];
-      rec.pp_busbw = bw.f32()[2];
+      for (int q = 0; q < n; ++q) {
+        rec.dp_busbw += rate(field(q, 8), field(q, 0)) / n;
+        rec.tp_busbw += rate(field(q, 9), field(q, 1)) / n;
+        rec.pp_busbw += rate(field(q, 7), field(q, 2)) / n;
+      }
     }
     bool last = step + 1 == total;
     // Every rank evaluates (tensor-parallel ranks must run the model together); rank 0 reports.
@@ -648,6 +621,30 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   finish_trace();
   sample("final");
   return {last_loss, 0};
+}
+
+void split_windows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt) {
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      inp[b * T + t] = rows[b * (T + 1) + t];
+      tgt[b * T + t] = rows[b * (T + 1) + t + 1];
+    }
+}
+
+double evaluate(const LossFn& loss, const std::vector<std::string>& val_paths, const Config& cfg) {
+  // Always the same first eval_batches windows, so values are comparable across steps and runs.
+  const int B = cfg.train.batch_size, T = cfg.model.seq_len;
+  DataLoader val(val_paths, T, false, 0);
+  std::vector<int32_t> batch(static_cast<size_t>(B) * (T + 1)), inp(static_cast<size_t>(B) * T),
+      tgt(static_cast<size_t>(B) * T);
+  int n = static_cast<int>(std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / B)));
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) {
+    val.next_batch(B, 0, 1, batch.data());
+    split_windows(batch.data(), B, T, inp.data(), tgt.data());
+    sum += loss(inp.data(), tgt.data(), B, T);
+  }
+  return sum / n;
 }
 
 }  // namespace meshtrain

@@ -3,10 +3,14 @@
 // over several ranks it trains data-parallel (optionally with ZeRO-1) the same model as one process.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace meshtrain {
+
+struct Config;
 
 struct TrainArgs {
   std::string config_file;
@@ -32,5 +36,13 @@ class Communicator;
 /// training loss, and the signal when one stopped it. Every rank calls it; rank 0 prints, writes
 /// metrics and checkpoints.
 TrainResult run_train(const TrainArgs& args, Communicator& world);
+
+/// Rows of T + 1 tokens -> inputs (the first T) and targets (the last T).
+void split_windows(const int32_t* rows, int B, int T, int32_t* inp, int32_t* tgt);
+
+using LossFn = std::function<double(const int32_t* inputs, const int32_t* targets, int B, int T)>;
+/// Mean of loss over the first train.eval_batches validation batches of train.batch_size sequences
+/// (always the same ones, so values compare across steps and runs).
+double evaluate(const LossFn& loss, const std::vector<std::string>& val_paths, const Config& cfg);
 
 }  // namespace meshtrain
