@@ -46,6 +46,18 @@ void Tracer::add(TraceEvent e) {
   events_.push_back(std::move(e));
 }
 
+void Tracer::add_region(const char* cat, std::string name, double ts_us, int64_t bytes) {
+  TraceEvent e;
+  e.name = std::move(name);
+  e.cat = cat;
+  e.tid = thread_index();
+  e.step = step();
+  e.bytes = bytes;
+  e.ts_us = ts_us;
+  e.dur_us = now_us() - ts_us;
+  add(std::move(e));
+}
+
 std::vector<TraceEvent> Tracer::take() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<TraceEvent> out;

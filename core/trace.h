@@ -48,6 +48,8 @@ class Tracer {
   void name_thread(const std::string& name);
   std::vector<std::string> thread_names() const;
   void add(TraceEvent e);
+  /// Records a region of the calling thread that began at ts_us and ends now (in the current step).
+  void add_region(const char* cat, std::string name, double ts_us, int64_t bytes = -1);
   /// The events recorded so far (and forgets them).
   std::vector<TraceEvent> take();
 

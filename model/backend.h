@@ -157,18 +157,7 @@ class DeviceTimer {
   }
   void stop() {
     spans_.push_back({open_, be_->mark()});
-    if (trace_t0_ >= 0.0 && Tracer::get().on()) {
-      Tracer& t = Tracer::get();
-      TraceEvent e;
-      e.name = name_;
-      e.cat = cat_;
-      e.tid = t.thread_index();
-      e.step = t.step();
-      e.bytes = trace_bytes_;
-      e.ts_us = trace_t0_;
-      e.dur_us = Tracer::now_us() - trace_t0_;
-      t.add(std::move(e));
-    }
+    if (trace_t0_ >= 0.0 && Tracer::get().on()) Tracer::get().add_region(cat_, name_, trace_t0_, trace_bytes_);
     trace_t0_ = -1.0;
   }
   /// Seconds in the intervals since the last take() (the device must have passed them); clears them.
