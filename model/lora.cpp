@@ -196,9 +196,12 @@ void Lora::zero_grad() { be_.zero(grads_.raw(), grads_.nbytes()); }
 
 void Lora::ensure(int N) {
   if (N <= rows_) return;
-  const int64_t r = lc_.rank, blocks = static_cast<int64_t>(cfg_.n_layer) * kLoraTargets;
-  acts_ = Tensor::zeros({(blocks + 2) * N * r + N * widest_}, be_.dtype(), be_.device());
+  acts_ = Tensor::zeros({(kept_blocks() + 2) * N * lc_.rank + N * widest_}, be_.dtype(), be_.device());
   rows_ = N;
+}
+
+void* Lora::block(int64_t i) const {
+  return static_cast<std::byte*>(acts_.raw()) + i * rows_ * lc_.rank * static_cast<int64_t>(esize_);
 }
 
 void Lora::tp_sum(void* x, int64_t n) {
@@ -209,20 +212,14 @@ void Lora::tp_sum(void* x, int64_t n) {
   tp_.all_reduce_async(view, ReduceOp::sum)->wait();
 }
 
-namespace {
-std::byte* bytes(void* p) { return static_cast<std::byte*>(p); }
-}  // namespace
-
 void Lora::forward(int l, LoraTarget t, void* out, const void* x, int N) {
   if (!targets(t)) return;
   ensure(N);
   const Shape s = shape(t);
-  const int64_t r = lc_.rank, e = static_cast<int64_t>(esize_), slot = static_cast<int64_t>(l) * kLoraTargets +
-                                                                      static_cast<int>(t);
-  const int64_t blocks = static_cast<int64_t>(cfg_.n_layer) * kLoraTargets;
-  void* h = bytes(acts_.raw()) + slot * rows_ * r * e;  // kept for backward
-  void* xa = bytes(acts_.raw()) + blocks * rows_ * r * e;
-  void* wide = bytes(acts_.raw()) + (blocks + 2) * rows_ * r * e;
+  const int64_t r = lc_.rank, e = static_cast<int64_t>(esize_), scratch = kept_blocks();
+  void* h = block(static_cast<int64_t>(l) * kLoraTargets + static_cast<int>(t));  // kept for backward
+  void* xa = block(scratch);
+  void* wide = block(scratch + 2);
   const std::string p = layer_prefix(l, t);
   be_.matmul_forward(xa, x, at(params_, p + "lora_A"), nullptr, N, s.c_in, lc_.rank);  // x A^T
   if (s.row_parallel) tp_sum(xa, N * r);  // each rank saw only its input columns
@@ -236,13 +233,11 @@ void Lora::backward(int l, LoraTarget t, void* dx, const void* dout, const void*
   if (!targets(t)) return;
   MT_CHECK(N <= rows_, "[lora] backward of {} rows without their forward", N);
   const Shape s = shape(t);
-  const int64_t r = lc_.rank, e = static_cast<int64_t>(esize_), slot = static_cast<int64_t>(l) * kLoraTargets +
-                                                                      static_cast<int>(t);
-  const int64_t blocks = static_cast<int64_t>(cfg_.n_layer) * kLoraTargets;
-  const void* h = bytes(acts_.raw()) + slot * rows_ * r * e;
-  void* gb = bytes(acts_.raw()) + blocks * rows_ * r * e;  // dout B
-  void* dh = bytes(acts_.raw()) + (blocks + 1) * rows_ * r * e;
-  void* wide = bytes(acts_.raw()) + (blocks + 2) * rows_ * r * e;
+  const int64_t r = lc_.rank, e = static_cast<int64_t>(esize_), scratch = kept_blocks();
+  const void* h = block(static_cast<int64_t>(l) * kLoraTargets + static_cast<int>(t));
+  void* gb = block(scratch);  // dout B
+  void* dh = block(scratch + 1);
+  void* wide = block(scratch + 2);
   const std::string p = layer_prefix(l, t);
   // dB += dout^T h, and dout B; a column-parallel layer's is a partial sum over the output rows.
   be_.matmul_backward(gb, at(grads_, p + "lora_B"), nullptr, dout, h, at(params_, p + "lora_B"), N, lc_.rank, s.oc);

@@ -93,6 +93,10 @@ class Lora {
   };
   Shape shape(LoraTarget t) const;
   void ensure(int N);
+  /// The activation buffer holds one h (N x r) per (block, target), then two N x r scratch blocks,
+  /// then N x widest_: block i starts i x N x r elements in.
+  int64_t kept_blocks() const { return static_cast<int64_t>(cfg_.n_layer) * kLoraTargets; }
+  void* block(int64_t i) const;
   void* at(const Tensor& flat, const std::string& name) const;
   void tp_sum(void* x, int64_t n);
 
@@ -105,7 +109,7 @@ class Lora {
   Tensor params_, grads_;
   size_t esize_;
   int rows_ = 0;        // N the activation buffer holds
-  Tensor acts_;         // per (block, target) h (N x r), then scratch: a second N x r and N x max width
+  Tensor acts_;         // see block()
   int64_t widest_ = 0;  // max over targets of c_in and oc
 };
 
