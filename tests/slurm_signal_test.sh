@@ -7,24 +7,8 @@
 set -euo pipefail
 bin=$1
 src=$2
-shared=${MESHTRAIN_SHARED_DIR:-$src/../shared}
-if [ ! -f "$shared/slurm/start.sh" ]; then
-  echo "SKIPPED: $shared/slurm/start.sh is missing (the shared Slurm cluster scripts); set MESHTRAIN_SHARED_DIR"
-  exit 77
-fi
-# The cluster is stopped afterwards only when this test started it.
-pidfile=${TMPDIR:-/tmp}/meshtrain-slurm/run/slurmctld.pid
-was_up=0
-if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then was_up=1; fi
-eval "$(bash "$shared/slurm/start.sh")"
-work=$(mktemp -d "${TMPDIR:-/tmp}/meshtrain_slurm_XXXXXX")
-trap 'rm -rf "$work"; [ $was_up = 1 ] || bash "$shared/slurm/stop.sh" > /dev/null 2>&1 || true' EXIT
-cd "$work"
-
-# Data: this checkout's own prose, a vocabulary learned from it, and its shards.
-cat "$src"/README.md "$src"/docs/*.md > corpus.txt
-"$bin" tokenizer train --vocab-size 300 --input corpus.txt --output tok > /dev/null
-"$bin" tokenize --tokenizer tok --input corpus.txt --output shards > /dev/null
+# shellcheck source=slurm_common.sh
+source "$(dirname "$0")/slurm_common.sh"
 args=(--set data.train="$work/shards/train_*.bin" --set data.tokenizer="$work/tok" --set model.n_layer=2
       --set model.n_head=2 --set model.n_embd=32 --set model.seq_len=16 --set train.batch_size=4
       --set train.steps=2000 --set train.checkpoint_every=0 --set train.eval_every=0 --set train.sample_every=0
