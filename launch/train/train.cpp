@@ -564,6 +564,11 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     }
     if (lead) log->record(rec);
     last_loss = rec.loss;
+    // After the first step every activation buffer exists: what forward keeps for backward, per
+    // micro-batch in flight (pipeline 1F1B keeps several), under the recomputation mode.
+    if (lead && step == counters.step)
+      log->message(fmt::format("[train] activations kept for backward on rank 0: {:.1f} MiB (train.recompute = {})",
+                               model.activation_bytes() / 1048576.0, cfg.train.recompute));
 
     if (cfg.train.sample_every > 0 && rec.step % cfg.train.sample_every == 0 && !last)
       sample(fmt::format("step {}", rec.step).c_str());
