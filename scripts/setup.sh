@@ -15,8 +15,9 @@ packages=(
   fortunes-min fortunes
 )
 
-# `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test.
-if [ "${1:-}" = "tests" ]; then packages+=(chromium); fi
+# `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test,
+# and h5py, which a chapter of docs/learn reads a checkpoint with.
+if [ "${1:-}" = "tests" ]; then packages+=(chromium python3-h5py); fi
 
 missing=()
 for p in "${packages[@]}"; do
