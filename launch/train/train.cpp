@@ -464,6 +464,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
 
   StopSignals signals(cfg.train.stop_signal);
   double last_loss = 0.0;
+  const int64_t first_step = counters.step;  // (counters.step moves on with each checkpoint)
   for (int64_t step = counters.step; step < total; ++step) {
     Tracer::get().set_step(step + 1);
     // (Injected failures for the tests of failing ranks: core/fault.h.)
@@ -566,7 +567,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     last_loss = rec.loss;
     // After the first step every activation buffer exists: what forward keeps for backward, per
     // micro-batch in flight (pipeline 1F1B keeps several), under the recomputation mode.
-    if (lead && step == counters.step)
+    if (lead && step == first_step)
       log->message(fmt::format("[train] activations kept for backward on rank 0: {:.1f} MiB (train.recompute = {})",
                                model.activation_bytes() / 1048576.0, cfg.train.recompute));
 
