@@ -293,6 +293,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     check_shard_tokenizer(train_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
     check_shard_tokenizer(val_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
   }
+  check_shard_vocab(train_paths, cfg.model.vocab_size);
+  check_shard_vocab(val_paths, cfg.model.vocab_size);
   const int T = cfg.model.seq_len;
   const int tp_size = cfg.parallel.tp, pp_size = cfg.parallel.pp;
   MT_CHECK(world.size() % (tp_size * pp_size) == 0,
@@ -464,6 +466,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
 
   StopSignals signals(cfg.train.stop_signal);
   double last_loss = 0.0;
+  const int64_t first_step = counters.step;  // (counters.step moves on with each checkpoint)
   for (int64_t step = counters.step; step < total; ++step) {
     Tracer::get().set_step(step + 1);
     // (Injected failures for the tests of failing ranks: core/fault.h.)
@@ -566,7 +569,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     last_loss = rec.loss;
     // After the first step every activation buffer exists: what forward keeps for backward, per
     // micro-batch in flight (pipeline 1F1B keeps several), under the recomputation mode.
-    if (lead && step == counters.step)
+    if (lead && step == first_step)
       log->message(fmt::format("[train] activations kept for backward on rank 0: {:.1f} MiB (train.recompute = {})",
                                model.activation_bytes() / 1048576.0, cfg.train.recompute));
 
