@@ -119,13 +119,6 @@ std::string last_error() {
   return fmt::format("{}; cause: {} (in {})", ends.outer, ends.inner, ends.inner_func);
 }
 
-Datatype utf8_string_type() {
-  Datatype type(H5_CHECK(H5Tcopy(H5T_C_S1)));
-  H5_CHECK(H5Tset_size(type.get(), H5T_VARIABLE));
-  H5_CHECK(H5Tset_cset(type.get(), H5T_CSET_UTF8));
-  return type;
-}
-
 std::vector<hsize_t> dataspace_dims(hid_t space) {
   int rank = H5_CHECK(H5Sget_simple_extent_ndims(space));
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
@@ -167,15 +160,21 @@ void write_attribute(hid_t loc, const std::string& name, int64_t value) {
 }
 
 void write_attribute(hid_t loc, const std::string& name, const std::string& value) {
-  // A variable-length string keeps its bytes in the global heap, so a long TOML config does not
-  // run into the 64 KiB limit on attributes stored in the object header.
+  // A fixed-length string (exactly the bytes, NUL-padded; one NUL for the empty string) lives in the
+  // attribute's own message: in a file of the 1.8 format that is the checksummed object header (or,
+  // past 64 KiB, the checksummed dense attribute storage). A variable-length string would keep its
+  // bytes in the global heap, which has no checksum: a damaged heap can send HDF5 into an endless loop.
   MT_CHECK(value.find('\0') == std::string::npos,
            "[hdf5] string attribute '{}' contains a NUL byte; HDF5 strings end at the first NUL", name);
-  Datatype type = utf8_string_type();
+  Datatype type(H5_CHECK(H5Tcopy(H5T_C_S1)));
+  H5_CHECK(H5Tset_size(type.get(), std::max<size_t>(value.size(), 1)));
+  H5_CHECK(H5Tset_strpad(type.get(), H5T_STR_NULLPAD));
+  H5_CHECK(H5Tset_cset(type.get(), H5T_CSET_UTF8));
   Dataspace space(H5_CHECK(H5Screate(H5S_SCALAR)));
   Attribute attr(H5_CHECK(H5Acreate2(loc, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT)));
-  const char* data = value.c_str();
-  H5_CHECK(H5Awrite(attr.get(), type.get(), &data));
+  std::string data = value;
+  data.resize(std::max<size_t>(value.size(), 1), '\0');
+  H5_CHECK(H5Awrite(attr.get(), type.get(), data.data()));
 }
 
 void read_scalar_attributes(hid_t loc, std::map<std::string, int64_t>& ints,

@@ -81,8 +81,6 @@ using PropList = Handle<H5Pclose>;
 using Datatype = Handle<H5Tclose>;
 using Object = Handle<H5Oclose>;
 
-/// A variable-length UTF-8 string type (how h5py writes str, and reads back as str).
-Datatype utf8_string_type();
 
 /// Dimensions of a dataspace ({} for a scalar).
 std::vector<hsize_t> dataspace_dims(hid_t space);

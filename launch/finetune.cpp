@@ -240,6 +240,8 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
   if (!cfg.data.val.empty()) val_paths = expand_shard_paths(cfg.data.val);
   check_shard_tokenizer(train_paths, tok.fingerprint(), cfg.data.tokenizer);
   check_shard_tokenizer(val_paths, tok.fingerprint(), cfg.data.tokenizer);
+  check_shard_vocab(train_paths, cfg.model.vocab_size);
+  check_shard_vocab(val_paths, cfg.model.vocab_size);
 
   Mesh mesh(world, MeshShape{dp_size, args.tp, 1});
   Communicator& dp = mesh.dp();

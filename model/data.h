@@ -47,6 +47,11 @@ class TokenShard {
 void check_shard_tokenizer(const std::vector<std::string>& paths, uint64_t tokenizer_id,
                            const std::string& tokenizer_dir);
 
+/// Reads every token of every shard and throws at the first id >= vocab_size, naming the shard, the
+/// token's index and byte offset, so a damaged or foreign shard fails at start-up, not when its batch
+/// is drawn. Returns the number of tokens checked.
+int64_t check_shard_vocab(const std::vector<std::string>& paths, int vocab_size);
+
 /// Expands a comma-separated list of paths and globs into sorted, existing files; throws when a
 /// pattern matches nothing.
 std::vector<std::string> expand_shard_paths(const std::string& patterns);

@@ -112,6 +112,30 @@ TokenShard::TokenShard(const std::string& path) : file_(path) {
   tokens_ = reinterpret_cast<const uint16_t*>(file_.data() + kHeaderBytes);
 }
 
+int64_t check_shard_vocab(const std::vector<std::string>& paths, int vocab_size) {
+  int64_t checked = 0;
+  for (const auto& p : paths) {
+    TokenShard shard(p);
+    const uint16_t* t = shard.tokens();
+    const int64_t n = shard.size();
+    // A branch-free maximum per block (vectorised), and the exact position only when a block fails.
+    constexpr int64_t kBlock = 1 << 16;
+    for (int64_t begin = 0; begin < n; begin += kBlock) {
+      const int64_t end = std::min(n, begin + kBlock);
+      uint16_t hi = 0;
+      for (int64_t i = begin; i < end; ++i) hi = std::max(hi, t[i]);
+      if (hi < vocab_size) continue;
+      for (int64_t i = begin; i < end; ++i)
+        MT_CHECK(t[i] < vocab_size,
+                 "[data] '{}' is corrupt or was made with another vocabulary: token {} (index {}, byte offset {}) is "
+                 "not below the vocabulary size {}; regenerate it with `meshtrain tokenize` and this run's tokenizer",
+                 p, t[i], i, kHeaderBytes + static_cast<size_t>(i) * sizeof(uint16_t), vocab_size);
+    }
+    checked += n;
+  }
+  return checked;
+}
+
 void check_shard_tokenizer(const std::vector<std::string>& paths, uint64_t tokenizer_id,
                            const std::string& tokenizer_dir) {
   for (const auto& p : paths) {

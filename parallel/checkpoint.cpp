@@ -109,19 +109,50 @@ void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, co
   h5::write_attribute(dset.get(), kChecksumAttribute, crc32_of(host.f32(), host.numel()));
 }
 
+}  // namespace
+
+int64_t meta_checksum(const std::map<std::string, int64_t>& ints, const std::map<std::string, std::string>& strings) {
+  std::map<std::string, std::string> records;
+  for (const auto& [key, value] : ints) records[key] = "i" + std::to_string(value);
+  for (const auto& [key, value] : strings) records[key] = "s" + value;
+  uLong crc = crc32(0L, Z_NULL, 0);
+  auto feed = [&crc](const std::string& bytes) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size()));
+  };
+  for (const auto& [key, value] : records) {
+    feed(key);
+    feed(std::string(1, '\0'));
+    feed(value);
+    feed("\n");
+  }
+  return static_cast<int64_t>(crc);
+}
+
+void write_checkpoint_attributes(int64_t file, const CheckpointMeta& meta) {
+  std::map<std::string, int64_t> ints = meta.ints;
+  std::map<std::string, std::string> strings = meta.strings;
+  ints["format_version"] = kCheckpointVersion;
+  strings["format"] = kCheckpointFormat;
+  for (const auto& [key, value] : ints) h5::write_attribute(file, key, value);
+  for (const auto& [key, value] : strings) h5::write_attribute(file, key, value);
+  h5::write_attribute(file, kMetaChecksumAttribute, meta_checksum(ints, strings));
+}
+
+void use_checksummed_file_format(int64_t fapl) { H5_CHECK(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18)); }
+
+namespace {
+
 void write_file(const std::string& tmp, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta) {
   h5::PropList fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
   // Closing the file then closes anything still open in it, so an exception cannot leave it half-open.
   H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG));
+  use_checksummed_file_format(fapl.get());
   h5::File file(H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get())));
   h5::PropList lcpl(H5_CHECK(H5Pcreate(H5P_LINK_CREATE)));
   H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1));
   h5::PropList dxpl(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
 
-  h5::write_attribute(file.get(), "format", std::string(kCheckpointFormat));
-  h5::write_attribute(file.get(), "format_version", kCheckpointVersion);
-  for (const auto& [key, value] : meta.ints) h5::write_attribute(file.get(), key, value);
-  for (const auto& [key, value] : meta.strings) h5::write_attribute(file.get(), key, value);
+  write_checkpoint_attributes(file.get(), meta);
 
   for (const CheckpointEntry& e : entries) {
     try {
@@ -154,7 +185,9 @@ void validate(const std::string& path, const std::vector<CheckpointEntry>& entri
     MT_CHECK(e.tensor.dtype() == DType::f32, "[checkpoint] dataset '{}' is {}; checkpoints store f32 tensors", e.path,
              dtype_name(e.tensor.dtype()));
   }
-  auto reserved = [](const std::string& key) { return key == "format" || key == "format_version"; };
+  auto reserved = [](const std::string& key) {
+    return key == "format" || key == "format_version" || key == kMetaChecksumAttribute;
+  };
   for (const auto& [key, value] : meta.ints) {
     MT_CHECK(!key.empty() && !reserved(key), "[checkpoint] meta key '{}' is empty or reserved", key);
     MT_CHECK(!meta.strings.count(key), "[checkpoint] meta key '{}' is both an int and a string", key);
@@ -228,6 +261,23 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
   MT_CHECK(version->second >= 1 && version->second <= kCheckpointVersion,
            "[checkpoint] '{}' has format_version {}, but this build reads versions 1 to {}; use a newer meshtrain",
            path, version->second, kCheckpointVersion);
+  // From version 2 the root attributes carry a checksum: a flipped bit in the configuration, the step
+  // or a loader position is an error, not a silently different run.
+  auto meta_crc = meta_.ints.find(kMetaChecksumAttribute);
+  if (version->second >= 2) {
+    MT_CHECK(meta_crc != meta_.ints.end(),
+             "[checkpoint] '{}' has no '{}' attribute, which format_version {} files always carry: the file is "
+             "corrupt (or was edited by another tool)", path, kMetaChecksumAttribute, version->second);
+    const int64_t stored = meta_crc->second;
+    meta_.ints.erase(meta_crc);
+    const int64_t computed = meta_checksum(meta_.ints, meta_.strings);
+    MT_CHECK(stored == computed,
+             "[checkpoint] '{}': its metadata (the root attributes: configuration, step, RNG and loader positions) "
+             "fail their checksum (stored crc32 {:08x}, attributes {:08x}): the file is corrupt", path, stored,
+             computed);
+  } else if (meta_crc != meta_.ints.end()) {
+    meta_.ints.erase(meta_crc);
+  }
   file_ = file.release();
 }
 

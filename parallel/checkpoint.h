@@ -16,9 +16,12 @@
 namespace meshtrain {
 
 inline constexpr const char* kCheckpointFormat = "meshtrain-checkpoint";
-inline constexpr int64_t kCheckpointVersion = 1;
+/// Version 2 added the root attribute meta_crc32 (version 1 files, which lack it, still load).
+inline constexpr int64_t kCheckpointVersion = 2;
 /// Attribute of every dataset: the CRC-32 (zlib) of its little-endian float32 data.
 inline constexpr const char* kChecksumAttribute = "crc32";
+/// Root attribute: the CRC-32 of every other root attribute (see meta_checksum).
+inline constexpr const char* kMetaChecksumAttribute = "meta_crc32";
 
 /// Scalars and strings stored beside the tensors (step, RNG counters, loader position, config).
 struct CheckpointMeta {
@@ -31,6 +34,16 @@ struct CheckpointEntry {
   std::string path;
   Tensor tensor;
 };
+
+/// CRC-32 of root attributes: for each key in sorted order, the key, a NUL, 'i' and the decimal
+/// value (integers) or 's' and the bytes (strings), and a newline. Keys of both maps are distinct.
+int64_t meta_checksum(const std::map<std::string, int64_t>& ints, const std::map<std::string, std::string>& strings);
+/// Writes the root attributes of a checkpoint file: format, format_version, meta, and meta_crc32
+/// over all of them.
+void write_checkpoint_attributes(int64_t file, const CheckpointMeta& meta);
+/// Asks HDF5 for the 1.8 file format (superblock and object headers version 2, which carry their
+/// own checksums; every HDF5 from 1.8 on reads it) on a file-access property list.
+void use_checksummed_file_format(int64_t fapl);
 
 /// Writes entries and meta to path atomically (path + ".tmp" then rename). Creates parent folders.
 void save_checkpoint(const std::string& path, const std::vector<CheckpointEntry>& entries, const CheckpointMeta& meta);

@@ -136,13 +136,11 @@ void save_checkpoint_sharded(const std::string& path, const std::vector<ShardedE
     h5::PropList fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
     H5_CHECK(H5Pset_fapl_mpio(fapl.get(), mpi->native(), MPI_INFO_NULL));
     H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG));
+    use_checksummed_file_format(fapl.get());
     h5::File file(H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get())));
     h5::PropList lcpl(H5_CHECK(H5Pcreate(H5P_LINK_CREATE)));
     H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1));
-    h5::write_attribute(file.get(), "format", std::string(kCheckpointFormat));
-    h5::write_attribute(file.get(), "format_version", kCheckpointVersion);
-    for (const auto& [key, value] : meta.ints) h5::write_attribute(file.get(), key, value);
-    for (const auto& [key, value] : meta.strings) h5::write_attribute(file.get(), key, value);
+    write_checkpoint_attributes(file.get(), meta);
     for (size_t i = 0; i < entries.size(); ++i) {
       try {
         write_dataset(file.get(), lcpl.get(), entries[i]);

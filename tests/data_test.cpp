@@ -132,6 +132,20 @@ TEST(Shard, RejectsDamagedFilesNamingThePath) {
   EXPECT_THROW(TokenShard(dir.str("missing.bin")), Error);
 }
 
+TEST(Shard, TokensPastTheVocabularyAreFoundAtOpenWithTheirPosition) {
+  ScratchDir dir("data");
+  std::vector<int32_t> tokens(200000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(i * 7919 % 1000);  // ids below 1000
+  const std::string good = dir.str("good.bin"), bad = dir.str("bad.bin");
+  write_token_shard(good, tokens);
+  EXPECT_EQ(check_shard_vocab({good}, 1000), 200000);
+  tokens[123456] = 1000;  // one id just past the vocabulary, in the second scan block
+  write_token_shard(bad, tokens);
+  expect_error([&] { check_shard_vocab({good, bad}, 1000); },
+               {"[data]", bad, "token 1000 (index 123456, byte offset 247936)", "vocabulary size 1000"});
+  EXPECT_EQ(check_shard_vocab({bad}, 1001), 200000) << "a larger vocabulary holds the id";
+}
+
 // Shards whose tokens name their own position (shard s, offset i -> s * 5000 + i), so the first token
 // of a row says which window it is.
 struct PositionalData {

@@ -154,6 +154,10 @@ TEST_F(TrainCli, BadInputIsAClearErrorAndANonZeroExit) {
   std::string magic = shard;
   magic[0] = 'X';
   std::ofstream(dir("bad/magic.bin"), std::ios::binary) << magic;
+  // A shard whose header and size are right but one token id lies past the vocabulary (0xFFFF).
+  std::string foreign = shard;
+  foreign[1024 + 2 * 100] = foreign[1024 + 2 * 100 + 1] = '\xff';
+  std::ofstream(dir("bad/foreign.bin"), std::ios::binary) << foreign;
   fs::create_directories(dir("bad/tok"));
   std::ofstream(dir("bad/tok/encoder.json")) << "{\"a\": 0, garbage";
   std::ofstream(dir("bad/tok/vocab.bpe")) << "#version: 0.2\n";
@@ -164,6 +168,8 @@ TEST_F(TrainCli, BadInputIsAClearErrorAndANonZeroExit) {
       {base_args(dir("E1")) + " --set data.train=" + dir("missing.bin"), "missing.bin"},
       {base_args(dir("E2")) + " --set data.train=" + dir("bad/trunc.bin"), "truncated"},
       {base_args(dir("E3")) + " --set data.train=" + dir("bad/magic.bin"), "magic"},
+      {base_args(dir("E5")) + " --set data.val=" + dir("bad/foreign.bin"),
+       "token 65535 (index 100, byte offset 1224) is not below the vocabulary size"},
       {base_args(dir("E4")) + " --set data.tokenizer=" + dir("bad/tok"), "encoder.json"},
   };
   for (const auto& c : cases) {

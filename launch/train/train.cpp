@@ -293,6 +293,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     check_shard_tokenizer(train_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
     check_shard_tokenizer(val_paths, tokenizer->fingerprint(), cfg.data.tokenizer);
   }
+  check_shard_vocab(train_paths, cfg.model.vocab_size);
+  check_shard_vocab(val_paths, cfg.model.vocab_size);
   const int T = cfg.model.seq_len;
   const int tp_size = cfg.parallel.tp, pp_size = cfg.parallel.pp;
   MT_CHECK(world.size() % (tp_size * pp_size) == 0,
