@@ -20,6 +20,18 @@ int available_cores() {
   return 1;
 }
 
+std::vector<int32_t> affinity_flags() {
+  std::vector<int32_t> flags(CPU_SETSIZE, 0);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) flags[c] = CPU_ISSET(c, &set) ? 1 : 0;
+  } else {
+    flags[0] = 1;
+  }
+  return flags;
+}
+
 void set_num_threads(int n) {
   if (n < 1) n = 1;
   omp_set_num_threads(n);

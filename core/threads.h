@@ -1,10 +1,16 @@
 // CPU thread control: one number drives both OpenMP regions and OpenBLAS.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 namespace meshtrain {
 
 /// Cores available to this process (its CPU affinity mask), at least 1.
 int available_cores();
+/// One flag per CPU id (1024 of them): 1 where this process may run (its affinity mask). Ranks that
+/// mpiexec binds to cores each see only theirs; the union over a host's ranks is the host's share.
+std::vector<int32_t> affinity_flags();
 /// Sets the thread count for OpenMP and OpenBLAS.
 void set_num_threads(int n);
 /// The thread count last set (or OpenMP's default).

@@ -3,7 +3,7 @@
 //
 // An adapter file is a small HDF5 checkpoint of its own: the adapters' whole tensors under lora/
 // (float32, CRC-32 per dataset like every checkpoint) and, as attributes, format
-// "meshtrain-lora", the LoRA and run configuration, the step, the base checkpoint's path and a
+// "meshtrain-checkpoint" with contents "lora-adapter", the LoRA and run configuration, the step, the base checkpoint's path and a
 // fingerprint of its weights (FNV-1a over the names and stored CRC-32s of its model/ tensors), so
 // an adapter is never applied to another model by mistake.
 #pragma once

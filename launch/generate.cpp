@@ -211,7 +211,10 @@ void run_generate(const GenerateArgs& args, Communicator& world) {
   Generation g = stream_sample(im->logits(args.sample.kv_cache), cfg.model, tok, context, args.sample, rng,
                                file_sink(out));
   const double seconds = now_seconds() - t0;
-  if (out) std::fputc('\n', out);
+  if (out) {
+    std::fputc('\n', out);
+    std::fflush(out);  // the text's last line before the timing line (stderr), when both go to one place
+  }
   if (lead && args.timing)
     fmt::print(stderr, "[generate] {} tokens in {:.3f} s: {:.1f} tokens/s ({}, {}; finished by {})\n",
                g.tokens.size(), seconds, static_cast<double>(g.tokens.size()) / seconds,

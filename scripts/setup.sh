@@ -16,8 +16,8 @@ packages=(
 )
 
 # `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test,
-# and h5py, which a chapter of docs/learn reads a checkpoint with.
-if [ "${1:-}" = "tests" ]; then packages+=(chromium python3-h5py); fi
+# h5py, which a chapter of docs/learn reads a checkpoint with, and curl, which another talks to the server with.
+if [ "${1:-}" = "tests" ]; then packages+=(chromium python3-h5py curl); fi
 
 missing=()
 for p in "${packages[@]}"; do

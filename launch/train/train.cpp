@@ -385,10 +385,17 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   }
   counters.lr_anchor_step = schedule.anchor_step;
   counters.lr_anchor = schedule.anchor_lr;
-  // Ranks x threads beyond the host's cores: ranks then wait for a core inside collectives.
+  // Ranks x threads beyond the host's cores: ranks then wait for a core inside collectives. The
+  // host's cores are the union of its ranks' affinity masks (mpiexec binds each rank to its own
+  // cores; a rank's own mask would undercount), and a rank running more threads than its own mask
+  // holds is crowded too. (With several hosts the union is over CPU ids of all of them.)
+  const std::vector<int32_t> flags = affinity_flags();
+  Tensor cpus = Tensor::empty({static_cast<int64_t>(flags.size())}, DType::i32);
+  std::copy(flags.begin(), flags.end(), cpus.data<int32_t>());
+  if (world.size() > 1) world.all_reduce(cpus, ReduceOp::max);
+  const int cores = std::max(1, static_cast<int>(std::count(cpus.data<int32_t>(), cpus.data<int32_t>() + cpus.numel(), 1)));
   Tensor crowded = Tensor::zeros({1}, DType::i32);
-  const int cores = available_cores();
-  crowded.data<int32_t>()[0] = args.ranks_on_host * threads > cores ? 1 : 0;
+  crowded.data<int32_t>()[0] = args.ranks_on_host * threads > cores || threads > available_cores() ? 1 : 0;
   if (world.size() > 1) world.all_reduce(crowded, ReduceOp::max);
   if (lead) {
     if (!layout_note.empty()) fmt::print("{}\n", layout_note);

@@ -1,6 +1,6 @@
 // Attention over a key/value cache, for generation one token at a time (KV-cache decoding).
 //
-// A training forward recomputes every key and value of the context for each new token: O(T^2)
+// A training forward recomputes every key and value of the context for each new token: O(T)
 // projections and O(T^2) attention per token generated. With a cache, each layer keeps the keys
 // and values of the positions already seen; a step projects only its new rows, appends their k and
 // v to the cache and attends from the new queries to every cached position: O(T) per token.
