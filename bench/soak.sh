@@ -8,9 +8,10 @@
 #   bench/soak.sh [--bin build/release/meshtrain] [--kills N] [--steps S] [--seed R] [--keep DIR]
 #
 # Defaults: 20 kills, 60 steps. CI runs a short version (tests/CMakeLists.txt: soak_short). Each launch
-# is killed 0-99 ms after a random step past the one it resumed from (inside the next step, or inside
-# the checkpoint save that follows every second step), or one time in eight during start-up; after
-# the last kill the run goes to the end. Figures of a long run are in docs/reliability.md.
+# is killed 0-99 ms after a random step up to 2 x steps/kills past the one it resumed from (inside the
+# next step, or inside the checkpoint save that follows every second step), or one time in eight
+# during start-up; after the last kill the run goes to the end (a kill that comes after the final
+# checkpoint ends the soak early). Figures of a long run are in docs/reliability.md.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 bin=$src/build/release/meshtrain
@@ -79,7 +80,9 @@ while [ $done_ = 0 ]; do
     # or the save after it); one time in eight during start-up instead (0.1-1.6 s after launch).
     from=$( (cat soak/latest 2> /dev/null || echo ckpt_000000.h5) | grep -o 'ckpt_[0-9]*' | tr -dc '0-9' | sed 's/^0*//')
     from=${from:-0}
-    target=$((from + 1 + RANDOM % (steps - from > 1 ? steps - from - 1 : 1)))
+    span=$((2 * steps / kills > 2 ? 2 * steps / kills : 2))  # about steps/kills of progress per launch
+    target=$((from + 1 + RANDOM % span))
+    [ $target -lt "$steps" ] || target=$((steps - 1))
     extra=$((RANDOM % 100))
     if [ $((RANDOM % 8)) = 0 ]; then
       target=0 extra=$((100 + RANDOM % 1500))

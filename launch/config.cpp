@@ -195,7 +195,35 @@ const Key* find_key(const std::string& name) {
   MT_FAIL("[config] unknown key '{}'{}; known keys: {}", name, origin, fmt::join(known, ", "));
 }
 
+// Where s stops being well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
+// U+10FFFF), or npos. A configuration is stored as TOML in every checkpoint, and TOML is UTF-8.
+size_t utf8_error_at(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    const int n = b < 0x80 ? 0 : (b >> 5) == 0x6 ? 1 : (b >> 4) == 0xE ? 2 : (b >> 3) == 0x1E ? 3 : -1;
+    if (n < 0 || i + n >= s.size() + (n == 0 ? 1 : 0)) return i;
+    uint32_t cp = n == 0 ? b : b & (0x3F >> n);
+    for (int k = 1; k <= n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c >> 6) != 0x2) return i;
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    const uint32_t lowest[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < lowest[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n + 1;
+  }
+  return std::string::npos;
+}
+
 void set_checked(Config& cfg, const Key& key, const Value& v, const std::string& origin) {
+  if (key.kind == Kind::string) {
+    const std::string& text = std::get<std::string>(v);
+    MT_CHECK(text.find('\0') == std::string::npos, "[config] {} contains a NUL character{}", key.name, origin);
+    const size_t bad = utf8_error_at(text);
+    MT_CHECK(bad == std::string::npos, "[config] {} is not valid UTF-8 (byte {} of the value){}", key.name, bad,
+             origin);
+  }
   if (key.kind == Kind::integer && std::get<int64_t>(v) < key.min)
     MT_FAIL("[config] {} must be an integer >= {} (got {}){}", key.name, key.min, std::get<int64_t>(v), origin);
   if (key.kind == Kind::integer && std::get<int64_t>(v) > INT32_MAX && key.name != "train.seed")

@@ -48,7 +48,7 @@ CompletionRequest parse_completion_request(const std::string& text, int seq_len)
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number past double's range
     bad("", fmt::format("the body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) bad("", "the body must be a JSON object, e.g. {\"prompt\": \"Hello\", \"max_tokens\": 20}");

@@ -18,6 +18,8 @@ packages=(
 # `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test,
 # h5py, which a chapter of docs/learn reads a checkpoint with, and curl, which another talks to the server with.
 if [ "${1:-}" = "tests" ]; then packages+=(chromium python3-h5py curl); fi
+# `setup.sh fuzz`: clang and libFuzzer for tests/fuzz/run.sh.
+if [ "${1:-}" = "fuzz" ]; then packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -93,6 +93,15 @@ TEST(Config, BadValuesNameTheKeyAndTheExpectedForm) {
   EXPECT_NE(e.find("train.device = cpu trains in fp32"), std::string::npos) << e;
   e = error_of([] { load_config("", {"train.cuda_graph=maybe"}); });
   EXPECT_NE(e.find("train.cuda_graph"), std::string::npos) << e;
+  // Strings go into every checkpoint as TOML, which is UTF-8 (found by fuzz_config), and HDF5
+  // strings end at a NUL.
+  e = error_of([] { load_config("", {"train.trace_steps=2:5\xec\x93\x90\x8d"}); });
+  EXPECT_NE(e.find("train.trace_steps is not valid UTF-8 (byte 6 of the value)"), std::string::npos) << e;
+  e = error_of([] { load_config("", {"data.train=a\xc0\xaf" "b"}); });  // an overlong '/'
+  EXPECT_NE(e.find("data.train is not valid UTF-8 (byte 1"), std::string::npos) << e;
+  e = error_of([] { load_config("", {std::string("data.train=a\0b", 14)}); });
+  EXPECT_NE(e.find("data.train contains a NUL character"), std::string::npos) << e;
+  EXPECT_EQ(load_config("", {"data.train=données/日本/🙂.bin"}).data.train, "données/日本/🙂.bin");
 
   meshtrain::testing::ScratchDir dir("config");
   std::ofstream(dir.str("types.toml")) << "[train]\nsteps = \"many\"\n";

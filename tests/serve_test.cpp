@@ -179,6 +179,7 @@ TEST_F(Serve, BadRequestsGetJsonErrors) {
   auto raw = [](const std::string& body) { return client().Post("/v1/completions", body, "application/json"); };
   expect_error(raw("{\"prompt\": "), 400, "not valid JSON");
   expect_error(raw("[1, 2]"), 400, "must be a JSON object");
+  expect_error(raw("{\"prompt\": \"x\", \"top_p\": 5.4e308}"), 400, "not valid JSON");  // found by fuzz_http
   expect_error(post({{"prompt", "x"}, {"echo", true}}), 400, "unknown field 'echo'", "echo");
   expect_error(post({{"max_tokens", 3}}), 400, "'prompt' (a string) is required", "prompt");
   expect_error(post({{"prompt", "x"}, {"temperature", -1}}), 400, "'temperature' must be in [0, 100]", "temperature");

@@ -449,7 +449,9 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   if (peak_tflops == 0.0 && use_cuda) peak_tflops = known_peak_tflops(cuda_device_description(), cfg.train.precision == "bf16");
 
   // Tracing (--trace): steps [first, last] of the window are recorded; all ranks write one file.
-  const auto [trace_first, trace_last] = parse_trace_steps(cfg.train.trace_steps, total);
+  // (Not a structured binding: the lambdas below capture these, which clang 14 refuses for bindings.)
+  const std::pair<int64_t, int64_t> trace_window = parse_trace_steps(cfg.train.trace_steps, total);
+  const int64_t trace_first = trace_window.first, trace_last = trace_window.second;
   bool trace_pending = !args.trace.empty();
   double trace_offset = 0.0;
   const std::string trace_name = fmt::format("rank {} (dp {}, tp {}, pp {})", world.rank(), mesh.coord().dp,
