@@ -457,10 +457,19 @@ std::string find_latest_checkpoint(const std::string& out_dir) {
 void update_latest(const std::string& out_dir, const std::string& checkpoint) {
   const fs::path target = fs::path(out_dir) / "latest", tmp = fs::path(out_dir) / "latest.tmp";
   {
+    errno = 0;
     std::ofstream f(tmp, std::ios::trunc);
+    const int open_errno = f.is_open() ? 0 : errno;
     f << fs::path(checkpoint).filename().string() << "\n";
     f.flush();
-    MT_CHECK(f.good(), "[checkpoint] cannot write '{}'", tmp.string());
+    if (!f.good()) {
+      const int err = open_errno ? open_errno : errno;
+      f.close();
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+      MT_FAIL("[checkpoint] cannot write '{}' ({}): '{}' was saved complete, but 'latest' still names the "
+              "checkpoint before it", tmp.string(), err ? std::strerror(err) : "write failed", checkpoint);
+    }
   }
   fsync_path(tmp.string(), false);
   std::error_code ec;

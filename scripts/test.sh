@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything (tests and benchmarks included) and runs the whole
-# test suite through CTest; then the CUDA code on the CPU (scripts/test_emulation.sh). Tests that
+# test suite through CTest; then the CUDA code on the CPU (scripts/test_emulation.sh), then the fuzz
+# targets (tests/fuzz/run.sh). Tests that
 # need ../shared/data skip, saying so, when it is missing. Each stage prints its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,9 @@ ctest --preset release -j1 "$@"
 t2=$(date +%s)
 echo "[test] test suite: $((t2 - t1)) s"
 bash scripts/test_emulation.sh
+# Every input parser under libFuzzer with AddressSanitizer and UBSan, 30 s each (tests/fuzz/run.sh
+# SECONDS runs them longer); a finding fails the run and leaves its input in tests/fuzz/regressions/.
+t3=$(date +%s)
+bash tests/fuzz/run.sh "${MESHTRAIN_FUZZ_SECONDS:-30}"
+echo "[test] fuzzing: $(($(date +%s) - t3)) s"
 echo "[test] all stages: $(($(date +%s) - t0)) s"

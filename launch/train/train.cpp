@@ -8,8 +8,11 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 #include <algorithm>
@@ -214,6 +217,22 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   }
 
   check_same_config(cfg, world);
+  // Checkpoints go to out_dir: a folder that cannot be written is an error now, not after the first
+  // stretch of training. (A folder that turns read-only later fails that save, clearly, losing nothing.)
+  if (world.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(cfg.train.out_dir, ec);
+    const std::string probe = (fs::path(cfg.train.out_dir) / fmt::format(".write_test_{}", ::getpid())).string();
+    std::FILE* f = ec ? nullptr : std::fopen(probe.c_str(), "wb");
+    const std::string why = ec ? ec.message() : (f ? "" : std::strerror(errno));
+    if (f) {
+      std::fclose(f);
+      std::remove(probe.c_str());
+    }
+    MT_CHECK(why.empty(),
+             "[train] cannot write into train.out_dir '{}' ({}): checkpoints go there; make it writable or choose "
+             "another folder with --set train.out_dir=...", cfg.train.out_dir, why);
+  }
   if (world.size() > 1) {
     char host[256] = {0};
     ::gethostname(host, sizeof(host) - 1);
