@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "core/checksum.h"
 #include "core/timer.h"
 #include "launch/config.h"
 #include "launch/train/train_state.h"
@@ -62,6 +63,12 @@ int main(int argc, char** argv) {
   else load_run_sharded(path, model, &moments, *world, 0);
   world->barrier();
   double load_s = now_seconds() - t0;
+  // What the checksums cost: this rank's CRC-32 of everything it saved (weights and both moments),
+  // computed as save and load compute it (core/checksum.h), as a share of the save and load times.
+  t0 = now_seconds();
+  uint32_t crc = 0;
+  for (const Tensor* t : {&model.params(), &moments.m, &moments.v}) crc = crc32_update(crc, t->raw(), t->nbytes());
+  const double crc_s = now_seconds() - t0;
   if (lead) {
     const double bytes = static_cast<double>(fs::file_size(path));
     std::string dd = "dd if=/dev/zero of=" + dir + "/dd.bin bs=1M count=" +
@@ -74,6 +81,11 @@ int main(int argc, char** argv) {
                 "(%.2f GB/s)%s | save / dd = %.2f\n",
                 n, bytes / 1e9, save_s, bytes / save_s / 1e9, load_s, bytes / load_s / 1e9, dd_s, bytes / dd_s / 1e9,
                 rc == 0 ? "" : " (dd failed)", save_s / dd_s);
+    std::printf("checksums: CRC-32 of rank 0's %.2f GB in %.3f s (%.1f GB/s) = %.1f%% of save, %.1f%% of load "
+                "(crc %08x)\n",
+                3.0 * static_cast<double>(model.params().nbytes()) / 1e9, crc_s,
+                3.0 * static_cast<double>(model.params().nbytes()) / crc_s / 1e9, 100.0 * crc_s / save_s,
+                100.0 * crc_s / load_s, crc);
     fs::remove_all(cfg.train.out_dir);
   }
   return 0;

@@ -15,6 +15,10 @@ find_package(HDF5 REQUIRED COMPONENTS C)
 if(NOT HDF5_IS_PARALLEL)
   message(WARNING "meshtrain: HDF5 found is not the parallel (MPI) flavour; install libhdf5-openmpi-dev")
 endif()
+find_package(ZLIB REQUIRED)
+# Intel ISA-L (Debian's libisal-dev): the CRC-32 of checkpoint data at memory speed (core/checksum.h).
+find_path(ISAL_INCLUDE_DIR isa-l/crc.h REQUIRED)
+find_library(ISAL_LIBRARY isal REQUIRED)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(tomlplusplus REQUIRED)
@@ -36,6 +40,12 @@ if(NOT TARGET meshtrain::openblas)
   set_target_properties(meshtrain::openblas PROPERTIES
     INTERFACE_INCLUDE_DIRECTORIES "${OpenBLAS_INCLUDE_DIRS}"
     INTERFACE_LINK_LIBRARIES "${OpenBLAS_LIBRARIES}")
+endif()
+if(NOT TARGET meshtrain::isal)
+  add_library(meshtrain::isal INTERFACE IMPORTED)
+  set_target_properties(meshtrain::isal PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${ISAL_INCLUDE_DIR}"
+    INTERFACE_LINK_LIBRARIES "${ISAL_LIBRARY}")
 endif()
 if(NOT TARGET meshtrain::hdf5)
   add_library(meshtrain::hdf5 INTERFACE IMPORTED)

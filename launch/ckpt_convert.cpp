@@ -6,6 +6,7 @@
 
 #include "launch/ckpt_io.h"
 #include "launch/ckpt_tools.h"
+#include "launch/train/train_state.h"
 #include "model/params.h"
 #include "parallel/checkpoint.h"
 
@@ -69,8 +70,8 @@ std::string convert_checkpoint(const ConvertArgs& a) {
 
   ModelWeights w;
   switch (from) {
-    case CkptFormat::meshtrain:
-      w = read_meshtrain_weights(a.input);
+    case CkptFormat::meshtrain:  // a run folder means its latest checkpoint, as everywhere else
+      w = read_meshtrain_weights(resolve_checkpoint(a.input, "ckpt"));
       break;
     case CkptFormat::llmc:
       w = read_llmc_model(a.input);

@@ -105,8 +105,8 @@ const std::vector<Key>& schema() {
                          &C::train, &TrainConfig::eval_every, 0));
     k.push_back(make_key("train.eval_batches", Kind::integer, "validation micro-batches per evaluation", &C::train,
                          &TrainConfig::eval_batches, 1));
-    k.push_back(make_key("train.sample_every", Kind::integer, "steps between samples; 0 = at the end", &C::train,
-                         &TrainConfig::sample_every, 0));
+    k.push_back(make_key("train.sample_every", Kind::integer, "steps between samples; 0 = at the end only, -1 = never",
+                         &C::train, &TrainConfig::sample_every, -1));
     k.push_back(make_key("train.sample_tokens", Kind::integer, "tokens per sample", &C::train,
                          &TrainConfig::sample_tokens, 1));
     k.push_back(make_key("train.checkpoint_every", Kind::integer, "steps between checkpoints; 0 = at the end",

@@ -12,6 +12,7 @@
 #include <queue>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "model/unicode_class.h"
@@ -293,6 +294,21 @@ Tokenizer Tokenizer::load(const std::string& dir) {
     MT_CHECK(im.merges.insert(key, value), "[tokenizer] '{}': merge #{} repeats an earlier merge", bpe_path,
              value.rank + 1);
   }
+  // Every token is a byte, a special token (<|...|>) or made by a merge. A token that nothing makes
+  // means vocab.bpe lost its tail (a cut file still parses) or belongs to another encoder.json.
+  std::unordered_set<int32_t> reachable(std::begin(im.byte_id), std::end(im.byte_id));
+  for (const auto& [key, value] : pairs) reachable.insert(value.merged);
+  int64_t orphans = 0;
+  std::string example;
+  for (const auto& [token, id] : id_of) {
+    const bool special = token.size() > 4 && token.starts_with("<|") && token.ends_with("|>");
+    if (special || reachable.count(id)) continue;
+    if (orphans++ == 0) example = std::string(token);
+  }
+  MT_CHECK(orphans == 0,
+           "[tokenizer] '{}' has {} merges, but {} of the {} tokens of {} are made by none of them (e.g. \"{}\"): "
+           "vocab.bpe looks cut short, or the two files do not belong together",
+           bpe_path, pairs.size(), orphans, id_of.size(), enc_path, example);
   return tok;
 }
 

@@ -3,7 +3,6 @@
 // changes the hyperslab window and the property lists (MPI-IO, collective transfers).
 #include "parallel/checkpoint.h"
 
-#include <zlib.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include <set>
 #include <string_view>
 
+#include "core/checksum.h"
 #include "core/h5.h"
 
 namespace fs = std::filesystem;
@@ -76,18 +76,9 @@ h5::Dataspace select_window(hid_t file_space, const Hyperslab& window) {
   return h5::Dataspace(H5_CHECK(H5Screate_simple(static_cast<int>(window.count.size()), window.count.data(), nullptr)));
 }
 
-/// CRC-32 (zlib's) of a float buffer, fed in pieces zlib's 32-bit lengths can take.
+/// CRC-32 (zlib's polynomial, core/checksum.h) of a float buffer.
 int64_t crc32_of(const float* data, int64_t n) {
-  const auto* bytes = reinterpret_cast<const Bytef*>(data);
-  size_t left = static_cast<size_t>(n) * sizeof(float);
-  uLong crc = crc32(0L, Z_NULL, 0);
-  while (left > 0) {
-    uInt piece = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
-    crc = crc32(crc, bytes, piece);
-    bytes += piece;
-    left -= piece;
-  }
-  return static_cast<int64_t>(crc);
+  return static_cast<int64_t>(crc32_update(0, data, static_cast<size_t>(n) * sizeof(float)));
 }
 
 void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, const Tensor& tensor) {
@@ -115,10 +106,8 @@ int64_t meta_checksum(const std::map<std::string, int64_t>& ints, const std::map
   std::map<std::string, std::string> records;
   for (const auto& [key, value] : ints) records[key] = "i" + std::to_string(value);
   for (const auto& [key, value] : strings) records[key] = "s" + value;
-  uLong crc = crc32(0L, Z_NULL, 0);
-  auto feed = [&crc](const std::string& bytes) {
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size()));
-  };
+  uint32_t crc = 0;
+  auto feed = [&crc](const std::string& bytes) { crc = crc32_update(crc, bytes.data(), bytes.size()); };
   for (const auto& [key, value] : records) {
     feed(key);
     feed(std::string(1, '\0'));

@@ -1,20 +1,19 @@
 // Parallel HDF5 writer for sharded checkpoints. Creating the file, its attributes and its datasets is
 // collective (every rank makes the same calls in the same order); each rank then writes its blocks
 // with independent MPI-IO transfers into contiguous datasets. The per-tensor CRC-32 a single writer
-// would store is combined from CRCs of the runs each rank wrote (zlib's crc32_combine), so readers
+// would store is combined from CRCs of the runs each rank wrote (crc32_concat, core/checksum.h), so readers
 // check sharded and single-process files alike.
 #include "parallel/sharded_checkpoint.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 
+#include "core/checksum.h"
 #include "core/fault.h"
 #include "core/h5.h"
 #include "parallel/mpi_communicator.h"
@@ -62,10 +61,7 @@ void write_dataset(hid_t file, hid_t lcpl, const ShardedEntry& e) {
 void add_runs(int64_t index, const ShardedEntry& e, std::vector<Run>& runs) {
   const int64_t row = e.global_shape.size() == 2 ? e.global_shape[1] : 1;
   const float* data = e.data.defined() ? e.data.f32() : nullptr;
-  auto crc_of = [](const float* p, int64_t len) {
-    return static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(p),
-                                       static_cast<uInt>(len * sizeof(float))));
-  };
+  auto crc_of = [](const float* p, int64_t len) { return crc32_update(0, p, static_cast<size_t>(len) * sizeof(float)); };
   for (const TensorBlock& b : e.blocks) {
     const int64_t rows = b.count[0], cols = b.count.size() == 2 ? b.count[1] : 1;
     const int64_t col0 = b.offset.size() == 2 ? b.offset[1] : 0;
@@ -103,12 +99,12 @@ std::vector<int64_t> combined_crcs(const std::vector<ShardedEntry>& entries, Com
   std::vector<int64_t> crcs(entries.size(), 0);
   size_t i = 0;
   for (size_t e = 0; e < entries.size(); ++e) {
-    uLong crc = crc32(0L, Z_NULL, 0);
+    uint32_t crc = 0;
     int64_t covered = 0;
     for (; i < runs.size() && runs[i].entry == static_cast<int64_t>(e); ++i) {
       MT_CHECK(runs[i].start == covered, "[checkpoint] the ranks' blocks of '{}' do not tile it once (gap or overlap "
                                          "at element {})", entries[e].path, covered);
-      crc = crc32_combine(crc, runs[i].crc, static_cast<z_off_t>(runs[i].len * sizeof(float)));
+      crc = crc32_concat(crc, runs[i].crc, runs[i].len * static_cast<int64_t>(sizeof(float)));
       covered += runs[i].len;
     }
     MT_CHECK(covered == shape_numel(entries[e].global_shape),

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +13,9 @@
 #include <functional>
 #include <limits>
 
+#include <zlib.h>
+
+#include "core/checksum.h"
 #include "core/h5.h"
 #include "tests/test_util.h"
 
@@ -477,6 +481,26 @@ TEST(Checkpoint, CorruptedTensorDataFailsItsChecksum) {
   }
   Tensor wte = Tensor::empty({11, 8});
   EXPECT_NO_THROW(r.read("model/wte", wte)) << "other tensors still read";
+}
+
+// The checksum is zlib's CRC-32 (what Python's zlib.crc32 gives on a tensor's bytes), whatever
+// computes it: ISA-L, split over threads for large buffers, pieces joined by crc32_concat.
+TEST(Checksum, IsZlibsCrc32AtEverySizeAndJoinsPieces) {
+  std::vector<float> v = testing::random_floats(5'000'000, 91);  // 20 MB: the threaded path
+  const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+  for (size_t n : {size_t{0}, size_t{1}, size_t{3}, size_t{4096}, size_t{1} << 23, v.size() * 4 - 1, v.size() * 4}) {
+    uLong z = crc32(0L, Z_NULL, 0);
+    for (size_t done = 0; done < n;) {
+      const uInt piece = static_cast<uInt>(std::min<size_t>(n - done, 1u << 30));
+      z = crc32(z, bytes + done, piece);
+      done += piece;
+    }
+    EXPECT_EQ(crc32_update(0, bytes, n), static_cast<uint32_t>(z)) << n << " bytes";
+  }
+  const size_t cut = 12'345'679;
+  const uint32_t a = crc32_update(0, bytes, cut), b = crc32_update(0, bytes + cut, v.size() * 4 - cut);
+  EXPECT_EQ(crc32_concat(a, b, static_cast<int64_t>(v.size() * 4 - cut)), crc32_update(0, bytes, v.size() * 4));
+  EXPECT_EQ(crc32_update(a, bytes + cut, v.size() * 4 - cut), crc32_update(0, bytes, v.size() * 4));
 }
 
 // A bit flipped anywhere in a checkpoint, one position at a time over the whole file: opening it and

@@ -131,6 +131,16 @@ TEST_F(TrainCli, TokenizerCommands) {
   EXPECT_NE(bad.code, 0);
 }
 
+// train.sample_every: 0 samples once at the end, -1 never (short runs whose sample is noise).
+TEST_F(TrainCli, SamplesAtTheEndUnlessToldNever) {
+  auto once = run(base_args(dir("sample_end")) + " --set train.steps=2 --set train.sample_every=0");
+  ASSERT_EQ(once.code, 0) << once.output;
+  EXPECT_NE(once.output.find("---- sample (final) ----"), std::string::npos) << once.output;
+  auto never = run(base_args(dir("sample_never")) + " --set train.steps=2 --set train.sample_every=-1");
+  ASSERT_EQ(never.code, 0) << never.output;
+  EXPECT_EQ(never.output.find("---- sample"), std::string::npos) << never.output;
+}
+
 TEST_F(TrainCli, HelpOnEveryCommand) {
   for (const char* cmd : {"--help", "train --help", "generate --help", "tokenize --help", "tokenizer train --help",
                           "ckpt info --help", "ckpt convert --help"}) {

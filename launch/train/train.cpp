@@ -655,7 +655,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (rec.step >= trace_last) finish_trace();
   }
   finish_trace();
-  sample("final");
+  if (cfg.train.sample_every >= 0) sample("final");
   return {last_loss, 0};
 }
 

@@ -57,6 +57,6 @@ printf '\x01\x00\x08\x00\x00' > "$seeds/fuzz_checkpoint/cut"
 "$bin" train --set data.train="$work/shards/train_*.bin" --set data.tokenizer="$work/tok" --set model.n_layer=1 \
   --set model.n_head=2 --set model.n_embd=8 --set model.seq_len=4 --set train.batch_size=1 --set train.steps=1 \
   --set train.sample_every=0 --set train.sample_tokens=1 --set train.out_dir="$work/run" > /dev/null
-"$bin" ckpt convert --from meshtrain --to llmc --input "$work/run/ckpt_000001.h5" --output "$seeds/fuzz_llmc/tiny.bin" > /dev/null
-"$bin" ckpt convert --from meshtrain --to safetensors --input "$work/run/ckpt_000001.h5" --output "$seeds/fuzz_safetensors/tiny.safetensors" > /dev/null
+"$bin" ckpt convert --from meshtrain --to llmc --input "$work/run" --output "$seeds/fuzz_llmc/tiny.bin" > /dev/null
+"$bin" ckpt convert --from meshtrain --to safetensors --input "$work/run" --output "$seeds/fuzz_safetensors/tiny.safetensors" > /dev/null
 du -sh "$seeds"
