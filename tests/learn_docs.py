@@ -20,6 +20,7 @@ Rules for an expect block, so that the promise survives another CPU or a slower 
     number written `~123` matches any number (for times, speeds and other machine-dependent values).
 Fence attributes on a runnable block: `timeout=SECONDS` (default 300, a guard against hangs, not a
 speed target) and `gpu` (runs only where nvidia-smi sees a GPU; skipped with a message otherwise).
+Other blocks run with CUDA_VISIBLE_DEVICES empty: the pages show what a CPU prints.
 
 The blocks of docs/learn/README.md (the set-up) run first, then every chapter in file order, all in
 one scratch folder, each block in `bash -eo pipefail` with the build's programs first on PATH, as a
@@ -135,6 +136,10 @@ def run_block(block, work, env, gpu):
         print(f"[learn] {where}: skipped (needs a GPU; none found by nvidia-smi)")
         return True
     timeout = float(block.attrs.get("timeout", 300))
+    # The pages show CPU output: on a machine with a GPU, blocks not marked `gpu` run with it hidden
+    # (train.device = auto would choose it), as the README's set-up tells readers to do.
+    if "gpu" not in block.attrs:
+        env = dict(env, CUDA_VISIBLE_DEVICES="")
     t0 = time.time()
     try:
         p = subprocess.run(["bash", "-eo", "pipefail", "-c", block.code], cwd=work, env=env, timeout=timeout,
