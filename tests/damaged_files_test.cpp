@@ -25,18 +25,11 @@ using meshtrain::testing::CommandResult;
 
 const std::string kBinary = meshtrain::testing::kMeshtrain;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using meshtrain::testing::slurp;
+using meshtrain::testing::snapshot;
+
 void spit(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-std::map<std::string, std::string> snapshot(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = slurp(e.path().string());
-  return files;
 }
 
 class DamagedFiles : public ::testing::Test {

@@ -34,13 +34,7 @@ meshtrain::testing::CommandResult run(const std::string& args) {
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-/// Every file under dir (relative path -> bytes).
-std::map<std::string, std::string> snapshot(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = slurp(e.path().string());
-  return files;
-}
+using meshtrain::testing::snapshot;
 
 class Resume : public ::testing::Test {
  protected:
