@@ -11,6 +11,14 @@ void silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 namespace {
 
+// No library shutdown from an atexit handler. A file whose close failed (its metadata could not be
+// flushed: a full disk, a file-size limit) stays in HDF5's table half torn down, and closing it again
+// at exit crashed the process (SIGSEGV in H5F__close_cb) after its error had been reported, turning
+// a clear non-zero exit into a crash. Every file meshtrain opens is closed by its owner (h5::Handle),
+// so there is nothing left for that handler to do. H5dont_atexit must run before the library starts,
+// hence a static initialiser.
+[[maybe_unused]] const bool kNoAtExitShutdown = (H5dont_atexit(), true);
+
 // HDF5 pushes one entry per layer; the outermost says what failed, the innermost why.
 struct StackEnds {
   std::string outer, inner, inner_func;

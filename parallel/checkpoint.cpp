@@ -104,7 +104,8 @@ void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, co
 
 int64_t meta_checksum(const std::map<std::string, int64_t>& ints, const std::map<std::string, std::string>& strings) {
   std::map<std::string, std::string> records;
-  for (const auto& [key, value] : ints) records[key] = "i" + std::to_string(value);
+  // fmt::format, not "i" + std::to_string(value): gcc 12 warns falsely (-Wrestrict) on the latter.
+  for (const auto& [key, value] : ints) records[key] = fmt::format("i{}", value);
   for (const auto& [key, value] : strings) records[key] = "s" + value;
   uint32_t crc = 0;
   auto feed = [&crc](const std::string& bytes) { crc = crc32_update(crc, bytes.data(), bytes.size()); };

@@ -17,9 +17,15 @@ packages=(
 
 # `setup.sh tests` adds what only the tests use: headless Chromium for the chat page's browser test,
 # h5py, which a chapter of docs/learn reads a checkpoint with, and curl, which another talks to the server with.
-if [ "${1:-}" = "tests" ]; then packages+=(chromium python3-h5py curl); fi
-# `setup.sh fuzz`: clang and libFuzzer for tests/fuzz/run.sh.
-if [ "${1:-}" = "fuzz" ]; then packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev); fi
+# `setup.sh fuzz`: clang with its sanitizer runtimes and libFuzzer, for tests/fuzz/run.sh and
+# scripts/test_sanitizers.sh. Several words may be given (`setup.sh tests fuzz`).
+for extra in "$@"; do
+  case "$extra" in
+    tests) packages+=(chromium python3-h5py curl) ;;
+    fuzz) packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev) ;;
+    *) echo "setup: unknown word '$extra' (tests, fuzz)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything (tests and benchmarks included) and runs the whole
-# test suite through CTest; then the CUDA code on the CPU (scripts/test_emulation.sh), then the fuzz
+# test suite through CTest; then the same suite under AddressSanitizer + UBSan
+# (scripts/test_sanitizers.sh), the CUDA code on the CPU (scripts/test_emulation.sh), and the fuzz
 # targets (tests/fuzz/run.sh). Tests that
 # need ../shared/data skip, saying so, when it is missing. Each stage prints its time.
 set -euo pipefail
@@ -11,13 +12,16 @@ cmake --preset release -DMESHTRAIN_TESTS=ON -DMESHTRAIN_BENCH=ON >/dev/null
 cmake --build build/release -j"$(nproc)"
 t1=$(date +%s)
 echo "[test] build: $((t1 - t0)) s"
-ctest --preset release -j1 "$@"
+# The tests labelled `long` (the layout matrix, resume, resharding, damaged files, Slurm, the soak:
+# many processes each) run once, in the sanitizer stage below, under AddressSanitizer + UBSan.
+ctest --preset release -j1 -LE long "$@"
 t2=$(date +%s)
 echo "[test] test suite: $((t2 - t1)) s"
+bash scripts/test_sanitizers.sh
 bash scripts/test_emulation.sh
-# Every input parser under libFuzzer with AddressSanitizer and UBSan, 30 s each (tests/fuzz/run.sh
+# Every input parser under libFuzzer with AddressSanitizer and UBSan, 20 s each (tests/fuzz/run.sh
 # SECONDS runs them longer); a finding fails the run and leaves its input in tests/fuzz/regressions/.
 t3=$(date +%s)
-bash tests/fuzz/run.sh "${MESHTRAIN_FUZZ_SECONDS:-30}"
+bash tests/fuzz/run.sh "${MESHTRAIN_FUZZ_SECONDS:-20}"
 echo "[test] fuzzing: $(($(date +%s) - t3)) s"
 echo "[test] all stages: $(($(date +%s) - t0)) s"

@@ -60,9 +60,9 @@ class DamagedFiles : public ::testing::Test {
   }
   static std::string dir(const std::string& name) { return (root_ / name).string(); }
 
-  // A failed command: non-zero exit, one "meshtrain: error" naming what.
+  // A failed command: the error exit (1, not a crash's 128 + signal), one "meshtrain: error" naming what.
   static void expect_clear_failure(const CommandResult& r, const std::string& what, const std::string& label) {
-    EXPECT_NE(r.code, 0) << label << "\n" << r.output;
+    EXPECT_EQ(r.code, 1) << label << "\n" << r.output;
     EXPECT_NE(r.output.find("error"), std::string::npos) << label << "\n" << r.output;
     EXPECT_NE(r.output.find(what), std::string::npos) << label << ": the message does not name " << what << "\n"
                                                       << r.output;
