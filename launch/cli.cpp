@@ -17,6 +17,7 @@
 #include "launch/config.h"
 #include "launch/finetune.h"
 #include "launch/generate.h"
+#include "launch/plan.h"
 #include "launch/serve.h"
 #include "launch/train/train.h"
 #include "model/data.h"
@@ -235,6 +236,15 @@ int run_cli(int argc, char** argv) {
   bool bpe_overwrite = false;
   bpe->add_flag("--overwrite", bpe_overwrite, "replace the files of a non-empty --output folder");
 
+  PlanArgs pargs;
+  auto* plan = app.add_subcommand("plan", "list the dp x tp x pp x ZeRO layouts of N ranks for a configuration: "
+                                          "which can run, and the memory each rank would hold");
+  plan->add_option("--config", pargs.config_file, "TOML file, as for train")->check(CLI::ExistingFile);
+  plan->add_option("--set", pargs.overrides, "override one key: section.key=value (repeatable)");
+  plan->add_option("--ranks", pargs.ranks, "ranks of the job (processes: GPUs or CPU ranks)")->required()
+      ->check(CLI::Range(1, 1 << 20));
+  plan->add_flag("--json", pargs.json, "print JSON (one object per layout) instead of the table");
+
   std::function<void()> ckpt_action;
   add_ckpt_commands(app, ckpt_action);
 
@@ -281,6 +291,8 @@ int run_cli(int argc, char** argv) {
       run_chat(cargs);
     } else if (*merge) {
       fmt::print("{}\n", run_lora_merge(margs));
+    } else if (*plan) {
+      run_plan(pargs);
     } else if (*tokenize) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);
     } else if (*bpe) {

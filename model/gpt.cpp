@@ -223,8 +223,77 @@ void Gpt::zero_grad() { be_->zero(grads_.raw(), grads_.nbytes()); }
 
 size_t Gpt::activation_bytes() const {
   size_t n = 0;
-  for (const auto& a : slots_) n += a ? a->buffer.nbytes() : 0;
+  for (const auto& a : slots_)
+    if (a) n += a->buffer.nbytes() + a->ids.nbytes() + a->loss_buf.nbytes() + a->xent.nbytes();
   return n;
+}
+
+Gpt::ActivationShape Gpt::activation_shape(const GptConfig& cfg, int B, int T, int tp_size, int pp_size, int pp_stage,
+                                           Recompute mode, const Backend& be) {
+  const auto [first, last] = ParameterTable::stage_layers(cfg.n_layer, pp_size, pp_stage);
+  ActivationShape s;
+  s.B = B;
+  s.T = T;
+  s.C = cfg.n_embd;
+  s.Cl = cfg.n_embd / tp_size;
+  s.Fl = 4 * cfg.n_embd / tp_size;
+  s.L = last - first;
+  s.Vl = pp_stage == pp_size - 1 ? cfg.padded_vocab() / tp_size : 0;  // only the last stage has logits
+  s.att_saved = be.attention_saved(B, T, static_cast<int>(s.Cl), cfg.n_head / tp_size);
+  s.att_scratch = be.attention_scratch(B, T, static_cast<int>(s.Cl), cfg.n_head / tp_size);
+  s.esize = static_cast<int64_t>(dtype_size(be.dtype()));
+  s.align = be.device() == Device::cpu ? 1 : 256;  // on a GPU, what cuBLASLt and vector loads like best
+  s.recompute = mode;
+  s.tp_rows = tp_size > 1;
+  return s;
+}
+
+int64_t Gpt::slot_bytes(const ActivationShape& s) {
+  const int64_t BT = static_cast<int64_t>(s.B) * s.T;
+  const int64_t buffer = (lay_out(s, 0, nullptr) + s.esize - 1) / s.esize * s.esize;
+  return buffer + 2 * BT * 4 /* ids */ + BT * 4 /* losses */ + (s.tp_rows ? 3 * BT * 4 : 0);
+}
+
+int64_t Gpt::lay_out(const ActivationShape& s, uintptr_t base, Acts* a) {
+  const int64_t BT = static_cast<int64_t>(s.B) * s.T, C = s.C, L = s.L, Vl = s.Vl, Cl = s.Cl, Fl = s.Fl;
+  // What a block keeps for backward depends on the recomputation mode: everything (none);
+  // everything but the attention's saved values and the GELU output, which live in one buffer shared
+  // by all blocks and are recomputed (selective); nothing but its input res[l], every block sharing
+  // one set that backward refills by running the block again (full).
+  const bool selective = s.recompute == Recompute::selective;
+  const int64_t stored_layers = s.recompute == Recompute::full ? 1 : L;
+  Acts scratch;
+  Acts& x = a ? *a : scratch;  // counting only: the pointers land in a throwaway
+  int64_t off = 0;             // bytes
+  auto take_bytes = [&](int64_t bytes) {
+    auto* p = reinterpret_cast<std::byte*>(base + static_cast<uintptr_t>(off));
+    off += (bytes + s.align - 1) / s.align * s.align;
+    return p;
+  };
+  auto take = [&](int64_t n) -> void* { return take_bytes(n * s.esize); };
+  auto take_f32 = [&](int64_t n) { return reinterpret_cast<float*>(take_bytes(n * 4)); };
+  x.res.clear();
+  for (int64_t l = 0; l <= L; ++l) x.res.push_back(take(BT * C));
+  float* shared_att = selective ? take_f32(s.att_saved) : nullptr;
+  void* shared_gelu = selective ? take(BT * Fl) : nullptr;
+  x.layers.assign(L, {});
+  for (int64_t l = 0; l < L; ++l) {
+    auto& y = x.layers[l];
+    if (l >= stored_layers) {
+      y = x.layers[0];
+      continue;
+    }
+    y.ln1 = take(BT * C); y.ln1_mean = take_f32(BT); y.ln1_rstd = take_f32(BT);
+    y.qkv = take(BT * 3 * Cl); y.atty = take(BT * Cl); y.att = shared_att ? shared_att : take_f32(s.att_saved);
+    y.res2 = take(BT * C); y.ln2 = take(BT * C); y.ln2_mean = take_f32(BT); y.ln2_rstd = take_f32(BT);
+    y.fch = take(BT * Fl); y.fch_gelu = shared_gelu ? shared_gelu : take(BT * Fl);
+  }
+  x.lnf = take(BT * C); x.lnf_mean = take_f32(BT); x.lnf_rstd = take_f32(BT);
+  x.logits = take(BT * Vl);
+  x.dres = take(BT * C); x.dln = take(BT * C); x.datty = take(BT * Cl); x.proj_out = take(BT * C);
+  x.dqkv = take(BT * 3 * Cl); x.dfch = take(BT * Fl); x.dfch_gelu = take(BT * Fl);
+  x.att_scratch = take_f32(s.att_scratch);
+  return off;
 }
 
 void Gpt::ensure_acts(int B, int T) {
@@ -237,58 +306,16 @@ void Gpt::ensure_acts(int B, int T) {
   auto a = std::make_unique<Acts>();
   a->B = B;
   a->T = T;
-  const int64_t BT = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = n_local_;
-  const int64_t Vl = table_.last_stage() ? Vl_ : 0;  // only the last stage has logits
-  const int64_t Cl = Cl_, Fl = Fl_;
-  const int64_t att = be_->attention_saved(B, T, Cl_, NHl_), att_scratch = be_->attention_scratch(B, T, Cl_, NHl_);
-  // What a block keeps for backward depends on the recomputation mode: everything (none);
-  // everything but the attention's saved values and the GELU output, which live in one buffer shared
-  // by all blocks and are recomputed (selective); nothing but its input res[l], every block sharing
-  // one set that backward refills by running the block again (full).
-  const bool selective = recompute_ == Recompute::selective;
-  const int64_t stored_layers = recompute_ == Recompute::full ? 1 : L;
-  // The plan runs twice: once from address 0 to size the buffer, then from the buffer's start. On a
-  // GPU every piece starts on a 256-byte boundary (what cuBLASLt and vector loads like best).
-  const int64_t align = be_->device() == Device::cpu ? 1 : 256;
-  auto lay_out = [&](uintptr_t base) {
-    int64_t off = 0;  // bytes
-    auto take_bytes = [&](int64_t bytes) {
-      auto* p = reinterpret_cast<std::byte*>(base + static_cast<uintptr_t>(off));
-      off += (bytes + align - 1) / align * align;
-      return p;
-    };
-    auto take = [&](int64_t n) -> void* { return take_bytes(n * static_cast<int64_t>(esize_)); };
-    auto take_f32 = [&](int64_t n) { return reinterpret_cast<float*>(take_bytes(n * 4)); };
-    a->res.clear();
-    for (int64_t l = 0; l <= L; ++l) a->res.push_back(take(BT * C));
-    float* shared_att = selective ? take_f32(att) : nullptr;
-    void* shared_gelu = selective ? take(BT * Fl) : nullptr;
-    a->layers.assign(L, {});
-    for (int64_t l = 0; l < L; ++l) {
-      auto& y = a->layers[l];
-      if (l >= stored_layers) {
-        y = a->layers[0];
-        continue;
-      }
-      y.ln1 = take(BT * C); y.ln1_mean = take_f32(BT); y.ln1_rstd = take_f32(BT);
-      y.qkv = take(BT * 3 * Cl); y.atty = take(BT * Cl); y.att = shared_att ? shared_att : take_f32(att);
-      y.res2 = take(BT * C); y.ln2 = take(BT * C); y.ln2_mean = take_f32(BT); y.ln2_rstd = take_f32(BT);
-      y.fch = take(BT * Fl); y.fch_gelu = shared_gelu ? shared_gelu : take(BT * Fl);
-    }
-    a->lnf = take(BT * C); a->lnf_mean = take_f32(BT); a->lnf_rstd = take_f32(BT);
-    a->logits = take(BT * Vl);
-    a->dres = take(BT * C); a->dln = take(BT * C); a->datty = take(BT * Cl); a->proj_out = take(BT * C);
-    a->dqkv = take(BT * 3 * Cl); a->dfch = take(BT * Fl); a->dfch_gelu = take(BT * Fl);
-    a->att_scratch = take_f32(att_scratch);
-    return off;
-  };
-  const int64_t bytes = lay_out(0);
-  a->buffer = Tensor::empty({(bytes + static_cast<int64_t>(esize_) - 1) / static_cast<int64_t>(esize_)},
-                            be_->dtype(), be_->device());
-  lay_out(reinterpret_cast<uintptr_t>(a->buffer.raw()));
+  const ActivationShape shape =
+      activation_shape(cfg_, B, T, tp_->size(), table_.pp_size(), table_.pp_stage(), recompute_, *be_);
+  // The plan runs twice: once from address 0 to size the buffer, then from the buffer's start.
+  const int64_t bytes = lay_out(shape, 0, nullptr), es = static_cast<int64_t>(esize_);
+  a->buffer = Tensor::empty({(bytes + es - 1) / es}, be_->dtype(), be_->device());
+  lay_out(shape, reinterpret_cast<uintptr_t>(a->buffer.raw()), a.get());
+  const int64_t BT = static_cast<int64_t>(B) * T;
   a->ids = Tensor::zeros({2 * BT}, DType::i32, be_->device());
   a->loss_buf = Tensor::zeros({BT}, DType::f32, be_->device());
-  if (tp_->size() > 1) a->xent = Tensor::zeros({3 * BT}, DType::f32, be_->device());
+  if (shape.tp_rows) a->xent = Tensor::zeros({3 * BT}, DType::f32, be_->device());
   slot = std::move(a);
 }
 

@@ -141,8 +141,31 @@ class Gpt {
   /// Per-region timings (encoder, layernorm, matmul, attention, gelu, residual, classifier,
   /// crossentropy, ...); set to null to disable.
   void set_profiler(Profiler* p) { prof_ = p; }
-  /// Bytes held by the activation buffers (on the model's device).
+  /// Bytes held by the activation slots (on the model's device): each slot's activation buffer and
+  /// its token, loss and row-statistic buffers.
   size_t activation_bytes() const;
+
+  /// What one activation slot is laid out from: ensure_acts() allocates by it and `meshtrain plan`
+  /// predicts memory by it, so the prediction cannot drift from the allocation.
+  struct ActivationShape {
+    int B = 1, T = 1;
+    int64_t C = 0;   // channels
+    int64_t Cl = 0;  // this rank's attention channels (C / tp)
+    int64_t Fl = 0;  // this rank's MLP width (4C / tp)
+    int64_t L = 0;   // this stage's blocks
+    int64_t Vl = 0;  // this rank's vocabulary columns (0 off the last stage: no logits there)
+    int64_t att_saved = 0, att_scratch = 0;  // floats attention keeps for backward / uses in it (the backend's)
+    int64_t esize = 4;                       // bytes per activation element (the backend's dtype)
+    int64_t align = 1;                       // every piece starts on this many bytes (256 on a GPU)
+    Recompute recompute = Recompute::none;
+    bool tp_rows = false;                    // vocabulary-parallel cross-entropy row statistics (tp > 1)
+  };
+  /// The shape of a slot for B x T on a model that need not exist: cfg split tp_size ways (every tp
+  /// rank holds the same amount), stage pp_stage of pp_size, recomputation mode, backend be.
+  static ActivationShape activation_shape(const GptConfig& cfg, int B, int T, int tp_size, int pp_size, int pp_stage,
+                                          Recompute mode, const Backend& be);
+  /// Bytes one slot of shape s allocates (what activation_bytes() counts per slot).
+  static int64_t slot_bytes(const ActivationShape& s);
   /// Seconds the device spent in (waiting for) tensor-parallel all-reduces since the last call, then
   /// restarts from zero. Measured on the device's timeline: call it once the device has finished.
   double take_tp_comm_seconds() { return tp_timer_.take(); }
@@ -154,6 +177,9 @@ class Gpt {
 
  private:
   struct Acts;
+  /// Lays out one slot's activation buffer from base (0: only counts): returns its bytes and, with
+  /// a, points a's activations into it.
+  static int64_t lay_out(const ActivationShape& s, uintptr_t base, Acts* a);
   void ensure_acts(int B, int T);
   Acts& acts() const { return *slots_.at(slot_); }
   void forward_blocks(const int32_t* tokens, int B, int T);  // validates and uploads tokens, then run_blocks
