@@ -421,6 +421,8 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
   return found;
 }
 
+}  // namespace
+
 std::string read_latest_pointer(const std::string& out_dir) {
   std::ifstream f(fs::path(out_dir) / "latest");
   std::string name;
@@ -430,10 +432,7 @@ std::string read_latest_pointer(const std::string& out_dir) {
   return fs::is_regular_file(p, ec) ? p.string() : "";
 }
 
-}  // namespace
-
 std::string find_latest_checkpoint(const std::string& out_dir) {
-  if (std::string p = read_latest_pointer(out_dir); !p.empty()) return p;
   std::string best;
   int64_t best_step = -1;
   for (const auto& [step, path] : list_checkpoints(out_dir))
@@ -441,7 +440,7 @@ std::string find_latest_checkpoint(const std::string& out_dir) {
       best_step = step;
       best = path;
     }
-  return best;
+  return best.empty() ? read_latest_pointer(out_dir) : best;
 }
 
 void update_latest(const std::string& out_dir, const std::string& checkpoint) {

@@ -84,9 +84,13 @@ class CheckpointReader {
 
 /// Checkpoint file name for a step inside out_dir: out_dir/ckpt_000010.h5.
 std::string checkpoint_path(const std::string& out_dir, int64_t step);
-/// The checkpoint out_dir/latest names, when that file exists and names an existing checkpoint;
-/// otherwise the newest complete checkpoint in out_dir (highest step), or "" when there is none.
+/// The newest checkpoint in out_dir (highest step), or "" when there is none. A file only gets a
+/// checkpoint's name once it is complete (written as .tmp, then renamed), so the newest name is the
+/// newest complete state, even when re-pointing `latest` after it failed (folder turned read-only,
+/// process killed between the two). With no ckpt_NNNNNN.h5 in the folder, the file `latest` names.
 std::string find_latest_checkpoint(const std::string& out_dir);
+/// The checkpoint out_dir/latest names, when that file exists and names an existing file; else "".
+std::string read_latest_pointer(const std::string& out_dir);
 /// Makes out_dir/latest name checkpoint_path (atomically: temporary file, fsync, rename). Called
 /// last, after the checkpoint itself is complete.
 void update_latest(const std::string& out_dir, const std::string& checkpoint_path);

@@ -427,6 +427,18 @@ TEST(Checkpoint, FindLatestPicksHighestStepAndIgnoresOthers) {
   EXPECT_EQ(find_latest_checkpoint(dir.str()), checkpoint_path(dir.str(), 200));
   write_bytes(checkpoint_path(dir.str(), 1234567), "x");
   EXPECT_EQ(find_latest_checkpoint(dir.str()), checkpoint_path(dir.str(), 1234567));
+  // `latest` lagging behind (re-pointing it failed after the newer checkpoint was complete): the
+  // newest checkpoint still wins; the pointer is read as written.
+  write_bytes(dir.str("latest"), "ckpt_000200.h5\n");
+  EXPECT_EQ(read_latest_pointer(dir.str()), checkpoint_path(dir.str(), 200));
+  EXPECT_EQ(find_latest_checkpoint(dir.str()), checkpoint_path(dir.str(), 1234567));
+  // With no checkpoint-named file, the file `latest` names; a pointer to a missing file is ignored.
+  ScratchDir other("ckpt_pointer");
+  write_bytes(other.str("renamed_by_hand.h5"), "x");
+  write_bytes(other.str("latest"), "renamed_by_hand.h5\n");
+  EXPECT_EQ(find_latest_checkpoint(other.str()), other.str("renamed_by_hand.h5"));
+  write_bytes(other.str("latest"), "gone.h5\n");
+  EXPECT_EQ(find_latest_checkpoint(other.str()), "");
 }
 
 TEST(H5Helpers, CheckNamesTheFailingCallAndHandlesClose) {

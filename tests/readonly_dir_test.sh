@@ -10,6 +10,7 @@ bin=$1
 src=$2
 work=$(mktemp -d "${TMPDIR:-/tmp}/meshtrain_readonly_XXXXXX")
 trap 'chmod -R u+w "$work" 2> /dev/null; rm -rf "$work"' EXIT
+[ -n "${KEEP_WORK:-}" ] && trap - EXIT
 chmod 755 "$work"
 cd "$work"
 as_user=()
@@ -62,8 +63,30 @@ latest=$(cat run2/latest)
 "$bin" ckpt verify run2 > /dev/null || fail "a checkpoint left in the folder does not verify"
 echo "ok: $(grep -o "cannot [a-z]* '[^']*'" run2.log | head -1) failed clearly; $latest intact, every checkpoint verified"
 
+# `latest` names the newest checkpoint, or the one before it when the lock came between renaming the
+# newest into place and re-pointing `latest`; resuming the folder takes the newest complete one.
+newest=$(cd run2 && ls ckpt_*.h5 | sort | tail -1)
+[ "$latest" = "$newest" ] || [ "$latest" \< "$newest" ] || fail "latest names $latest, past the newest $newest"
 chmod 755 run2
-step=$(tr -dc 0-9 <<< "$latest" | sed 's/^0*//')
+step=$(sed -E 's/^ckpt_0*([0-9]+)\.h5$/\1/' <<< "$newest")
 "${as_user[@]}" "$bin" train --resume run2 --set train.steps=$((step + 10)) > resume.log 2>&1 || fail "resume failed: $(tail -3 resume.log)"
-grep -q "resumed from run2/$latest" resume.log || fail "did not resume from $latest"
-echo "ok: resumed from $latest once the folder was writable"
+grep -q "resumed from run2/$newest" resume.log || fail "did not resume from $newest: $(head -5 resume.log)"
+if [ "$latest" != "$newest" ]; then
+  grep -q "names $latest, but $newest is newer and complete" resume.log || fail "no note that 'latest' lagged"
+fi
+[ "$(cat run2/latest)" = "$(cd run2 && ls ckpt_*.h5 | sort | tail -1)" ] || fail "latest does not name the newest checkpoint after resuming"
+echo "ok: resumed from $newest once the folder was writable (latest named $latest)"
+
+# (3) `latest` lagging on purpose (the state a lock or kill between the two renames leaves): resuming
+# the folder takes the newest checkpoint and says that `latest` lagged.
+cp -r run2 run3
+[ "$(id -u)" = 0 ] && chown -R 65534:65534 run3
+oldest=$(cd run3 && ls ckpt_*.h5 | sort | head -1)
+newest=$(cd run3 && ls ckpt_*.h5 | sort | tail -1)
+[ "$oldest" != "$newest" ] || fail "run2 holds one checkpoint only"
+echo "$oldest" > run3/latest
+step=$(sed -E 's/^ckpt_0*([0-9]+)\.h5$/\1/' <<< "$newest")
+"${as_user[@]}" "$bin" train --resume run3 --set train.steps=$((step + 5)) > resume3.log 2>&1 || fail "resume failed: $(tail -3 resume3.log)"
+grep -q "names $oldest, but $newest is newer and complete" resume3.log || fail "no note that 'latest' lagged: $(head -5 resume3.log)"
+grep -q "resumed from run3/$newest" resume3.log || fail "did not resume from $newest"
+echo "ok: with 'latest' naming $oldest, resuming the folder took $newest and said so"

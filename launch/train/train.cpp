@@ -174,6 +174,13 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (!args.config_file.empty()) apply_config_file(lookup, args.config_file);
     for (const auto& o : args.overrides) apply_override(lookup, o);
     resume_path = resolve_resume(args.resume, lookup.train.out_dir);
+    if (lead) {  // `latest` lags when re-pointing it failed after the newer checkpoint was complete
+      const std::string pointer = read_latest_pointer(fs::path(resume_path).parent_path().string());
+      if (!pointer.empty() && resume_path != args.resume && fs::path(pointer) != fs::path(resume_path))
+        fmt::print("[train] '{}' names {}, but {} is newer and complete (updating 'latest' after it failed); "
+                   "resuming from the newer one\n", (fs::path(resume_path).parent_path() / "latest").string(),
+                   fs::path(pointer).filename().string(), fs::path(resume_path).filename().string());
+    }
     saved = read_run_info(resume_path);
     cfg = saved->config;
     if (!args.config_file.empty()) apply_config_file(cfg, args.config_file);
