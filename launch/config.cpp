@@ -379,6 +379,21 @@ Config load_config(const std::string& file, const std::vector<std::string>& over
   return cfg;
 }
 
+BatchSplit split_batch(const Config& cfg, int dp) {
+  BatchSplit s;
+  s.global_rows = cfg.train.batch_size * cfg.train.grad_accum;
+  s.micro_count = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
+  if (dp < 1 || s.micro_count < 1 || s.global_rows % (dp * s.micro_count) != 0) {
+    s.error = fmt::format("a step's {} sequences (train.batch_size {} x train.grad_accum {}) must divide by "
+                          "parallel.dp {} x micro-batches {} = {}", s.global_rows, cfg.train.batch_size,
+                          cfg.train.grad_accum, dp, s.micro_count, dp * s.micro_count);
+    return s;
+  }
+  s.rank_rows = s.global_rows / dp;
+  s.micro_rows = s.rank_rows / s.micro_count;
+  return s;
+}
+
 void validate_config(const Config& cfg) {
   const auto& m = cfg.model;
   MT_CHECK(m.n_embd % m.n_head == 0, "[config] model.n_embd ({}) must be a multiple of model.n_head ({})", m.n_embd,

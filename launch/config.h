@@ -85,6 +85,18 @@ std::string config_value(const Config& cfg, const std::string& key);
 void apply_override(Config& cfg, const std::string& assignment);
 /// Checks values that are independent of the data; throws naming the key.
 void validate_config(const Config& cfg);
+/// How a step's sequences split over data-parallel ranks and micro-batches: train.batch_size x
+/// train.grad_accum sequences, parallel.microbatches (or train.grad_accum) micro-batches per rank.
+struct BatchSplit {
+  int global_rows = 0;  // sequences per step, all ranks
+  int micro_count = 0;  // micro-batches per rank and step
+  int rank_rows = 0;    // sequences per data-parallel rank
+  int micro_rows = 0;   // sequences per micro-batch (B)
+  std::string error;    // why the step does not split, or "" when it does
+};
+/// The split for dp data-parallel ranks; error is set (and the counts past it 0) when it does not divide.
+BatchSplit split_batch(const Config& cfg, int dp);
+
 /// The whole configuration as TOML (every key, so a run can be repeated from it).
 std::string config_to_toml(const Config& cfg);
 /// One line per key: name, type, default and meaning (for --help-config).

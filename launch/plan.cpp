@@ -10,6 +10,7 @@
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/params.h"
+#include "parallel/pipeline.h"
 
 namespace meshtrain {
 
@@ -20,11 +21,9 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
   best.pp = pp;
   best.zero = zero;
   const GptConfig& m = cfg.model;
-  const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
-  const int micro = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
-  if (global_rows % (dp * micro) != 0) {
-    best.rejected = fmt::format("a step's {} sequences do not split into dp {} x {} micro-batches", global_rows, dp,
-                                micro);
+  const BatchSplit split = split_batch(cfg, dp);
+  if (!split.error.empty()) {
+    best.rejected = split.error;
     return best;
   }
   if (zero == 1 && dp == 1) {
@@ -34,7 +33,7 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
   const std::unique_ptr<Backend> be = make_cpu_backend();
   const Recompute mode = parse_recompute(cfg.train.recompute);
   const auto es = static_cast<int64_t>(dtype_size(be->dtype()));
-  const int B = global_rows / dp / micro;
+  const int B = split.micro_rows, micro = split.micro_count;
   for (int stage = 0; stage < pp; ++stage) {
     LayoutMemory r = best;
     try {
@@ -47,8 +46,8 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
       best.rejected = e.what();
       return best;
     }
-    // GPipe keeps every micro-batch's activations; 1F1B at most pp - stage (parallel/pipeline.cpp).
-    r.slots = pp == 1 ? 1 : cfg.parallel.schedule == "gpipe" ? micro : std::min(micro, pp - stage);
+    // Without a pipeline, micro-batches run one after another through one slot (launch/train/train.cpp).
+    r.slots = pp == 1 ? 1 : Pipeline::activation_slots(parse_schedule(cfg.parallel.schedule), micro, pp, stage);
     r.micro_batch = B;
     r.stage = stage;
     r.activations = r.slots * Gpt::slot_bytes(Gpt::activation_shape(m, B, m.seq_len, tp, pp, stage, mode, *be));

@@ -98,8 +98,7 @@ double Pipeline::train(int m, int B, int T, const FillFn& fill, float dloss_scal
   const size_t n = static_cast<size_t>(B) * T;
   std::vector<std::vector<int32_t>> inputs(m, std::vector<int32_t>(n)), targets(m, std::vector<int32_t>(n));
   for (int i = 0; i < m; ++i) fill(i, inputs[i].data(), targets[i].data());
-  // GPipe keeps every micro-batch's activations; 1F1B at most p - stage of them at once.
-  const int slots = schedule_ == PipelineSchedule::gpipe ? m : std::min(m, stages_ - stage_);
+  const int slots = activation_slots(schedule_, m, stages_, stage_);
   double loss_sum = 0.0;
   int backwards = 0;
   auto fwd = [&](int i) {

@@ -7,6 +7,7 @@
 // neighbours sending to each other never wait on one another.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +50,12 @@ class Pipeline {
   /// Empties every stage's cache (each stage calls it).
   void reset_cache();
 
+  /// Micro-batches whose activations a stage holds at once, so the activation slots it allocates:
+  /// GPipe keeps all m (every forward runs before the first backward); 1F1B at most stages - stage
+  /// (stage 0 runs stages - 1 warm-up forwards before its first backward).
+  static int activation_slots(PipelineSchedule schedule, int m, int stages, int stage) {
+    return schedule == PipelineSchedule::gpipe ? m : std::min(m, stages - stage);
+  }
   /// Bubble of the schedule: idle fraction (p - 1) / (m + p - 1) of a step's pipeline time.
   static double bubble_fraction(int p, int m) { return p > 1 ? double(p - 1) / double(m + p - 1) : 0.0; }
   /// Seconds spent waiting for activations and gradients from neighbours in the last train().

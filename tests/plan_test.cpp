@@ -111,7 +111,7 @@ TEST(Plan, LayoutsThatCannotRunSayWhy) {
     ++rejected;
     heads |= r.tp == 3 && r.rejected.find("model.n_head") != std::string::npos;
     blocks |= r.pp == 3 && r.rejected.find("model.n_layer") != std::string::npos;
-    batch |= r.dp == 6 && r.rejected.find("do not split") != std::string::npos;
+    batch |= r.dp == 6 && r.rejected.find("must divide by parallel.dp 6") != std::string::npos;
   }
   EXPECT_TRUE(heads) << "tp 3 with 4 heads";
   EXPECT_TRUE(blocks) << "pp 3 with 2 blocks";

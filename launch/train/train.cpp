@@ -346,13 +346,10 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   std::unique_ptr<Communicator> tied =
       fabric.split(holds_wte ? mesh.dp_rank() * tp_size + mesh.tp_rank() : -1, mesh.pp_rank());
   // The global batch of a step, this rank's share, and its micro-batches.
-  const int global_rows = cfg.train.batch_size * cfg.train.grad_accum;
-  const int micro_count = cfg.parallel.microbatches > 0 ? cfg.parallel.microbatches : cfg.train.grad_accum;
-  MT_CHECK(global_rows % (dp_size * micro_count) == 0,
-           "[train] a step's {} sequences (train.batch_size {} x train.grad_accum {}) must divide by parallel.dp "
-           "{} x micro-batches {} = {}", global_rows, cfg.train.batch_size, cfg.train.grad_accum, dp_size, micro_count,
-           dp_size * micro_count);
-  const int rank_rows = global_rows / dp_size, B = rank_rows / micro_count;
+  const BatchSplit split = split_batch(cfg, dp_size);
+  MT_CHECK(split.error.empty(), "[train] {}", split.error);
+  const int global_rows = split.global_rows, micro_count = split.micro_count, rank_rows = split.rank_rows,
+            B = split.micro_rows;
   // (A rank that cannot open its data, for the tests of failing ranks: core/fault.h.)
   const auto rank_paths = test_fault("data", world.rank())
                               ? std::vector<std::string>{cfg.train.out_dir + "/missing_shard_000000.bin"}
