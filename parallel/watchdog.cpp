@@ -29,7 +29,7 @@ struct State {
   const char* op = nullptr;
   std::string where;
   Clock::time_point since;
-  std::thread thread;
+  bool running = false;  // a watcher thread is alive (it clears this as it ends)
   bool stop = false;
 };
 
@@ -55,24 +55,27 @@ void watch() {
     std::fflush(stdout);
     ::_exit(1);  // the launcher ends the other ranks; nothing here may wait for them
   }
+  s.running = false;
 }
 
 }  // namespace
 
 void CommWatchdog::configure(double timeout_s, int rank, const std::string& host) {
   State& s = state();
+  bool start = false;
   {
     std::lock_guard<std::mutex> lock(s.mu);
     s.timeout_s = timeout_s;
     s.rank = rank;
     s.host = host;
     s.stop = timeout_s <= 0.0;
+    // One watcher at a time: one still running (even one told to stop that has not woken yet) sees
+    // stop cleared again and carries on with the new timeout.
+    start = !s.stop && !s.running;
+    if (start) s.running = true;
   }
   s.on.store(timeout_s > 0.0);
-  if (timeout_s > 0.0 && !s.thread.joinable()) {
-    s.thread = std::thread(watch);
-    s.thread.detach();
-  }
+  if (start) std::thread(watch).detach();
   s.cv.notify_all();
 }
 

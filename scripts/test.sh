@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything (tests and benchmarks included) and runs the whole
 # test suite through CTest; then the same suite under AddressSanitizer + UBSan
-# (scripts/test_sanitizers.sh), the CUDA code on the CPU (scripts/test_emulation.sh), and the fuzz
+# (scripts/test_sanitizers.sh), the CPU code's threads under ThreadSanitizer (scripts/test_tsan.sh),
+# the CUDA code on the CPU (scripts/test_emulation.sh), and the fuzz
 # targets (tests/fuzz/run.sh). Tests that
 # need ../shared/data skip, saying so, when it is missing. Each stage prints its time.
 set -euo pipefail
@@ -18,6 +19,7 @@ ctest --preset release -j1 -LE long "$@"
 t2=$(date +%s)
 echo "[test] test suite: $((t2 - t1)) s"
 bash scripts/test_sanitizers.sh
+bash scripts/test_tsan.sh
 bash scripts/test_emulation.sh
 # Every input parser under libFuzzer with AddressSanitizer and UBSan, 20 s each (tests/fuzz/run.sh
 # SECONDS runs them longer); a finding fails the run and leaves its input in tests/fuzz/regressions/.

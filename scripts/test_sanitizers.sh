@@ -17,17 +17,4 @@ cmake --preset asan >/dev/null
 cmake --build build/asan -j"$(nproc)"
 t1=$(date +%s)
 echo "[sanitizers] build: $((t1 - t0)) s"
-reports=build/asan/sanitizer-reports
-rm -rf "$reports"
-mkdir -p "$reports"
-status=0
-ctest --preset asan -j1 "$@" || status=$?
-found=$(find "$reports" -type f | wc -l)
-if [ "$found" -gt 0 ]; then
-  for f in "$reports"/*; do echo "==== $f"; cat "$f"; done
-  echo "[sanitizers] $found sanitizer report(s) above (files in $reports)" >&2
-  status=1
-fi
-tests=$(ctest --preset asan -N | sed -n 's/^Total Tests: //p')
-echo "[sanitizers] $tests tests under AddressSanitizer + UBSan, $found sanitizer reports: $(($(date +%s) - t1)) s"
-exit "$status"
+exec bash scripts/sanitized_ctest.sh asan sanitizers "AddressSanitizer + UBSan" "$@"
