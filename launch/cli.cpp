@@ -18,6 +18,7 @@
 #include "launch/finetune.h"
 #include "launch/generate.h"
 #include "launch/plan.h"
+#include "launch/plan_time.h"
 #include "launch/serve.h"
 #include "launch/train/train.h"
 #include "model/data.h"
@@ -241,9 +242,27 @@ int run_cli(int argc, char** argv) {
                                           "which can run, and the memory each rank would hold");
   plan->add_option("--config", pargs.config_file, "TOML file, as for train")->check(CLI::ExistingFile);
   plan->add_option("--set", pargs.overrides, "override one key: section.key=value (repeatable)");
-  plan->add_option("--ranks", pargs.ranks, "ranks of the job (processes: GPUs or CPU ranks)")->required()
+  auto* ranks_opt = plan->add_option("--ranks", pargs.ranks, "ranks of the job (processes: GPUs or CPU ranks)")
       ->check(CLI::Range(1, 1 << 20));
   plan->add_flag("--json", pargs.json, "print JSON (one object per layout) instead of the table");
+  plan->add_option("--hardware", pargs.hardware,
+                   "hardware description (TOML: hardware/*.toml, or what `plan calibrate` wrote): adds each "
+                   "layout's predicted step time, tokens/s and MFU, fastest first")
+      ->check(CLI::ExistingFile);
+  CalibrateArgs cal;
+  auto* calibrate = plan->add_subcommand("calibrate", "measure this machine for --hardware: GEMMs at the model's "
+                                                      "shapes, attention, element-wise bandwidth, AdamW; under "
+                                                      "mpiexec -n 2 (or srun) also all-reduce bandwidth and latency");
+  calibrate->add_option("--config", cal.config_file, "TOML file: the model whose shapes are measured")
+      ->check(CLI::ExistingFile);
+  calibrate->add_option("--set", cal.overrides, "override one key: section.key=value (repeatable)");
+  calibrate->add_option("--ranks", cal.ranks, "measure the GEMM shapes of every layout of this many ranks "
+                                              "(default: the launch's ranks, at least 8)")->check(CLI::Range(1, 1 << 20));
+  calibrate->add_option("--out", cal.out, "TOML file to write (default: print it)");
+  calibrate->add_option("--name", cal.name, "what the description is called (default: the CPU model)");
+  calibrate->add_flag("--overwrite", cal.overwrite, "replace an existing --out file");
+  plan->require_subcommand(0, 1);
+  plan->fallthrough(false);
 
   std::function<void()> ckpt_action;
   add_ckpt_commands(app, ckpt_action);
@@ -258,7 +277,7 @@ int run_cli(int argc, char** argv) {
   std::unique_ptr<MpiRuntime> runtime;
   std::unique_ptr<Communicator> world;
   try {
-    if (*train || *gen || *ft) {
+    if (*train || *gen || *ft || *calibrate) {
       runtime = MpiRuntime::init_if_launched(&argc, &argv);
       world = world_communicator(runtime.get());
       if (runtime) fargs.default_threads = runtime->threads_per_rank();
@@ -291,7 +310,13 @@ int run_cli(int argc, char** argv) {
       run_chat(cargs);
     } else if (*merge) {
       fmt::print("{}\n", run_lora_merge(margs));
+    } else if (*calibrate) {
+      run_plan_calibrate(cal, *world);
     } else if (*plan) {
+      if (!*ranks_opt) {
+        fmt::print(stderr, "meshtrain plan: --ranks N is required (or `plan calibrate`); see meshtrain plan --help\n");
+        return 2;
+      }
       run_plan(pargs);
     } else if (*tokenize) {
       run_tokenize(tok_dir, inputs, out_dir, val_fraction);

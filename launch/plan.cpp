@@ -1,9 +1,11 @@
 // Memory per rank for every layout of N ranks (launch/plan.h).
 #include "launch/plan.h"
+#include "launch/plan_time.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -86,9 +88,32 @@ void run_plan(const PlanArgs& args) {
            "[plan] predicts CPU (fp32) layouts for now; train.device = {} with train.precision = {} is not modelled",
            cfg.train.device, cfg.train.precision);
   const std::vector<LayoutMemory> plan = plan_layouts(cfg, args.ranks);
+  std::optional<Hardware> hw;
+  if (!args.hardware.empty()) hw = load_hardware(args.hardware);
+  std::vector<LayoutTime> times(plan.size());
+  std::vector<size_t> order(plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) {
+    order[i] = i;
+    if (hw && plan[i].rejected.empty())
+      times[i] = predict_layout_time(cfg, *hw, plan[i].dp, plan[i].tp, plan[i].pp, plan[i].zero);
+  }
+  if (hw)  // fastest first; rejected layouts stay at the end
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      if (plan[a].rejected.empty() != plan[b].rejected.empty()) return plan[a].rejected.empty();
+      return times[a].step_ms < times[b].step_ms;
+    });
+  // A CPU description's memory is the node's, shared by its ranks; a GPU's is each rank's own.
+  const double process_bytes = hw ? hw->process_mib * 1048576.0 : 0.0;
+  auto fits = [&](const LayoutMemory& r) {
+    if (!hw || hw->memory_gib <= 0) return true;
+    const double rank_bytes = static_cast<double>(r.total()) + process_bytes;
+    const double sharing = hw->cores > 0 ? std::min(args.ranks, std::max(1, hw->gpus_per_node ? hw->gpus_per_node : args.ranks)) : 1;
+    return rank_bytes * sharing <= hw->memory_gib * 1073741824.0;
+  };
   if (args.json) {
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& r : plan) {
+    for (size_t i : order) {
+      const LayoutMemory& r = plan[i];
       nlohmann::json o = {{"dp", r.dp}, {"tp", r.tp}, {"pp", r.pp}, {"zero", r.zero}};
       if (!r.rejected.empty()) {
         o["rejected"] = r.rejected;
@@ -96,11 +121,34 @@ void run_plan(const PlanArgs& args) {
         o.update({{"micro_batch", r.micro_batch}, {"slots", r.slots}, {"stage", r.stage}, {"params_bytes", r.params},
                   {"grads_bytes", r.grads}, {"zero_shard_bytes", r.zero_shard}, {"optimizer_bytes", r.optimizer},
                   {"activation_bytes", r.activations}, {"total_bytes", r.total()}});
+        if (hw) {
+          const LayoutTime& t = times[i];
+          o.update({{"step_ms", t.step_ms}, {"compute_ms", t.compute_ms}, {"tp_ms", t.tp_ms}, {"dp_ms", t.dp_ms},
+                    {"pp_ms", t.pp_ms}, {"bubble_ms", t.bubble_ms}, {"optimizer_ms", t.optimizer_ms},
+                    {"tokens_per_s", t.tokens_per_s}, {"mfu", t.mfu}, {"oversubscribed", t.oversubscribed},
+                    {"resident_bytes", static_cast<double>(r.total()) + process_bytes}, {"fits", fits(r)}});
+        }
       }
       j.push_back(o);
     }
     fmt::print("{}\n", j.dump(2));
     return;
+  }
+  if (hw) {
+    fmt::print("[plan] hardware: {} ({})\n", hw->name, hw->source);
+    fmt::print("Predicted step time in ms, fastest first (compute and tp are the slowest stage's; pp is the bubble "
+               "plus the tied embedding's sum; * = ranks outnumber the cores, which then bound the step):\n");
+    fmt::print("| dp | tp | pp | zero | step | compute | tp | dp | pp | optimizer | tokens/s | MFU | MiB per rank | "
+               "fits |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (size_t i : order) {
+      const LayoutMemory& r = plan[i];
+      if (!r.rejected.empty()) continue;
+      const LayoutTime& t = times[i];
+      fmt::print("| {} | {} | {} | {} | {:.1f}{} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.0f} | {} | {:.0f} | {} |\n",
+                 r.dp, r.tp, r.pp, r.zero, t.step_ms, t.oversubscribed ? "*" : "", t.compute_ms, t.tp_ms, t.dp_ms,
+                 t.pp_ms, t.optimizer_ms, t.tokens_per_s, t.mfu > 0 ? fmt::format("{:.1f}%", t.mfu) : "-",
+                 (static_cast<double>(r.total()) + process_bytes) / 1048576.0, fits(r) ? "yes" : "no");
+    }
   }
   fmt::print("[plan] {} ranks; model {} layers, {} heads, {} channels, context {}, vocabulary {}; {} x {} sequences "
              "per step, recompute {}, schedule {}\n",
@@ -123,7 +171,7 @@ void run_plan(const PlanArgs& args) {
     fmt::print("  dp {} x tp {} x pp {} (zero {}): {}\n", r.dp, r.tp, r.pp, r.zero, r.rejected);
   }
   fmt::print("Not counted: the process itself (libraries, MPI, thread stacks), data buffers, and small optimizer "
-             "scalars. Step time is not predicted yet.\n");
+             "scalars{}.\n", hw ? "; MiB per rank above adds the calibrated process size" : " (give --hardware FILE for the step time)");
 }
 
 }  // namespace meshtrain

@@ -1,7 +1,7 @@
 // `meshtrain plan`: which dp x tp x pp x ZeRO layouts of N ranks are valid for a configuration, and
 // how much memory each rank of each would hold. The activation part comes from the model's own
 // allocation plan (Gpt::activation_shape / Gpt::slot_bytes), so the prediction and the allocation
-// cannot drift apart. Step-time prediction is not there yet; this is the memory half.
+// cannot drift apart. With a hardware description, each layout's step time too (launch/plan_time.h).
 #pragma once
 
 #include <cstdint>
@@ -36,6 +36,7 @@ struct PlanArgs {
   std::vector<std::string> overrides;
   int ranks = 1;
   bool json = false;
+  std::string hardware;  // a hardware TOML: adds the step-time prediction (launch/plan_time.h)
 };
 /// Prints the table (or JSON) for args.
 void run_plan(const PlanArgs& args);

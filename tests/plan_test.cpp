@@ -1,13 +1,20 @@
 // `meshtrain plan`'s memory model: the activation bytes it predicts are the bytes the model
 // allocates (one plan, two callers), parameters and optimizer state follow the layout, and layouts
-// that cannot run say why.
+// that cannot run say why. Its time model: monotone where it must be (more micro-batches, a smaller
+// bubble; faster parts, a shorter step), bound by the cores when ranks outnumber them, and hardware
+// files that round-trip or fail naming the file and key.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <tuple>
 #include <vector>
 
 #include "core/communicator.h"
 #include "launch/config.h"
 #include "launch/plan.h"
+#include "launch/plan_time.h"
+#include "core/error.h"
+#include "test_util.h"
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/params.h"
@@ -120,4 +127,164 @@ TEST(Plan, LayoutsThatCannotRunSayWhy) {
 }
 
 }  // namespace
+}  // namespace meshtrain
+
+// ---- The step-time model (launch/plan_time.h).
+
+namespace meshtrain {
+namespace time_model {
+
+Hardware reference_hardware() {
+  Hardware hw;
+  hw.name = "test";
+  hw.cores = 0;  // each rank its own device: no core sharing
+  hw.gemm_gflops = 100, hw.attention_gflops = 50, hw.elementwise_gbs = 20, hw.adamw_params_per_s = 1e9;
+  hw.link_gbs = 5, hw.link_latency_us = 10;
+  return hw;
+}
+
+Config model_config(int micro) {
+  Config cfg = default_config();
+  cfg.model = small(8, 4, 128, 64, 2048);
+  cfg.train.batch_size = 32;
+  cfg.parallel.microbatches = micro;
+  return cfg;
+}
+
+TEST(PlanTime, MoreMicroBatchesShrinkTheBubbleShare) {
+  const Hardware hw = reference_hardware();
+  double last_share = 1.0;
+  for (int micro : {2, 4, 8, 16, 32}) {
+    const LayoutTime t = predict_layout_time(model_config(micro), hw, 1, 1, 4, 0);
+    const double share = t.bubble_ms / t.step_ms;
+    EXPECT_LT(share, last_share) << micro << " micro-batches";
+    EXPECT_NEAR(t.bubble_ms / (t.compute_ms + t.tp_ms), 3.0 / micro, 1e-9) << "(p - 1) / m of the pipeline's work";
+    last_share = share;
+  }
+  EXPECT_EQ(predict_layout_time(model_config(4), hw, 4, 1, 1, 0).bubble_ms, 0.0) << "no pipeline, no bubble";
+}
+
+TEST(PlanTime, FasterPartsNeverSlowTheStep) {
+  const Config cfg = model_config(4);
+  const Hardware base = reference_hardware();
+  for (auto [dp, tp, pp] : {std::tuple{2, 2, 2}, std::tuple{8, 1, 1}, std::tuple{1, 4, 2}}) {
+    const LayoutTime t0 = predict_layout_time(cfg, base, dp, tp, pp, 0);
+    Hardware link = base;
+    link.link_gbs *= 2;
+    const LayoutTime t1 = predict_layout_time(cfg, link, dp, tp, pp, 0);
+    EXPECT_LE(t1.tp_ms, t0.tp_ms);
+    EXPECT_LT(t1.dp_ms + t1.tp_ms + t1.pp_ms, t0.dp_ms + t0.tp_ms + t0.pp_ms);
+    EXPECT_EQ(t1.compute_ms, t0.compute_ms);
+    Hardware gemm = base;
+    gemm.gemm_gflops *= 2;
+    const LayoutTime t2 = predict_layout_time(cfg, gemm, dp, tp, pp, 0);
+    EXPECT_LT(t2.compute_ms, t0.compute_ms);
+    EXPECT_LT(t2.step_ms, t0.step_ms);
+  }
+  // Splitting the same work over more data-parallel ranks shortens each rank's compute.
+  EXPECT_LT(predict_layout_time(cfg, base, 4, 1, 1, 0).compute_ms, predict_layout_time(cfg, base, 2, 1, 1, 0).compute_ms);
+  // ZeRO-1 shards the optimizer's work.
+  EXPECT_LT(predict_layout_time(cfg, base, 4, 1, 1, 1).optimizer_ms, predict_layout_time(cfg, base, 4, 1, 1, 0).optimizer_ms);
+}
+
+TEST(PlanTime, RanksThatOutnumberTheCoresAreBoundByThem) {
+  const Config cfg = model_config(4);
+  Hardware hw = reference_hardware();
+  const LayoutTime own = predict_layout_time(cfg, hw, 4, 1, 1, 0);
+  EXPECT_FALSE(own.oversubscribed);
+  hw.cores = 2;  // four single-threaded ranks on two cores
+  const LayoutTime shared = predict_layout_time(cfg, hw, 4, 1, 1, 0);
+  EXPECT_TRUE(shared.oversubscribed);
+  EXPECT_NEAR(shared.step_ms, 2.0 * (own.compute_ms + own.tp_ms + own.dp_ms + own.optimizer_ms), 1e-9);
+}
+
+TEST(PlanTime, AMeasuredShapeIsUsedForItsGemms) {
+  const Config cfg = model_config(4);
+  Hardware hw = reference_hardware();
+  const LayoutTime generic = predict_layout_time(cfg, hw, 1, 1, 1, 0);
+  for (GemmRate g : layout_gemm_shapes(cfg, 1, 1, 1)) {
+    g.gflops = 2 * hw.gemm_gflops;
+    hw.gemm.push_back(g);
+  }
+  const LayoutTime measured = predict_layout_time(cfg, hw, 1, 1, 1, 0);
+  EXPECT_LT(measured.compute_ms, generic.compute_ms);
+}
+
+TEST(PlanTime, HardwareFilesRoundTripAndBadOnesSayWhy) {
+  testing::ScratchDir dir("plan_hw");
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir.str(name)) << text;
+    return dir.str(name);
+  };
+  Hardware hw = reference_hardware();
+  hw.cores = 2;
+  hw.gemm.push_back({256, 384, 128, 99.5});
+  hw.process_mib = 150;
+  const std::string good = write("good.toml", hardware_to_toml(hw));
+  const Hardware back = load_hardware(good);
+  EXPECT_EQ(back.cores, 2);
+  ASSERT_EQ(back.gemm.size(), 1u);
+  EXPECT_EQ(back.gemm[0].n, 384);
+  EXPECT_NEAR(back.gemm[0].gflops, 99.5, 1e-9);
+  EXPECT_NEAR(back.link_gbs, hw.link_gbs, 1e-3);
+  EXPECT_NEAR(back.process_mib, 150, 1e-9);
+  auto fails = [&](const std::string& text, const std::string& expect) {
+    const std::string path = write("bad.toml", text);
+    try {
+      load_hardware(path);
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("bad.toml"), std::string::npos) << e.what();
+    }
+  };
+  fails("[compute]\ngemm_gflops = 1\n", "compute.attention_gflops");
+  fails(hardware_to_toml(hw) + "\n[[oops", "cannot read the hardware description");
+  std::string text = hardware_to_toml(hw);
+  text.replace(text.find("gemm_gflops = "), 14, "gemm_gflops = \"fast\" #");
+  fails(text, "compute.gemm_gflops must be a number");
+  text = hardware_to_toml(hw);
+  text.replace(text.find("elementwise_gbs = "), 18, "elementwise_gbs = -");
+  fails(text, "above 0");
+}
+
+}  // namespace time_model
+}  // namespace meshtrain
+
+namespace meshtrain {
+namespace time_model {
+
+TEST(PlanTime, CalibrateWritesADescriptionThatPlansOneRankAndRefusesToOverwrite) {
+  testing::ScratchDir dir("plan_cal");
+  CalibrateArgs args;
+  args.overrides = {"model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.seq_len=16", "model.vocab_size=200",
+                    "train.batch_size=4", "train.threads=1"};
+  args.ranks = 2;
+  args.out = dir.str("hw.toml");
+  LocalCommunicator world;
+  run_plan_calibrate(args, world);
+  const Hardware hw = load_hardware(args.out);
+  EXPECT_GT(hw.gemm_gflops, 0);
+  EXPECT_GT(hw.attention_gflops, 0);
+  EXPECT_GT(hw.elementwise_gbs, 0);
+  EXPECT_GT(hw.adamw_params_per_s, 0);
+  EXPECT_GE(hw.gemm.size(), 5u) << "the linears of dp 1 and dp 2 micro-batches (and tp 2)";
+  EXPECT_EQ(hw.link_gbs, 0) << "one rank measures no collective";
+  const Config cfg = load_config("", args.overrides);
+  EXPECT_GT(predict_layout_time(cfg, hw, 1, 1, 1, 0).step_ms, 0);
+  try {
+    predict_layout_time(cfg, hw, 2, 1, 1, 0);
+    ADD_FAILURE() << "two ranks planned without a link";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mpiexec -n 2 meshtrain plan calibrate"), std::string::npos) << e.what();
+  }
+  try {
+    run_plan_calibrate(args, world);
+    ADD_FAILURE() << "overwrote " << args.out;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace time_model
 }  // namespace meshtrain

@@ -1,0 +1,465 @@
+// Step-time prediction and hardware calibration for `meshtrain plan` (launch/plan_time.h).
+#include "launch/plan_time.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "core/threads.h"
+#include "model/backend.h"
+#include "model/kernels/adamw.h"
+#include "model/params.h"
+#include "parallel/pipeline.h"
+
+namespace meshtrain {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- The work of one micro-batch, shared by the prediction and by calibrate (which times the same
+// operations at the same shapes, so the byte and FLOP conventions cancel out).
+
+/// Bytes read and written by one block's element-wise work (fp32): two LayerNorms forward (8 NC
+/// each) and backward (12 NC each), GELU forward (8 NF) and backward (12 NF), two residual adds
+/// forward (12 NC each) and their gradients accumulated backward (12 NC each). F = 4C / tp.
+double block_elementwise_bytes(double N, double C, double F) { return 88.0 * N * C + 20.0 * N * F; }
+/// The loss: softmax over each row's Vl logits and its gradient in place (read, read, write).
+double loss_elementwise_bytes(double N, double Vl) { return 12.0 * N * Vl; }
+/// Attention's matrix products, forward (QK^T and PV) and backward (four more): 12 B H T^2 hd.
+double attention_flops(double B, double T, double H, double hd) { return 12.0 * B * H * T * T * hd; }
+
+struct Linear {  // out[tokens x out] = in[tokens x in] W^T; forward and backward are 6 tokens in out FLOPs
+  int64_t tokens, in, out;
+  double flops() const { return 6.0 * double(tokens) * double(in) * double(out); }
+};
+
+/// The linears of one block for a micro-batch of N tokens at tensor-parallel degree tp.
+std::vector<Linear> block_linears(int64_t N, int64_t C, int tp) {
+  return {{N, C, 3 * C / tp}, {N, C / tp, C}, {N, C, 4 * C / tp}, {N, 4 * C / tp, C}};
+}
+Linear classifier(int64_t N, int64_t C, int64_t Vp, int tp) { return {N, C, Vp / tp}; }
+
+double gemm_seconds(const Hardware& hw, const Linear& l) {
+  // The measured shape closest in log space; a shape far from every measured one falls back to the
+  // generic figure.
+  double best = 1e300, rate = hw.gemm_gflops;
+  for (const GemmRate& g : hw.gemm) {
+    const double d = std::abs(std::log(double(g.m) / double(l.tokens))) + std::abs(std::log(double(g.n) / double(l.out))) +
+                     std::abs(std::log(double(g.k) / double(l.in)));
+    if (d < best) {
+      best = d;
+      rate = g.gflops;
+    }
+  }
+  if (best > 1.5) rate = hw.gemm_gflops;  // more than ~4.5x off in some dimension
+  MT_CHECK(rate > 0, "[plan] the hardware description has no GEMM throughput (gemm_gflops)");
+  return l.flops() / (rate * 1e9);
+}
+
+/// The link a group uses: (bandwidth GB/s, latency us); fails when the description has none.
+std::pair<double, double> link_of(const Hardware& hw, bool across_nodes) {
+  const double gbs = across_nodes ? hw.net_gbs : hw.link_gbs, lat = across_nodes ? hw.net_latency_us : hw.link_latency_us;
+  MT_CHECK(gbs > 0,
+           "[plan] the hardware description has no {} bandwidth, which layouts with more than one rank need: "
+           "calibrate under the launcher (mpiexec -n 2 meshtrain plan calibrate ...) or write [{}] gbs",
+           across_nodes ? "net" : "link", across_nodes ? "net" : "link");
+  return {gbs, lat};
+}
+
+/// Ring all-reduce of bytes over n ranks (nccl-tests' bus-bandwidth convention): 2(n-1) steps,
+/// each a latency and bytes/n over the link.
+double all_reduce_seconds(const Hardware& hw, double bytes, int n, bool across_nodes) {
+  if (n <= 1) return 0.0;
+  const auto [gbs, lat] = link_of(hw, across_nodes);
+  return 2.0 * (n - 1) * lat * 1e-6 + 2.0 * (n - 1) / n * bytes / (gbs * 1e9);
+}
+double p2p_seconds(const Hardware& hw, double bytes, bool across_nodes) {
+  const auto [gbs, lat] = link_of(hw, across_nodes);
+  return lat * 1e-6 + bytes / (gbs * 1e9);
+}
+
+double get_number(const toml::table& t, const std::string& key, const std::string& path, bool required) {
+  const toml::node* n = t.at_path(key).node();
+  if (!n) {
+    MT_CHECK(!required, "[plan] {}: the hardware description needs {}", path, key);
+    return 0.0;
+  }
+  if (auto v = n->value<double>()) return *v;
+  MT_FAIL("[plan] {}: {} must be a number", path, key);
+}
+
+}  // namespace
+
+std::vector<GemmRate> layout_gemm_shapes(const Config& cfg, int dp, int tp, int pp) {
+  (void)pp;
+  const BatchSplit split = split_batch(cfg, dp);
+  MT_CHECK(split.error.empty(), "[plan] {}", split.error);
+  const int64_t N = int64_t(split.micro_rows) * cfg.model.seq_len, C = cfg.model.n_embd;
+  std::vector<GemmRate> out;
+  auto add = [&](const Linear& l) {
+    for (const auto& g : out)
+      if (g.m == l.tokens && g.n == l.out && g.k == l.in) return;
+    out.push_back({l.tokens, l.out, l.in, 0.0});
+  };
+  for (const Linear& l : block_linears(N, C, tp)) add(l);
+  add(classifier(N, C, cfg.model.padded_vocab(), tp));
+  return out;
+}
+
+Hardware load_hardware(const std::string& path) {
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    MT_FAIL("[plan] cannot read the hardware description '{}': {} (line {})", path, e.description(),
+            e.source().begin.line);
+  }
+  Hardware hw;
+  hw.name = t["name"].value_or(std::string("?"));
+  hw.source = t["source"].value_or(std::string(""));
+  hw.cores = static_cast<int>(get_number(t, "cores", path, false));
+  hw.threads = std::max(1, static_cast<int>(get_number(t, "compute.threads", path, false)));
+  hw.gemm_gflops = get_number(t, "compute.gemm_gflops", path, true);
+  hw.attention_gflops = get_number(t, "compute.attention_gflops", path, true);
+  hw.elementwise_gbs = get_number(t, "compute.elementwise_gbs", path, true);
+  hw.adamw_params_per_s = get_number(t, "compute.adamw_params_per_s", path, true);
+  hw.link_gbs = get_number(t, "link.gbs", path, false);  // 0: calibrated on one rank (no collectives)
+  hw.link_latency_us = get_number(t, "link.latency_us", path, false);
+  hw.net_gbs = get_number(t, "net.gbs", path, false);
+  hw.net_latency_us = get_number(t, "net.latency_us", path, false);
+  hw.gpus_per_node = static_cast<int>(get_number(t, "gpus_per_node", path, false));
+  hw.memory_gib = get_number(t, "memory.gib", path, false);
+  hw.process_mib = get_number(t, "memory.process_mib", path, false);
+  hw.peak_tflops = get_number(t, "compute.peak_tflops", path, false);
+  if (const toml::array* a = t.at_path("compute.gemm").as_array()) {
+    for (const toml::node& n : *a) {
+      const toml::table* g = n.as_table();
+      MT_CHECK(g, "[plan] {}: compute.gemm holds tables {{ m, n, k, gflops }}", path);
+      hw.gemm.push_back({static_cast<int64_t>(get_number(*g, "m", path, true)),
+                         static_cast<int64_t>(get_number(*g, "n", path, true)),
+                         static_cast<int64_t>(get_number(*g, "k", path, true)), get_number(*g, "gflops", path, true)});
+    }
+  }
+  for (double v : {hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s})
+    MT_CHECK(v > 0, "[plan] {}: every compute and link figure must be above 0", path);
+  return hw;
+}
+
+std::string hardware_to_toml(const Hardware& hw) {
+  std::ostringstream o;
+  o << fmt::format("# A hardware description for `meshtrain plan --hardware` (launch/plan_time.h says how each\n"
+                   "# figure is used).\nname = \"{}\"\nsource = \"{}\"\ncores = {}\n", hw.name, hw.source, hw.cores);
+  if (hw.gpus_per_node) o << fmt::format("gpus_per_node = {}\n", hw.gpus_per_node);
+  o << fmt::format("\n[compute]\nthreads = {}\ngemm_gflops = {:.2f}\nattention_gflops = {:.2f}\nelementwise_gbs = {:.2f}\n"
+                   "adamw_params_per_s = {:.4g}\n",
+                   hw.threads, hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s);
+  if (hw.peak_tflops > 0) o << fmt::format("peak_tflops = {:.1f}\n", hw.peak_tflops);
+  o << "# GEMM throughput at the model's shapes: m tokens x n outputs x k inputs, forward and backward.\n"
+       "gemm = [\n";
+  for (const auto& g : hw.gemm) o << fmt::format("  {{ m = {}, n = {}, k = {}, gflops = {:.2f} }},\n", g.m, g.n, g.k, g.gflops);
+  o << "]\n";
+  o << fmt::format("\n[link]\ngbs = {:.3f}\nlatency_us = {:.2f}\n", hw.link_gbs, hw.link_latency_us);
+  if (hw.net_gbs > 0) o << fmt::format("\n[net]\ngbs = {:.3f}\nlatency_us = {:.2f}\n", hw.net_gbs, hw.net_latency_us);
+  o << fmt::format("\n[memory]\ngib = {:.1f}\nprocess_mib = {:.1f}\n", hw.memory_gib, hw.process_mib);
+  return o.str();
+}
+
+LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, int tp, int pp, int zero) {
+  (void)zero;  // ZeRO-1 moves the same bytes (reduce-scatter + all-gather = one all-reduce)
+  const GptConfig& m = cfg.model;
+  const BatchSplit split = split_batch(cfg, dp);
+  MT_CHECK(split.error.empty(), "[plan] {}", split.error);
+  const int ranks = dp * tp * pp, micro = split.micro_count;
+  const double N = double(split.micro_rows) * m.seq_len, C = m.n_embd, F = 4.0 * C / tp;
+  const double Vl = double(m.padded_vocab()) / tp, H = double(m.n_head) / tp, hd = m.head_size();
+  const double fp = 4.0;  // bytes per value
+  // Where a group's ranks sit: consecutive ranks fill a node, tp innermost, then dp, then pp.
+  const int per_node = hw.gpus_per_node > 0 ? hw.gpus_per_node : ranks;
+  const bool tp_across = tp > per_node, dp_across = tp * dp > per_node, pp_across = ranks > per_node && pp > 1;
+  const bool recompute = cfg.train.recompute != "none";
+
+  double block = 0.0;
+  for (const Linear& l : block_linears(int64_t(N), int64_t(C), tp)) block += gemm_seconds(hw, l);
+  block += attention_flops(split.micro_rows, m.seq_len, H, hd) / (hw.attention_gflops * 1e9);
+  block += block_elementwise_bytes(N, C, F) / (hw.elementwise_gbs * 1e9);
+  if (recompute) block *= 4.0 / 3.0;  // one more forward (a third of forward + backward)
+  const double head = gemm_seconds(hw, classifier(int64_t(N), int64_t(C), m.padded_vocab(), tp)) +
+                      loss_elementwise_bytes(N, Vl) / (hw.elementwise_gbs * 1e9);
+  const double embed = 6.0 * N * C * fp / (hw.elementwise_gbs * 1e9);
+  const double act = N * C * fp;
+  const double tp_one = all_reduce_seconds(hw, act, tp, tp_across);
+
+  // The slowest stage's micro-batch (blocks split as evenly as the model splits them).
+  double stage_micro = 0.0, stage_tp = 0.0, params_max = 0.0;
+  for (int s = 0; s < pp; ++s) {
+    const ParameterTable table(m, tp, 0, pp, s);
+    const auto [first, last] = ParameterTable::stage_layers(m.n_layer, pp, s);
+    const int blocks = last - first;
+    double t = blocks * block, comm = blocks * 4 * tp_one;
+    if (s == 0) t += embed, comm += tp_one;
+    if (s == pp - 1) t += head, comm += 3 * all_reduce_seconds(hw, N * fp, tp, tp_across);
+    if (pp > 1) comm += 2 * p2p_seconds(hw, act, pp_across);
+    if (t + comm > stage_micro + stage_tp) stage_micro = t, stage_tp = comm;
+    params_max = std::max(params_max, double(table.total()));
+  }
+  LayoutTime r;
+  r.compute_ms = micro * stage_micro * 1e3;
+  r.tp_ms = micro * stage_tp * 1e3;
+  r.bubble_ms = (pp - 1) * (stage_micro + stage_tp) * 1e3;
+  r.pp_ms = r.bubble_ms + (pp > 1 ? all_reduce_seconds(hw, double(m.padded_vocab()) / tp * C * fp, 2, pp_across) * 1e3 : 0.0);
+  r.dp_ms = all_reduce_seconds(hw, params_max * fp, dp, dp_across) * 1e3;
+  const double share = zero ? params_max / dp : params_max;
+  r.optimizer_ms = share / hw.adamw_params_per_s * 1e3;
+  r.step_ms = r.compute_ms + r.tp_ms + r.pp_ms + r.dp_ms + r.optimizer_ms;
+  // Ranks that outnumber the cores take turns: every rank's busy time over the cores bounds the step
+  // (compute, optimizer and the copies its communication makes; a waiting rank yields its core).
+  const int threads = std::max(1, cfg.train.threads > 0 ? cfg.train.threads : hw.threads);
+  if (hw.cores > 0 && ranks * threads > hw.cores) {
+    const double busy = ranks * (r.compute_ms + r.tp_ms + r.dp_ms + r.optimizer_ms);
+    const double bound = busy * threads / hw.cores;
+    if (bound > r.step_ms) {
+      r.oversubscribed = true;
+      r.step_ms = bound;
+    }
+  }
+  const double tokens = double(split.global_rows) * m.seq_len;
+  r.tokens_per_s = tokens / (r.step_ms * 1e-3);
+  if (hw.peak_tflops > 0) {
+    const double n_params = 12.0 * m.n_layer * C * C + double(m.padded_vocab()) * C;
+    const double flops_per_token = 6.0 * n_params + 12.0 * m.n_layer * C * m.seq_len;
+    r.mfu = 100.0 * r.tokens_per_s * flops_per_token / (hw.peak_tflops * 1e12 * ranks);
+  }
+  return r;
+}
+
+namespace {
+
+/// Seconds per call of fn: the median of repeats after a warm-up.
+template <class Fn>
+double time_it(Fn&& fn, int repeats = 7) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    const auto a = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(p + 2);
+    }
+  return "this CPU";
+}
+
+double resident_mib() {
+  std::ifstream f("/proc/self/statm");
+  long pages_total = 0, pages_resident = 0;
+  f >> pages_total >> pages_resident;
+  return double(pages_resident) * double(::sysconf(_SC_PAGESIZE)) / 1048576.0;
+}
+
+}  // namespace
+
+void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
+  const bool lead = world.rank() == 0;
+  Config cfg = load_config(args.config_file, args.overrides);
+  MT_CHECK(cfg.model.vocab_size > 0,
+           "[plan] model.vocab_size = 0 means 'the tokenizer's': give the size with --set model.vocab_size=N");
+  if (lead && !args.out.empty()) {
+    MT_CHECK(args.overwrite || !fs::exists(args.out),
+             "[plan] '{}' exists; pass --overwrite to replace it, or choose another --out", args.out);
+  }
+  Hardware hw;
+  hw.name = args.name.empty() ? cpu_model() : args.name;
+  hw.cores = available_cores();
+  hw.threads = std::max(1, cfg.train.threads);
+  hw.process_mib = resident_mib();
+  hw.memory_gib = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE)) / (1 << 30);
+  hw.source = fmt::format("meshtrain plan calibrate, {} thread{} per rank, {} rank{}", hw.threads,
+                          hw.threads == 1 ? "" : "s", world.size(), world.size() == 1 ? "" : "s");
+  set_num_threads(hw.threads);
+  const std::unique_ptr<Backend> be = make_cpu_backend();
+  const int ranks = args.ranks > 0 ? args.ranks : std::max(world.size(), 8);
+  const GptConfig& m = cfg.model;
+  auto progress = [&](const std::string& what) {
+    if (lead) fmt::print(stderr, "[plan calibrate] {}\n", what);
+  };
+
+  // GEMMs: every linear of every layout's micro-batch, forward and backward through the backend.
+  // Every rank of the launch measures at the same time, as a job's ranks compute at the same time
+  // (shared caches, memory bandwidth and, on a CPU, cores), and the figures are their means.
+  {
+    world.barrier();
+    std::vector<GemmRate> shapes;
+    for (int tp = 1; tp <= ranks; ++tp)
+      for (int dp = 1; dp * tp <= ranks; ++dp) {
+        if (ranks % (dp * tp) || m.n_head % tp || split_batch(cfg, dp).error.size()) continue;
+        for (const GemmRate& g : layout_gemm_shapes(cfg, dp, tp, 1))
+          if (std::none_of(shapes.begin(), shapes.end(),
+                           [&](const GemmRate& s) { return s.m == g.m && s.n == g.n && s.k == g.k; }))
+            shapes.push_back(g);
+      }
+    double flops = 0, secs = 0;
+    for (GemmRate& g : shapes) {
+      Tensor in = Tensor::empty({g.m, g.k}), w = Tensor::empty({g.n, g.k}), out = Tensor::empty({g.m, g.n});
+      Tensor din = Tensor::empty({g.m, g.k}), dw = Tensor::empty({g.n, g.k});
+      for (Tensor* t : {&in, &w, &out}) std::fill(t->f32(), t->f32() + t->numel(), 0.01f);
+      std::fill(dw.f32(), dw.f32() + dw.numel(), 0.0f);
+      const double s = time_it([&] {
+        be->matmul_forward(out.raw(), in.raw(), w.raw(), nullptr, int(g.m), int(g.k), int(g.n));
+        be->matmul_backward(din.raw(), dw.raw(), nullptr, out.raw(), in.raw(), w.raw(), int(g.m), int(g.k), int(g.n));
+      });
+      g.gflops = Linear{g.m, g.k, g.n}.flops() / s / 1e9;
+      flops += Linear{g.m, g.k, g.n}.flops();
+      secs += s;
+    }
+    hw.gemm = shapes;
+    hw.gemm_gflops = flops / secs / 1e9;
+
+    // Attention and the element-wise work at the single-rank micro-batch's shape.
+    const BatchSplit split = split_batch(cfg, 1);
+    MT_CHECK(split.error.empty(), "[plan] {}", split.error);
+    const int B = split.micro_rows, T = m.seq_len, C = m.n_embd, NH = m.n_head;
+    const int64_t N = int64_t(B) * T, F = 4 * C, Vp = m.padded_vocab();
+    Tensor qkv = Tensor::empty({N, 3 * C}), att = Tensor::empty({N, C}), datt = Tensor::empty({N, C});
+    Tensor dqkv = Tensor::empty({N, 3 * C});
+    Tensor saved = Tensor::empty({std::max<int64_t>(1, be->attention_saved(B, T, C, NH))});
+    Tensor scratch = Tensor::empty({std::max<int64_t>(1, be->attention_scratch(B, T, C, NH))});
+    for (Tensor* t : {&qkv, &datt}) std::fill(t->f32(), t->f32() + t->numel(), 0.01f);
+    const double ta = time_it([&] {
+      be->attention_forward(att.raw(), saved.f32(), qkv.raw(), B, T, C, NH);
+      be->attention_backward(dqkv.raw(), scratch.f32(), datt.raw(), qkv.raw(), att.raw(), saved.f32(), B, T, C, NH);
+    });
+    hw.attention_gflops = attention_flops(B, T, NH, m.head_size()) / ta / 1e9;
+
+    Tensor x = Tensor::empty({N, C}), y = Tensor::empty({N, C}), dx = Tensor::empty({N, C}), res = Tensor::empty({N, C});
+    Tensor g = Tensor::empty({C}), b = Tensor::empty({C}), dg = Tensor::empty({C}), db = Tensor::empty({C});
+    Tensor mean = Tensor::empty({N}), rstd = Tensor::empty({N});
+    Tensor h = Tensor::empty({N, F}), gh = Tensor::empty({N, F}), dh = Tensor::empty({N, F});
+    for (Tensor* t : {&x, &y, &dx, &res, &g, &b, &h, &dh}) std::fill(t->f32(), t->f32() + t->numel(), 0.5f);
+    const double tb = time_it([&] {
+      for (int i = 0; i < 2; ++i) {
+        be->layernorm_forward(y.raw(), mean.f32(), rstd.f32(), x.raw(), g.raw(), b.raw(), int(N), C);
+        be->residual_forward(res.raw(), x.raw(), y.raw(), N * C);
+      }
+      be->gelu_forward(gh.raw(), h.raw(), N * F);
+      be->gelu_backward(dh.raw(), h.raw(), gh.raw(), N * F);
+      for (int i = 0; i < 2; ++i) {
+        be->layernorm_backward(dx.raw(), dg.raw(), db.raw(), y.raw(), x.raw(), g.raw(), mean.f32(), rstd.f32(), int(N), C);
+        be->accumulate(res.raw(), dx.raw(), N * C, 1.0f);
+      }
+    });
+    Tensor logits = Tensor::empty({N, Vp}), losses = Tensor::empty({N});
+    Tensor targets = Tensor::empty({N}, DType::i32);
+    std::fill(logits.f32(), logits.f32() + logits.numel(), 0.1f);
+    for (int64_t i = 0; i < N; ++i) targets.data<int32_t>()[i] = int32_t(i % m.vocab_size);
+    const double tl = time_it([&] {
+      be->crossentropy(losses.f32(), logits.raw(), logits.raw(), targets.data<int32_t>(), int(N), m.vocab_size,
+                       int(Vp), 1.0f / float(N));
+    });
+    hw.elementwise_gbs =
+        (block_elementwise_bytes(double(N), C, double(F)) + loss_elementwise_bytes(double(N), double(Vp))) / (tb + tl) / 1e9;
+
+    const ParameterTable table(m, 1, 0, 1, 0);
+    const int64_t P = table.total();
+    Tensor p = Tensor::empty({P}), gr = Tensor::empty({P}), m1 = Tensor::empty({P}), v1 = Tensor::empty({P});
+    for (Tensor* t : {&p, &gr, &m1, &v1}) std::fill(t->f32(), t->f32() + t->numel(), 0.01f);
+    AdamWScalars sc{1e-4f, 0.9f, 0.99f, 1.0f, 1.0f};
+    const double to = time_it([&] {
+      be->adamw_update(p.raw(), nullptr, gr.raw(), m1.f32(), v1.f32(), P, &sc, 0.9f, 0.95f, 1e-8f, 0.1f);
+    });
+    hw.adamw_params_per_s = double(P) / to;
+
+    // The ranks' means.
+    Tensor rates = Tensor::empty({int64_t(hw.gemm.size()) + 4});
+    float* r = rates.f32();
+    for (size_t i = 0; i < hw.gemm.size(); ++i) r[i] = float(hw.gemm[i].gflops);
+    const size_t k = hw.gemm.size();
+    r[k] = float(hw.gemm_gflops), r[k + 1] = float(hw.attention_gflops), r[k + 2] = float(hw.elementwise_gbs);
+    r[k + 3] = float(hw.adamw_params_per_s / 1e6);
+    world.all_reduce(rates, ReduceOp::sum);
+    const double n = world.size();
+    for (size_t i = 0; i < k; ++i) {
+      hw.gemm[i].gflops = r[i] / n;
+      progress(fmt::format("linear {} x {} -> {}: {:.1f} GFLOP/s", hw.gemm[i].m, hw.gemm[i].k, hw.gemm[i].n,
+                           hw.gemm[i].gflops));
+    }
+    hw.gemm_gflops = r[k] / n, hw.attention_gflops = r[k + 1] / n, hw.elementwise_gbs = r[k + 2] / n;
+    hw.adamw_params_per_s = r[k + 3] / n * 1e6;
+    progress(fmt::format("attention B {} T {} heads {}: {:.1f} GFLOP/s", B, T, NH, hw.attention_gflops));
+    progress(fmt::format("element-wise (LayerNorm, GELU, residual, loss): {:.1f} GB/s", hw.elementwise_gbs));
+    progress(fmt::format("AdamW: {:.3g} parameters/s", hw.adamw_params_per_s));
+    if (world.size() > 1)
+      progress(fmt::format("(means over {} ranks measuring at once)", world.size()));
+  }
+
+  // Collectives: all-reduce over every rank of the launch at three sizes; latency and bandwidth by a
+  // least-squares fit of t = 2(n-1) latency + 2(n-1)/n bytes / bandwidth.
+  const int n = world.size();
+  if (n >= 2) {
+    std::vector<double> xs, ts;
+    for (int64_t count : {int64_t(256), int64_t(16384), int64_t(262144), int64_t(1048576)}) {
+      Tensor t = Tensor::empty({count});
+      std::fill(t.f32(), t.f32() + count, 1.0f);
+      world.barrier();
+      const double s = time_it([&] { world.all_reduce(t, ReduceOp::sum); }, 9);
+      Tensor agreed = Tensor::empty({1});
+      agreed.f32()[0] = float(s);
+      world.all_reduce(agreed, ReduceOp::max);
+      xs.push_back(2.0 * (n - 1) / n * double(count) * 4.0);
+      ts.push_back(double(agreed.f32()[0]));
+      progress(fmt::format("all-reduce of {} KiB over {} ranks: {:.1f} us", count * 4 / 1024, n, agreed.f32()[0] * 1e6));
+    }
+    // t = a + x / bw with a = 2(n-1) latency.
+    // Weighted by 1 / t^2, so the fit's error is relative: the small sizes pin the latency, the
+    // large ones the bandwidth.
+    double sw = 0, sx = 0, st = 0, sxx = 0, sxt = 0;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double w = 1.0 / (ts[i] * ts[i]);
+      sw += w, sx += w * xs[i], st += w * ts[i], sxx += w * xs[i] * xs[i], sxt += w * xs[i] * ts[i];
+    }
+    const double slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx), icept = (st - slope * sx) / sw;
+    hw.link_gbs = slope > 0 ? 1.0 / slope / 1e9 : 0.0;
+    hw.link_latency_us = std::max(0.0, icept / (2.0 * (n - 1)) * 1e6);
+  } else if (lead) {
+    fmt::print(stderr, "[plan calibrate] one rank: link figures left at 0; run under mpiexec -n 2 (or srun) to "
+                       "measure collectives\n");
+  }
+  if (!lead) return;
+  const std::string text = hardware_to_toml(hw);
+  if (args.out.empty()) {
+    fmt::print("{}", text);
+    return;
+  }
+  const std::string tmp = args.out + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << text;
+    f.flush();
+    MT_CHECK(f.good(), "[plan] cannot write '{}'", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, args.out, ec);
+  MT_CHECK(!ec, "[plan] cannot rename '{}' to '{}': {}", tmp, args.out, ec.message());
+  fmt::print("[plan calibrate] wrote {}\n", args.out);
+}
+
+}  // namespace meshtrain
