@@ -7,6 +7,7 @@
 # Usage: bench/layouts.sh [BUILD_DIR] [WORK_DIR] [STEPS]
 # On GPUs: DEVICE=cuda [PRECISION=bf16] [COMM=auto|nccl|mpi] [GRAPH=true] [MODEL=gpt2] [MAX_RANKS=N]
 # (COMM=mpi lets all ranks share one GPU; layouts needing more ranks than MAX_RANKS are skipped).
+# BIND=core:overload-allowed pins each rank to a core (default none: the OS places them).
 set -euo pipefail
 build=${1:-build/release}
 work=${2:-${TMPDIR:-/tmp}/meshtrain-layouts}
@@ -14,7 +15,7 @@ steps=${3:-10}
 bin=$build/meshtrain
 corpus=${CORPUS:-/usr/share/games/fortunes/cookie}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-  OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1
+  OMPI_MCA_hwloc_base_binding_policy=${BIND:-none} OMPI_MCA_mpi_yield_when_idle=1
 mkdir -p "$work"
 if [ ! -f "$corpus" ]; then  # no fortunes here (a GPU machine): the project's own prose will do
   corpus="$work/corpus.txt"

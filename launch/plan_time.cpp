@@ -16,6 +16,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "model/backend.h"
+#include "model/gpt.h"
 #include "model/kernels/adamw.h"
 #include "model/params.h"
 #include "parallel/pipeline.h"
@@ -88,6 +89,35 @@ double p2p_seconds(const Hardware& hw, double bytes, bool across_nodes) {
   return lat * 1e-6 + bytes / (gbs * 1e9);
 }
 
+/// One micro-batch's compute on one stage, from the op rates alone (in_step_factor not applied):
+/// a block, the head (last stage: classifier and loss) and the embedding (first stage).
+struct MicroWork {
+  double block = 0, head = 0, embed = 0;
+};
+MicroWork micro_work(const GptConfig& m, const Hardware& hw, int B, int tp, bool recompute) {
+  const double N = double(B) * m.seq_len, C = m.n_embd, F = 4.0 * C / tp;
+  const double Vl = double(m.padded_vocab()) / tp, H = double(m.n_head) / tp;
+  MicroWork w;
+  for (const Linear& l : block_linears(int64_t(N), int64_t(C), tp)) w.block += gemm_seconds(hw, l);
+  w.block += attention_flops(B, m.seq_len, H, m.head_size()) / (hw.attention_gflops * 1e9);
+  w.block += block_elementwise_bytes(N, C, F) / (hw.elementwise_gbs * 1e9);
+  if (recompute) w.block *= 4.0 / 3.0;  // one more forward (a third of forward + backward)
+  w.head = gemm_seconds(hw, classifier(int64_t(N), int64_t(C), m.padded_vocab(), tp)) +
+           loss_elementwise_bytes(N, Vl) / (hw.elementwise_gbs * 1e9);
+  w.embed = 6.0 * N * C * 4.0 / (hw.elementwise_gbs * 1e9);
+  return w;
+}
+
+/// The measured in-step factor of the nearest micro-batch size (in log distance), else the default.
+double in_step_factor(const Hardware& hw, int rows) {
+  double best = 1e300, factor = hw.in_step_factor;
+  for (const auto& [r, f] : hw.in_step) {
+    const double d = std::abs(std::log(double(r) / double(rows)));
+    if (d < best) best = d, factor = f;
+  }
+  return factor;
+}
+
 double get_number(const toml::table& t, const std::string& key, const std::string& path, bool required) {
   const toml::node* n = t.at_path(key).node();
   if (!n) {
@@ -135,6 +165,19 @@ Hardware load_hardware(const std::string& path) {
   hw.adamw_params_per_s = get_number(t, "compute.adamw_params_per_s", path, true);
   hw.link_gbs = get_number(t, "link.gbs", path, false);  // 0: calibrated on one rank (no collectives)
   hw.link_latency_us = get_number(t, "link.latency_us", path, false);
+  hw.async_gbs = get_number(t, "link.async_gbs", path, false);
+  hw.async_latency_us = get_number(t, "link.async_latency_us", path, false);
+  if (t.at_path("compute.in_step_factor").node()) hw.in_step_factor = get_number(t, "compute.in_step_factor", path, true);
+  MT_CHECK(hw.in_step_factor > 0, "[plan] {}: compute.in_step_factor must be above 0", path);
+  if (const toml::array* a = t.at_path("compute.in_step").as_array()) {
+    for (const toml::node& n : *a) {
+      const toml::table* e = n.as_table();
+      MT_CHECK(e, "[plan] {}: compute.in_step holds tables {{ rows, factor }}", path);
+      hw.in_step.push_back({static_cast<int>(get_number(*e, "rows", path, true)), get_number(*e, "factor", path, true)});
+      MT_CHECK(hw.in_step.back().first > 0 && hw.in_step.back().second > 0,
+               "[plan] {}: compute.in_step rows and factor must be above 0", path);
+    }
+  }
   hw.net_gbs = get_number(t, "net.gbs", path, false);
   hw.net_latency_us = get_number(t, "net.latency_us", path, false);
   hw.gpus_per_node = static_cast<int>(get_number(t, "gpus_per_node", path, false));
@@ -161,14 +204,22 @@ std::string hardware_to_toml(const Hardware& hw) {
                    "# figure is used).\nname = \"{}\"\nsource = \"{}\"\ncores = {}\n", hw.name, hw.source, hw.cores);
   if (hw.gpus_per_node) o << fmt::format("gpus_per_node = {}\n", hw.gpus_per_node);
   o << fmt::format("\n[compute]\nthreads = {}\ngemm_gflops = {:.2f}\nattention_gflops = {:.2f}\nelementwise_gbs = {:.2f}\n"
-                   "adamw_params_per_s = {:.4g}\n",
-                   hw.threads, hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s);
+                   "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\n",
+                   hw.threads, hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s,
+                   hw.in_step_factor);
   if (hw.peak_tflops > 0) o << fmt::format("peak_tflops = {:.1f}\n", hw.peak_tflops);
+  if (!hw.in_step.empty()) {
+    o << "# A whole micro-batch of `rows` sequences over the sum of its parts timed alone.\nin_step = [\n";
+    for (const auto& [r, f] : hw.in_step) o << fmt::format("  {{ rows = {}, factor = {:.3f} }},\n", r, f);
+    o << "]\n";
+  }
   o << "# GEMM throughput at the model's shapes: m tokens x n outputs x k inputs, forward and backward.\n"
        "gemm = [\n";
   for (const auto& g : hw.gemm) o << fmt::format("  {{ m = {}, n = {}, k = {}, gflops = {:.2f} }},\n", g.m, g.n, g.k, g.gflops);
   o << "]\n";
   o << fmt::format("\n[link]\ngbs = {:.3f}\nlatency_us = {:.2f}\n", hw.link_gbs, hw.link_latency_us);
+  if (hw.async_gbs > 0)
+    o << fmt::format("async_gbs = {:.3f}\nasync_latency_us = {:.2f}\n", hw.async_gbs, hw.async_latency_us);
   if (hw.net_gbs > 0) o << fmt::format("\n[net]\ngbs = {:.3f}\nlatency_us = {:.2f}\n", hw.net_gbs, hw.net_latency_us);
   o << fmt::format("\n[memory]\ngib = {:.1f}\nprocess_mib = {:.1f}\n", hw.memory_gib, hw.process_mib);
   return o.str();
@@ -180,27 +231,21 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   const BatchSplit split = split_batch(cfg, dp);
   MT_CHECK(split.error.empty(), "[plan] {}", split.error);
   const int ranks = dp * tp * pp, micro = split.micro_count;
-  const double N = double(split.micro_rows) * m.seq_len, C = m.n_embd, F = 4.0 * C / tp;
-  const double Vl = double(m.padded_vocab()) / tp, H = double(m.n_head) / tp, hd = m.head_size();
+  const double N = double(split.micro_rows) * m.seq_len, C = m.n_embd;
   const double fp = 4.0;  // bytes per value
   // Where a group's ranks sit: consecutive ranks fill a node, tp innermost, then dp, then pp.
   const int per_node = hw.gpus_per_node > 0 ? hw.gpus_per_node : ranks;
   const bool tp_across = tp > per_node, dp_across = tp * dp > per_node, pp_across = ranks > per_node && pp > 1;
   const bool recompute = cfg.train.recompute != "none";
 
-  double block = 0.0;
-  for (const Linear& l : block_linears(int64_t(N), int64_t(C), tp)) block += gemm_seconds(hw, l);
-  block += attention_flops(split.micro_rows, m.seq_len, H, hd) / (hw.attention_gflops * 1e9);
-  block += block_elementwise_bytes(N, C, F) / (hw.elementwise_gbs * 1e9);
-  if (recompute) block *= 4.0 / 3.0;  // one more forward (a third of forward + backward)
-  const double head = gemm_seconds(hw, classifier(int64_t(N), int64_t(C), m.padded_vocab(), tp)) +
-                      loss_elementwise_bytes(N, Vl) / (hw.elementwise_gbs * 1e9);
-  const double embed = 6.0 * N * C * fp / (hw.elementwise_gbs * 1e9);
+  const MicroWork w = micro_work(m, hw, split.micro_rows, tp, recompute);
+  const double factor = in_step_factor(hw, split.micro_rows);
+  const double block = w.block * factor, head = w.head * factor, embed = w.embed * factor;
   const double act = N * C * fp;
   const double tp_one = all_reduce_seconds(hw, act, tp, tp_across);
 
   // The slowest stage's micro-batch (blocks split as evenly as the model splits them).
-  double stage_micro = 0.0, stage_tp = 0.0, params_max = 0.0;
+  double stage_micro = 0.0, stage_tp = 0.0, params_max = 0.0, all_stages = 0.0;
   for (int s = 0; s < pp; ++s) {
     const ParameterTable table(m, tp, 0, pp, s);
     const auto [first, last] = ParameterTable::stage_layers(m.n_layer, pp, s);
@@ -210,14 +255,21 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
     if (s == pp - 1) t += head, comm += 3 * all_reduce_seconds(hw, N * fp, tp, tp_across);
     if (pp > 1) comm += 2 * p2p_seconds(hw, act, pp_across);
     if (t + comm > stage_micro + stage_tp) stage_micro = t, stage_tp = comm;
+    all_stages += t + comm;
     params_max = std::max(params_max, double(table.total()));
   }
   LayoutTime r;
   r.compute_ms = micro * stage_micro * 1e3;
   r.tp_ms = micro * stage_tp * 1e3;
-  r.bubble_ms = (pp - 1) * (stage_micro + stage_tp) * 1e3;
+  // The slowest stage idles while the first micro-batch's forward reaches it and while the last
+  // one's backward leaves the stages before it: one micro-batch of every other stage, which is the
+  // textbook (p - 1) micro-batch times when the stages are equal.
+  r.bubble_ms = (all_stages - (stage_micro + stage_tp)) * 1e3;
   r.pp_ms = r.bubble_ms + (pp > 1 ? all_reduce_seconds(hw, double(m.padded_vocab()) / tp * C * fp, 2, pp_across) * 1e3 : 0.0);
-  r.dp_ms = all_reduce_seconds(hw, params_max * fp, dp, dp_across) * 1e3;
+  // The gradients go as non-blocking all-reduces (buckets): their own measured figures where known.
+  Hardware dp_hw = hw;
+  if (hw.async_gbs > 0) dp_hw.link_gbs = hw.async_gbs, dp_hw.link_latency_us = hw.async_latency_us;
+  r.dp_ms = all_reduce_seconds(dp_hw, params_max * fp, dp, dp_across) * 1e3;
   const double share = zero ? params_max / dp : params_max;
   r.optimizer_ms = share / hw.adamw_params_per_s * 1e3;
   r.step_ms = r.compute_ms + r.tp_ms + r.pp_ms + r.dp_ms + r.optimizer_ms;
@@ -244,18 +296,31 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
 
 namespace {
 
-/// Seconds per call of fn: the median of repeats after a warm-up.
-template <class Fn>
-double time_it(Fn&& fn, int repeats = 7) {
+/// Seconds per call of fn: the median of repeats after a warm-up; before each, between() (untimed).
+template <class Fn, class Between>
+double time_it(Fn&& fn, int repeats, Between&& between) {
   fn();
   std::vector<double> t;
   for (int i = 0; i < repeats; ++i) {
+    between();
     const auto a = std::chrono::steady_clock::now();
     fn();
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+template <class Fn>
+double time_it(Fn&& fn, int repeats = 7) {
+  return time_it(fn, repeats, [] {});
+}
+
+/// Writes 64 MiB so that the next operation starts with cold caches, as a training step's
+/// collectives do (their buffers were last touched before the compute that came in between).
+void evict_caches() {
+  static std::vector<char> junk(size_t(64) << 20);
+  static char value = 0;
+  std::fill(junk.begin(), junk.end(), ++value);
 }
 
 std::string cpu_model() {
@@ -276,6 +341,45 @@ double resident_mib() {
   return double(pages_resident) * double(::sysconf(_SC_PAGESIZE)) / 1048576.0;
 }
 
+/// All-reduces over every rank of world at four sizes (blocking, or non-blocking and waited for as
+/// the data-parallel buckets are); returns (bandwidth GB/s, latency us) by a fit of
+/// t = 2(n-1) latency + 2(n-1)/n bytes / bandwidth, weighted by 1 / t^2 so its error is relative:
+/// the small sizes pin the latency, the large ones the bandwidth.
+template <class Progress>
+std::pair<double, double> fit_all_reduce(Communicator& world, bool async, Progress&& progress) {
+  const int n = world.size();
+  std::vector<double> xs, ts;
+  for (int64_t count : {int64_t(256), int64_t(16384), int64_t(262144), int64_t(1048576)}) {
+    Tensor t = Tensor::empty({count});
+    std::fill(t.f32(), t.f32() + count, 1.0f);
+    world.barrier();
+    const double s = time_it(
+        [&] {
+          if (async) world.all_reduce_async(t, ReduceOp::sum)->wait();
+          else world.all_reduce(t, ReduceOp::sum);
+        },
+        9,
+        [&] {
+          evict_caches();
+          world.barrier();
+        });
+    Tensor agreed = Tensor::empty({1});
+    agreed.f32()[0] = float(s);
+    world.all_reduce(agreed, ReduceOp::max);
+    xs.push_back(2.0 * (n - 1) / n * double(count) * 4.0);
+    ts.push_back(double(agreed.f32()[0]));
+    progress(fmt::format("{}all-reduce of {} KiB over {} ranks: {:.1f} us", async ? "non-blocking " : "",
+                         count * 4 / 1024, n, agreed.f32()[0] * 1e6));
+  }
+  double sw = 0, sx = 0, st = 0, sxx = 0, sxt = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double w = 1.0 / (ts[i] * ts[i]);
+    sw += w, sx += w * xs[i], st += w * ts[i], sxx += w * xs[i] * xs[i], sxt += w * xs[i] * ts[i];
+  }
+  const double slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx), icept = (st - slope * sx) / sw;
+  return {slope > 0 ? 1.0 / slope / 1e9 : 0.0, std::max(0.0, icept / (2.0 * (n - 1)) * 1e6)};
+}
+
 }  // namespace
 
 void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
@@ -289,7 +393,13 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
   }
   Hardware hw;
   hw.name = args.name.empty() ? cpu_model() : args.name;
-  hw.cores = available_cores();
+  {  // the cores the launch's ranks may use together (each bound rank sees only its own)
+    const std::vector<int32_t> mine = affinity_flags();
+    Tensor flags = Tensor::empty({int64_t(mine.size())}, DType::i32);
+    std::copy(mine.begin(), mine.end(), flags.data<int32_t>());
+    world.all_reduce(flags, ReduceOp::max);
+    hw.cores = int(std::count(flags.data<int32_t>(), flags.data<int32_t>() + flags.numel(), 1));
+  }
   hw.threads = std::max(1, cfg.train.threads);
   hw.process_mib = resident_mib();
   hw.memory_gib = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGESIZE)) / (1 << 30);
@@ -407,6 +517,42 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
     progress(fmt::format("attention B {} T {} heads {}: {:.1f} GFLOP/s", B, T, NH, hw.attention_gflops));
     progress(fmt::format("element-wise (LayerNorm, GELU, residual, loss): {:.1f} GB/s", hw.elementwise_gbs));
     progress(fmt::format("AdamW: {:.3g} parameters/s", hw.adamw_params_per_s));
+
+    // A real micro-batch of the whole model (one rank, no parallelism) against the sum of its parts,
+    // at each micro-batch size the layouts use (a smaller one has relatively more fixed costs).
+    {
+      LocalCommunicator alone;
+      Gpt model(m, alone);
+      model.set_recompute(parse_recompute(cfg.train.recompute));
+      model.initialize(1);
+      std::vector<int> sizes;
+      for (int dp = 1; dp <= ranks; ++dp) {
+        const BatchSplit sp = split_batch(cfg, dp);
+        if (ranks % dp == 0 && sp.error.empty() && std::find(sizes.begin(), sizes.end(), sp.micro_rows) == sizes.end())
+          sizes.push_back(sp.micro_rows);
+      }
+      Tensor f = Tensor::empty({int64_t(sizes.size())});
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        const int rows = sizes[i];
+        std::vector<int32_t> ids(static_cast<size_t>(rows) * T);
+        for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+        world.barrier();
+        const double measured = time_it([&] {
+          model.zero_grad();
+          model.forward(ids.data(), ids.data(), rows, T, true, 1.0f);
+          model.backward();
+        }, 11);
+        const MicroWork w = micro_work(m, hw, rows, 1, cfg.train.recompute != "none");
+        f.f32()[i] = float(measured / (m.n_layer * w.block + w.head + w.embed));
+      }
+      world.all_reduce(f, ReduceOp::sum);
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        hw.in_step.push_back({sizes[i], f.f32()[i] / world.size()});
+        if (sizes[i] == B) hw.in_step_factor = hw.in_step.back().second;
+        progress(fmt::format("a whole micro-batch of {} sequences takes {:.2f} x the sum of its parts", sizes[i],
+                             hw.in_step.back().second));
+      }
+    }
     if (world.size() > 1)
       progress(fmt::format("(means over {} ranks measuring at once)", world.size()));
   }
@@ -415,30 +561,10 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
   // least-squares fit of t = 2(n-1) latency + 2(n-1)/n bytes / bandwidth.
   const int n = world.size();
   if (n >= 2) {
-    std::vector<double> xs, ts;
-    for (int64_t count : {int64_t(256), int64_t(16384), int64_t(262144), int64_t(1048576)}) {
-      Tensor t = Tensor::empty({count});
-      std::fill(t.f32(), t.f32() + count, 1.0f);
-      world.barrier();
-      const double s = time_it([&] { world.all_reduce(t, ReduceOp::sum); }, 9);
-      Tensor agreed = Tensor::empty({1});
-      agreed.f32()[0] = float(s);
-      world.all_reduce(agreed, ReduceOp::max);
-      xs.push_back(2.0 * (n - 1) / n * double(count) * 4.0);
-      ts.push_back(double(agreed.f32()[0]));
-      progress(fmt::format("all-reduce of {} KiB over {} ranks: {:.1f} us", count * 4 / 1024, n, agreed.f32()[0] * 1e6));
-    }
-    // t = a + x / bw with a = 2(n-1) latency.
-    // Weighted by 1 / t^2, so the fit's error is relative: the small sizes pin the latency, the
-    // large ones the bandwidth.
-    double sw = 0, sx = 0, st = 0, sxx = 0, sxt = 0;
-    for (size_t i = 0; i < xs.size(); ++i) {
-      const double w = 1.0 / (ts[i] * ts[i]);
-      sw += w, sx += w * xs[i], st += w * ts[i], sxx += w * xs[i] * xs[i], sxt += w * xs[i] * ts[i];
-    }
-    const double slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx), icept = (st - slope * sx) / sw;
-    hw.link_gbs = slope > 0 ? 1.0 / slope / 1e9 : 0.0;
-    hw.link_latency_us = std::max(0.0, icept / (2.0 * (n - 1)) * 1e6);
+    const auto [gbs, lat] = fit_all_reduce(world, false, progress);
+    hw.link_gbs = gbs, hw.link_latency_us = lat;
+    const auto [agbs, alat] = fit_all_reduce(world, true, progress);
+    hw.async_gbs = agbs, hw.async_latency_us = alat;
   } else if (lead) {
     fmt::print(stderr, "[plan calibrate] one rank: link figures left at 0; run under mpiexec -n 2 (or srun) to "
                        "measure collectives\n");

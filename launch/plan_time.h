@@ -19,6 +19,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/communicator.h"
@@ -42,8 +43,13 @@ struct Hardware {
   double attention_gflops = 0;   // attention forward + backward, counted as its matrix products' FLOPs
   double elementwise_gbs = 0;    // LayerNorm, GELU, residual, loss: bytes read + written per second
   double adamw_params_per_s = 0; // AdamW update rate
+  double in_step_factor = 1.0;   // a real micro-batch's forward + backward over the sum of its parts
+                                 // timed alone (cold caches, bias sums, the embedding, bookkeeping)
+  std::vector<std::pair<int, double>> in_step;  // (micro-batch rows, factor) measured; nearest is used
   double link_gbs = 0;           // collective bandwidth inside a node, GB/s (algorithm bandwidth of a ring step)
   double link_latency_us = 0;    // per message step inside a node
+  double async_gbs = 0;          // the same for non-blocking all-reduces (data-parallel buckets); 0 = link
+  double async_latency_us = 0;
   double net_gbs = 0;            // across nodes
   double net_latency_us = 0;
   int gpus_per_node = 0;         // ranks per node sharing `link` (0: one node)

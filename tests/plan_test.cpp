@@ -158,7 +158,11 @@ TEST(PlanTime, MoreMicroBatchesShrinkTheBubbleShare) {
     const LayoutTime t = predict_layout_time(model_config(micro), hw, 1, 1, 4, 0);
     const double share = t.bubble_ms / t.step_ms;
     EXPECT_LT(share, last_share) << micro << " micro-batches";
-    EXPECT_NEAR(t.bubble_ms / (t.compute_ms + t.tp_ms), 3.0 / micro, 1e-9) << "(p - 1) / m of the pipeline's work";
+    // One micro-batch of each stage but the slowest: at most the textbook (p - 1) / m of the slowest
+    // stage's work, and more than half of it here (the stages differ only by the embedding and head).
+    EXPECT_GT(t.bubble_ms, 0.0);
+    EXPECT_LE(t.bubble_ms, (t.compute_ms + t.tp_ms) * 3.0 / micro * (1 + 1e-9));
+    EXPECT_GT(t.bubble_ms, (t.compute_ms + t.tp_ms) * 3.0 / micro / 2);
     last_share = share;
   }
   EXPECT_EQ(predict_layout_time(model_config(4), hw, 4, 1, 1, 0).bubble_ms, 0.0) << "no pipeline, no bubble";
