@@ -169,6 +169,8 @@ Hardware load_hardware(const std::string& path) {
   hw.async_latency_us = get_number(t, "link.async_latency_us", path, false);
   if (t.at_path("compute.in_step_factor").node()) hw.in_step_factor = get_number(t, "compute.in_step_factor", path, true);
   MT_CHECK(hw.in_step_factor > 0, "[plan] {}: compute.in_step_factor must be above 0", path);
+  if (t.at_path("compute.tp_factor").node()) hw.tp_factor = get_number(t, "compute.tp_factor", path, true);
+  MT_CHECK(hw.tp_factor > 0, "[plan] {}: compute.tp_factor must be above 0", path);
   if (const toml::array* a = t.at_path("compute.in_step").as_array()) {
     for (const toml::node& n : *a) {
       const toml::table* e = n.as_table();
@@ -204,9 +206,9 @@ std::string hardware_to_toml(const Hardware& hw) {
                    "# figure is used).\nname = \"{}\"\nsource = \"{}\"\ncores = {}\n", hw.name, hw.source, hw.cores);
   if (hw.gpus_per_node) o << fmt::format("gpus_per_node = {}\n", hw.gpus_per_node);
   o << fmt::format("\n[compute]\nthreads = {}\ngemm_gflops = {:.2f}\nattention_gflops = {:.2f}\nelementwise_gbs = {:.2f}\n"
-                   "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\n",
+                   "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\ntp_factor = {:.3f}\n",
                    hw.threads, hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s,
-                   hw.in_step_factor);
+                   hw.in_step_factor, hw.tp_factor);
   if (hw.peak_tflops > 0) o << fmt::format("peak_tflops = {:.1f}\n", hw.peak_tflops);
   if (!hw.in_step.empty()) {
     o << "# A whole micro-batch of `rows` sequences over the sum of its parts timed alone.\nin_step = [\n";
@@ -225,6 +227,27 @@ std::string hardware_to_toml(const Hardware& hw) {
   return o.str();
 }
 
+namespace {
+
+/// One micro-batch of `rows` sequences on pipeline stage s of pp at tensor-parallel degree tp:
+/// (compute, tensor-parallel communication) in seconds, the in-step factor applied, and for tp > 1
+/// the measured tensor-parallel factor on both.
+std::pair<double, double> stage_micro_seconds(const GptConfig& m, const Hardware& hw, int rows, int tp, int pp, int s,
+                                              bool recompute, bool tp_across) {
+  const MicroWork w = micro_work(m, hw, rows, tp, recompute);
+  const double f = in_step_factor(hw, rows) * (tp > 1 ? hw.tp_factor : 1.0);
+  const double N = double(rows) * m.seq_len, act = N * m.n_embd * 4.0;
+  const double tp_one = all_reduce_seconds(hw, act, tp, tp_across);
+  const auto [first, last] = ParameterTable::stage_layers(m.n_layer, pp, s);
+  const int blocks = last - first;
+  double t = blocks * w.block, comm = blocks * 4 * tp_one;  // f and g: 2 all-reduces forward, 2 backward
+  if (s == 0) t += w.embed, comm += tp_one;                  // the vocabulary-parallel embedding's sum
+  if (s == pp - 1) t += w.head, comm += 3 * all_reduce_seconds(hw, N * 4.0, tp, tp_across);  // the loss's
+  return {t * f, comm * (tp > 1 ? hw.tp_factor : 1.0)};
+}
+
+}  // namespace
+
 LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, int tp, int pp, int zero) {
   (void)zero;  // ZeRO-1 moves the same bytes (reduce-scatter + all-gather = one all-reduce)
   const GptConfig& m = cfg.model;
@@ -238,21 +261,13 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   const bool tp_across = tp > per_node, dp_across = tp * dp > per_node, pp_across = ranks > per_node && pp > 1;
   const bool recompute = cfg.train.recompute != "none";
 
-  const MicroWork w = micro_work(m, hw, split.micro_rows, tp, recompute);
-  const double factor = in_step_factor(hw, split.micro_rows);
-  const double block = w.block * factor, head = w.head * factor, embed = w.embed * factor;
   const double act = N * C * fp;
-  const double tp_one = all_reduce_seconds(hw, act, tp, tp_across);
 
   // The slowest stage's micro-batch (blocks split as evenly as the model splits them).
   double stage_micro = 0.0, stage_tp = 0.0, params_max = 0.0, all_stages = 0.0;
   for (int s = 0; s < pp; ++s) {
     const ParameterTable table(m, tp, 0, pp, s);
-    const auto [first, last] = ParameterTable::stage_layers(m.n_layer, pp, s);
-    const int blocks = last - first;
-    double t = blocks * block, comm = blocks * 4 * tp_one;
-    if (s == 0) t += embed, comm += tp_one;
-    if (s == pp - 1) t += head, comm += 3 * all_reduce_seconds(hw, N * fp, tp, tp_across);
+    auto [t, comm] = stage_micro_seconds(m, hw, split.micro_rows, tp, pp, s, recompute, tp_across);
     if (pp > 1) comm += 2 * p2p_seconds(hw, act, pp_across);
     if (t + comm > stage_micro + stage_tp) stage_micro = t, stage_tp = comm;
     all_stages += t + comm;
@@ -277,7 +292,9 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   // (compute, optimizer and the copies its communication makes; a waiting rank yields its core).
   const int threads = std::max(1, cfg.train.threads > 0 ? cfg.train.threads : hw.threads);
   if (hw.cores > 0 && ranks * threads > hw.cores) {
-    const double busy = ranks * (r.compute_ms + r.tp_ms + r.dp_ms + r.optimizer_ms);
+    // Each rank is busy with its own stage's micro-batches (the slowest stage's figures above would
+    // count the head on every stage), its gradients' reduction and its optimizer share.
+    const double busy = dp * tp * micro * all_stages * 1e3 + ranks * (r.dp_ms + r.optimizer_ms);
     const double bound = busy * threads / hw.cores;
     if (bound > r.step_ms) {
       r.oversubscribed = true;
@@ -565,6 +582,29 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
     hw.link_gbs = gbs, hw.link_latency_us = lat;
     const auto [agbs, alat] = fit_all_reduce(world, true, progress);
     hw.async_gbs = agbs, hw.async_latency_us = alat;
+    // A real tensor-parallel micro-batch over every rank of the launch against its parts (sharded
+    // compute and the f/g all-reduces): replicated LayerNorms, the vocabulary-parallel loss's three
+    // passes and the staging around each all-reduce are what the parts miss.
+    const int rows = split_batch(cfg, 1).micro_rows;
+    if (m.n_head % n == 0 && m.padded_vocab() % n == 0 && rows > 0) {
+      Gpt model(m, world, &world);
+      model.set_recompute(parse_recompute(cfg.train.recompute));
+      model.initialize(1);
+      std::vector<int32_t> ids(static_cast<size_t>(rows) * m.seq_len);
+      for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+      world.barrier();
+      const double measured = time_it([&] {
+        model.zero_grad();
+        model.forward(ids.data(), ids.data(), rows, m.seq_len, true, 1.0f);
+        model.backward();
+      }, 11);
+      Tensor agreed = Tensor::empty({1});
+      agreed.f32()[0] = float(measured);
+      world.all_reduce(agreed, ReduceOp::max);
+      const auto [t, comm] = stage_micro_seconds(m, hw, rows, n, 1, 0, cfg.train.recompute != "none", false);
+      hw.tp_factor = agreed.f32()[0] / (t + comm);  // t and comm carry tp_factor 1 here
+      progress(fmt::format("a tensor-parallel micro-batch over {} ranks takes {:.2f} x its parts", n, hw.tp_factor));
+    }
   } else if (lead) {
     fmt::print(stderr, "[plan calibrate] one rank: link figures left at 0; run under mpiexec -n 2 (or srun) to "
                        "measure collectives\n");

@@ -46,6 +46,8 @@ struct Hardware {
   double in_step_factor = 1.0;   // a real micro-batch's forward + backward over the sum of its parts
                                  // timed alone (cold caches, bias sums, the embedding, bookkeeping)
   std::vector<std::pair<int, double>> in_step;  // (micro-batch rows, factor) measured; nearest is used
+  double tp_factor = 1.0;        // a real tensor-parallel micro-batch (compute + f/g all-reduces) over
+                                 // its parts, measured over the launch's ranks
   double link_gbs = 0;           // collective bandwidth inside a node, GB/s (algorithm bandwidth of a ring step)
   double link_latency_us = 0;    // per message step inside a node
   double async_gbs = 0;          // the same for non-blocking all-reduces (data-parallel buckets); 0 = link
