@@ -287,10 +287,19 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   r.dp_ms = all_reduce_seconds(dp_hw, params_max * fp, dp, dp_across) * 1e3;
   const double share = zero ? params_max / dp : params_max;
   r.optimizer_ms = share / hw.adamw_params_per_s * 1e3;
+  // A pipeline with more stages than cores cannot run its steady state (every stage working at
+  // once) at full speed: the slowest stage's micro-batches stretch by all stages' work over what the
+  // cores give. The bubble, when fewer stages work, is left as it is.
+  const int threads = std::max(1, cfg.train.threads > 0 ? cfg.train.threads : hw.threads);
+  if (hw.cores > 0 && pp * threads > hw.cores) {
+    const double slowdown = std::max(1.0, all_stages * threads / (hw.cores * (stage_micro + stage_tp)));
+    r.compute_ms *= slowdown;
+    r.tp_ms *= slowdown;
+    r.oversubscribed = slowdown > 1.0;
+  }
   r.step_ms = r.compute_ms + r.tp_ms + r.pp_ms + r.dp_ms + r.optimizer_ms;
   // Ranks that outnumber the cores take turns: every rank's busy time over the cores bounds the step
   // (compute, optimizer and the copies its communication makes; a waiting rank yields its core).
-  const int threads = std::max(1, cfg.train.threads > 0 ? cfg.train.threads : hw.threads);
   if (hw.cores > 0 && ranks * threads > hw.cores) {
     // Each rank is busy with its own stage's micro-batches (the slowest stage's figures above would
     // count the head on every stage), its gradients' reduction and its optimizer share.
