@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,6 +59,12 @@ void StepLog::message(const std::string& text) {
   if (tty_) draw_bar();
 }
 
+double peak_resident_mib() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
 void StepLog::draw_bar() {
   if (last_.step == 0) return;
   double elapsed = now_seconds() - start_;
@@ -107,6 +114,7 @@ void StepLog::record(const StepRecord& r) {
       j["pp_busbw_gbs"] = r.pp_busbw;
     }
     if (r.gpu_peak_mib > 0.0) j["gpu_peak_mib"] = r.gpu_peak_mib;
+    if (r.rss_peak_mib > 0.0) j["rss_peak_mib"] = r.rss_peak_mib;
     if (r.mfu > 0.0) j["mfu"] = r.mfu;
     if (r.val_loss) j["val_loss"] = *r.val_loss;
     std::string line = j.dump() + "\n";

@@ -8,6 +8,9 @@
 
 namespace meshtrain {
 
+/// This process's peak resident memory so far, in MiB (getrusage's ru_maxrss).
+double peak_resident_mib();
+
 struct StepRecord {
   int64_t step = 0;  // 1-based, the step just completed
   double loss = 0.0;
@@ -21,6 +24,7 @@ struct StepRecord {
   bool parallel = false;
   double compute_ms = 0.0, dp_comm_ms = 0.0, tp_comm_ms = 0.0, pp_wait_ms = 0.0;
   double max_ms = 0.0;  // the slowest rank's step
+  double rss_peak_mib = 0.0;  // the process's peak resident memory (the largest over ranks)
   int slowest_rank = 0;
   // The same split's spread over ranks: min and max of each part.
   double compute_min_ms = 0.0, compute_max_ms = 0.0, dp_min_ms = 0.0, dp_max_ms = 0.0;

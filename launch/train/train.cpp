@@ -530,13 +530,15 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     rec.ms = dt * 1e3;
     rec.tokens_per_s = static_cast<double>(global_rows) * T / dt;
     if (use_cuda) rec.gpu_peak_mib = static_cast<double>(device_memory_peak()) / 1048576.0;
+    rec.rss_peak_mib = peak_resident_mib();  // the largest over ranks, below
     if (peak_tflops > 0.0)
       rec.mfu = 100.0 * rec.tokens_per_s * cfg.model.flops_per_token(T) / (peak_tflops * 1e12 * world.size());
     const auto dp_bytes = ddp.take_bytes();
     const auto tp_bytes = model.take_tp_bytes();
     if (world.size() > 1) {
       // Every rank's split and bytes, so the log can give min / mean / max and the slowest rank.
-      constexpr int kFields = 10;  // dp, tp, pp, compute and step ms; dp, tp, pp payload bytes; dp, tp bus bytes
+      constexpr int kFields = 11;  // dp, tp, pp, compute and step ms; dp, tp, pp payload bytes; dp, tp bus bytes;
+                                   // peak resident MiB
       Tensor mine = Tensor::empty({kFields}), all = Tensor::empty({kFields * static_cast<int64_t>(world.size())});
       float* v = mine.f32();
       v[0] = static_cast<float>(ddp.take_exposed_comm_seconds() * 1e3);
@@ -549,6 +551,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       v[7] = static_cast<float>(pipe ? pipe->sent_bytes() : 0.0);
       v[8] = static_cast<float>(dp_bytes.second);
       v[9] = static_cast<float>(tp_bytes.second);
+      v[10] = static_cast<float>(rec.rss_peak_mib);
       world.all_gather(mine, all);
       const int n = world.size();
       auto field = [&](int rank, int f) { return static_cast<double>(all.f32()[rank * kFields + f]); };
@@ -566,6 +569,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       stats(1, rec.tp_min_ms, rec.tp_comm_ms, rec.tp_max_ms);
       stats(2, rec.pp_min_ms, rec.pp_wait_ms, rec.pp_max_ms);
       stats(3, rec.compute_min_ms, rec.compute_ms, rec.compute_max_ms);
+      double rss_lo = 0.0, rss_mean = 0.0;
+      stats(10, rss_lo, rss_mean, rec.rss_peak_mib);
       double lo = 0.0, mean = 0.0;
       stats(4, lo, mean, rec.max_ms);
       for (int q = 0; q < n; ++q)
