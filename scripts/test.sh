@@ -21,9 +21,9 @@ echo "[test] test suite: $((t2 - t1)) s"
 bash scripts/test_sanitizers.sh
 bash scripts/test_tsan.sh
 bash scripts/test_emulation.sh
-# Every input parser under libFuzzer with AddressSanitizer and UBSan, 20 s each (tests/fuzz/run.sh
+# Every input parser under libFuzzer with AddressSanitizer and UBSan, 15 s each (tests/fuzz/run.sh
 # SECONDS runs them longer); a finding fails the run and leaves its input in tests/fuzz/regressions/.
 t3=$(date +%s)
-bash tests/fuzz/run.sh "${MESHTRAIN_FUZZ_SECONDS:-20}"
+bash tests/fuzz/run.sh "${MESHTRAIN_FUZZ_SECONDS:-15}"
 echo "[test] fuzzing: $(($(date +%s) - t3)) s"
 echo "[test] all stages: $(($(date +%s) - t0)) s"
