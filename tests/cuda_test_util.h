@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -23,6 +24,15 @@
   if (::meshtrain::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: " << (what) << " need a GPU"
 
 namespace meshtrain::testing {
+
+/// Whether MESHTRAIN_TEST_SMALL_SHAPES is set (the emulation-tsan test preset sets it): kernel tests then
+/// run the same template instances on shapes small enough for ThreadSanitizer, which slows the
+/// emulated threads some 50 times; a race between the threads of a block shows at any problem size
+/// that spans more than one tile.
+inline bool small_shapes() {
+  const char* v = std::getenv("MESHTRAIN_TEST_SMALL_SHAPES");
+  return v != nullptr && *v != '\0' && *v != '0';
+}
 
 /// The poison written into outputs before a launch: any element a kernel fails to write stays NaN.
 inline constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
