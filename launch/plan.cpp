@@ -16,6 +16,12 @@
 
 namespace meshtrain {
 
+ActivationSizing layout_sizing(const Config& cfg) {
+  const bool gpu = cfg.train.device == "cuda";
+  return {gpu ? Device::cuda : Device::cpu, gpu && cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
+          gpu && cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised};
+}
+
 LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, int zero) {
   LayoutMemory best;
   best.dp = dp;
@@ -32,9 +38,11 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
     best.rejected = "ZeRO-1 shards over data-parallel ranks: needs dp > 1";
     return best;
   }
-  const std::unique_ptr<Backend> be = make_cpu_backend();
+  const ActivationSizing be = layout_sizing(cfg);
   const Recompute mode = parse_recompute(cfg.train.recompute);
-  const auto es = static_cast<int64_t>(dtype_size(be->dtype()));
+  const auto es = static_cast<int64_t>(dtype_size(be.dtype));
+  // AdamW's moments, and in bf16 the fp32 master weights, over the rank's share (model/optimizer.cpp).
+  const int64_t state_arrays = be.dtype == DType::bf16 ? 3 : 2;
   const int B = split.micro_rows, micro = split.micro_count;
   for (int stage = 0; stage < pp; ++stage) {
     LayoutMemory r = best;
@@ -43,7 +51,7 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
       const int64_t padded = (table.total() + dp - 1) / dp * dp;
       r.params = r.grads = padded * es;
       r.zero_shard = zero ? padded / dp * es : 0;
-      r.optimizer = 2 * 4 * (zero ? padded / dp : table.total());
+      r.optimizer = state_arrays * 4 * (zero ? padded / dp : table.total());
     } catch (const Error& e) {
       best.rejected = e.what();
       return best;
@@ -52,7 +60,7 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
     r.slots = pp == 1 ? 1 : Pipeline::activation_slots(parse_schedule(cfg.parallel.schedule), micro, pp, stage);
     r.micro_batch = B;
     r.stage = stage;
-    r.activations = r.slots * Gpt::slot_bytes(Gpt::activation_shape(m, B, m.seq_len, tp, pp, stage, mode, *be));
+    r.activations = r.slots * Gpt::slot_bytes(Gpt::activation_shape(m, B, m.seq_len, tp, pp, stage, mode, be));
     if (stage == 0 || r.total() > best.total()) best = r;
   }
   return best;
@@ -81,15 +89,27 @@ std::string mib(int64_t bytes) { return fmt::format("{:.1f}", static_cast<double
 }  // namespace
 
 void run_plan(const PlanArgs& args) {
-  const Config cfg = load_config(args.config_file, args.overrides);
+  Config cfg = load_config(args.config_file, args.overrides);
   MT_CHECK(cfg.model.vocab_size > 0,
            "[plan] model.vocab_size = 0 means 'the tokenizer's': give the size with --set model.vocab_size=N");
-  MT_CHECK(cfg.train.device != "cuda" && cfg.train.precision == "fp32",
-           "[plan] predicts CPU (fp32) layouts for now; train.device = {} with train.precision = {} is not modelled",
-           cfg.train.device, cfg.train.precision);
-  const std::vector<LayoutMemory> plan = plan_layouts(cfg, args.ranks);
   std::optional<Hardware> hw;
   if (!args.hardware.empty()) hw = load_hardware(args.hardware);
+  // train.device = auto: the described hardware's device; without a description bf16 means a GPU.
+  if (cfg.train.device == "auto") cfg.train.device = hw ? hw->device : cfg.train.precision == "bf16" ? "cuda" : "cpu";
+  MT_CHECK(cfg.train.device == "cuda" || cfg.train.precision == "fp32",
+           "[plan] train.precision = {} runs on the GPU only: set train.device = cuda, or train.precision = fp32",
+           cfg.train.precision);
+  if (hw) {
+    MT_CHECK(hw->device == cfg.train.device,
+             "[plan] the hardware description '{}' is of {} ranks, but train.device = {}: give a description of {} "
+             "ranks (hardware/ has some; `meshtrain plan calibrate` measures this machine) or set train.device = {}",
+             args.hardware, hw->device, cfg.train.device, cfg.train.device, hw->device);
+    MT_CHECK(hw->precision == cfg.train.precision,
+             "[plan] the hardware description '{}' gives {} compute rates, but train.precision = {}: set "
+             "train.precision = {} or give a description for {}",
+             args.hardware, hw->precision, cfg.train.precision, hw->precision, cfg.train.precision);
+  }
+  const std::vector<LayoutMemory> plan = plan_layouts(cfg, args.ranks);
   std::vector<LayoutTime> times(plan.size());
   std::vector<size_t> order(plan.size());
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -102,13 +122,14 @@ void run_plan(const PlanArgs& args) {
       if (plan[a].rejected.empty() != plan[b].rejected.empty()) return plan[a].rejected.empty();
       return times[a].step_ms < times[b].step_ms;
     });
-  // A CPU description's memory is the node's, shared by its ranks; a GPU's is each rank's own.
+  // A CPU description's memory is the node's, shared by the ranks on it (gpus_per_node of them, or
+  // all); a GPU description's is each rank's own.
   const double process_bytes = hw ? hw->process_mib * 1048576.0 : 0.0;
+  int sharing = 1;
+  if (hw && hw->cores > 0) sharing = hw->gpus_per_node > 0 ? std::min(args.ranks, hw->gpus_per_node) : args.ranks;
   auto fits = [&](const LayoutMemory& r) {
     if (!hw || hw->memory_gib <= 0) return true;
-    const double rank_bytes = static_cast<double>(r.total()) + process_bytes;
-    const double sharing = hw->cores > 0 ? std::min(args.ranks, std::max(1, hw->gpus_per_node ? hw->gpus_per_node : args.ranks)) : 1;
-    return rank_bytes * sharing <= hw->memory_gib * 1073741824.0;
+    return (static_cast<double>(r.total()) + process_bytes) * sharing <= hw->memory_gib * 1073741824.0;
   };
   if (args.json) {
     nlohmann::json j = nlohmann::json::array();
@@ -124,6 +145,7 @@ void run_plan(const PlanArgs& args) {
         if (hw) {
           const LayoutTime& t = times[i];
           o.update({{"step_ms", t.step_ms}, {"compute_ms", t.compute_ms}, {"tp_ms", t.tp_ms}, {"dp_ms", t.dp_ms},
+                    {"dp_exposed_ms", t.dp_exposed_ms},
                     {"pp_ms", t.pp_ms}, {"bubble_ms", t.bubble_ms}, {"optimizer_ms", t.optimizer_ms},
                     {"tokens_per_s", t.tokens_per_s}, {"mfu", t.mfu}, {"oversubscribed", t.oversubscribed},
                     {"resident_bytes", static_cast<double>(r.total()) + process_bytes}, {"fits", fits(r)}});
@@ -137,22 +159,25 @@ void run_plan(const PlanArgs& args) {
   if (hw) {
     fmt::print("[plan] hardware: {} ({})\n", hw->name, hw->source);
     fmt::print("Predicted step time in ms, fastest first (compute and tp are the slowest stage's; pp is the bubble "
-               "plus the tied embedding's sum; * = ranks outnumber the cores, which then bound the step):\n");
+               "plus the tied embedding's sum; dp is the gradients' reduction and, after the slash, the part of it "
+               "the step waits for; * = ranks outnumber the cores, which then bound the step):\n");
     fmt::print("| dp | tp | pp | zero | step | compute | tp | dp | pp | optimizer | tokens/s | MFU | MiB per rank | "
                "fits |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for (size_t i : order) {
       const LayoutMemory& r = plan[i];
       if (!r.rejected.empty()) continue;
       const LayoutTime& t = times[i];
-      fmt::print("| {} | {} | {} | {} | {:.1f}{} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.0f} | {} | {:.0f} | {} |\n",
-                 r.dp, r.tp, r.pp, r.zero, t.step_ms, t.oversubscribed ? "*" : "", t.compute_ms, t.tp_ms, t.dp_ms,
+      const std::string dp_cell = t.dp_exposed_ms < t.dp_ms ? fmt::format("{:.1f} / {:.1f}", t.dp_ms, t.dp_exposed_ms)
+                                                            : fmt::format("{:.1f}", t.dp_ms);
+      fmt::print("| {} | {} | {} | {} | {:.1f}{} | {:.1f} | {:.1f} | {} | {:.1f} | {:.1f} | {:.0f} | {} | {:.0f} | {} |\n",
+                 r.dp, r.tp, r.pp, r.zero, t.step_ms, t.oversubscribed ? "*" : "", t.compute_ms, t.tp_ms, dp_cell,
                  t.pp_ms, t.optimizer_ms, t.tokens_per_s, t.mfu > 0 ? fmt::format("{:.1f}%", t.mfu) : "-",
                  (static_cast<double>(r.total()) + process_bytes) / 1048576.0, fits(r) ? "yes" : "no");
     }
   }
-  fmt::print("[plan] {} ranks; model {} layers, {} heads, {} channels, context {}, vocabulary {}; {} x {} sequences "
-             "per step, recompute {}, schedule {}\n",
-             args.ranks, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.seq_len, cfg.model.vocab_size,
+  fmt::print("[plan] {} ranks ({} {}); model {} layers, {} heads, {} channels, context {}, vocabulary {}; {} x {} "
+             "sequences per step, recompute {}, schedule {}\n",
+             args.ranks, cfg.train.device, cfg.train.precision, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.seq_len, cfg.model.vocab_size,
              cfg.train.batch_size, cfg.train.grad_accum, cfg.train.recompute, cfg.parallel.schedule);
   fmt::print("Memory per rank in MiB (the fullest pipeline stage), smallest first:\n");
   fmt::print("| dp | tp | pp | zero | micro-batch | slots | params | grads | ZeRO shard | optimizer | activations | "
@@ -171,7 +196,7 @@ void run_plan(const PlanArgs& args) {
     fmt::print("  dp {} x tp {} x pp {} (zero {}): {}\n", r.dp, r.tp, r.pp, r.zero, r.rejected);
   }
   fmt::print("Not counted: the process itself (libraries, MPI, thread stacks), data buffers, and small optimizer "
-             "scalars{}.\n", hw ? "; MiB per rank above adds the calibrated process size" : " (give --hardware FILE for the step time)");
+             "scalars{}.\n", hw ? "; MiB per rank above adds the description's process size (memory.process_mib)" : " (give --hardware FILE for the step time)");
 }
 
 }  // namespace meshtrain

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "launch/config.h"
+#include "model/backend.h"
 
 namespace meshtrain {
 
@@ -26,6 +27,8 @@ struct LayoutMemory {
   int64_t total() const { return params + grads + zero_shard + optimizer + activations; }
 };
 
+/// How cfg's model sizes its activations (device, precision, attention kernels), from the config alone.
+ActivationSizing layout_sizing(const Config& cfg);
 /// The prediction for one layout: every stage is sized and the fullest one returned.
 LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, int zero);
 /// Every dp x tp x pp = ranks layout (ZeRO 0 and, where dp > 1, 1), valid ones first by total bytes.

@@ -78,10 +78,13 @@ std::pair<double, double> link_of(const Hardware& hw, bool across_nodes) {
 }
 
 /// Ring all-reduce of bytes over n ranks (nccl-tests' bus-bandwidth convention): 2(n-1) steps,
-/// each a latency and bytes/n over the link.
-double all_reduce_seconds(const Hardware& hw, double bytes, int n, bool across_nodes) {
+/// each a latency and bytes/n over the link. A ring that crosses nodes runs one ring per network
+/// rail at once (NCCL's channels; a GPU node has a network card per GPU): `rails` of the group's
+/// ranks sit on each node and each brings its own card, up to the bandwidth inside the node.
+double all_reduce_seconds(const Hardware& hw, double bytes, int n, bool across_nodes, int rails = 1) {
   if (n <= 1) return 0.0;
-  const auto [gbs, lat] = link_of(hw, across_nodes);
+  auto [gbs, lat] = link_of(hw, across_nodes);
+  if (across_nodes && rails > 1 && hw.cores == 0) gbs = std::min(gbs * rails, hw.link_gbs > 0 ? hw.link_gbs : gbs * rails);
   return 2.0 * (n - 1) * lat * 1e-6 + 2.0 * (n - 1) / n * bytes / (gbs * 1e9);
 }
 double p2p_seconds(const Hardware& hw, double bytes, bool across_nodes) {
@@ -94,17 +97,19 @@ double p2p_seconds(const Hardware& hw, double bytes, bool across_nodes) {
 struct MicroWork {
   double block = 0, head = 0, embed = 0;
 };
-MicroWork micro_work(const GptConfig& m, const Hardware& hw, int B, int tp, bool recompute) {
+/// value_bytes: 4 (fp32) or 2 (bf16 activations: the element-wise traffic halves).
+MicroWork micro_work(const GptConfig& m, const Hardware& hw, int B, int tp, bool recompute, double value_bytes = 4.0) {
   const double N = double(B) * m.seq_len, C = m.n_embd, F = 4.0 * C / tp;
+  const double bytes_scale = value_bytes / 4.0;
   const double Vl = double(m.padded_vocab()) / tp, H = double(m.n_head) / tp;
   MicroWork w;
   for (const Linear& l : block_linears(int64_t(N), int64_t(C), tp)) w.block += gemm_seconds(hw, l);
   w.block += attention_flops(B, m.seq_len, H, m.head_size()) / (hw.attention_gflops * 1e9);
-  w.block += block_elementwise_bytes(N, C, F) / (hw.elementwise_gbs * 1e9);
+  w.block += bytes_scale * block_elementwise_bytes(N, C, F) / (hw.elementwise_gbs * 1e9);
   if (recompute) w.block *= 4.0 / 3.0;  // one more forward (a third of forward + backward)
   w.head = gemm_seconds(hw, classifier(int64_t(N), int64_t(C), m.padded_vocab(), tp)) +
-           loss_elementwise_bytes(N, Vl) / (hw.elementwise_gbs * 1e9);
-  w.embed = 6.0 * N * C * 4.0 / (hw.elementwise_gbs * 1e9);
+           bytes_scale * loss_elementwise_bytes(N, Vl) / (hw.elementwise_gbs * 1e9);
+  w.embed = 6.0 * N * C * value_bytes / (hw.elementwise_gbs * 1e9);
   return w;
 }
 
@@ -130,8 +135,7 @@ double get_number(const toml::table& t, const std::string& key, const std::strin
 
 }  // namespace
 
-std::vector<GemmRate> layout_gemm_shapes(const Config& cfg, int dp, int tp, int pp) {
-  (void)pp;
+std::vector<GemmRate> layout_gemm_shapes(const Config& cfg, int dp, int tp) {
   const BatchSplit split = split_batch(cfg, dp);
   MT_CHECK(split.error.empty(), "[plan] {}", split.error);
   const int64_t N = int64_t(split.micro_rows) * cfg.model.seq_len, C = cfg.model.n_embd;
@@ -157,6 +161,12 @@ Hardware load_hardware(const std::string& path) {
   Hardware hw;
   hw.name = t["name"].value_or(std::string("?"));
   hw.source = t["source"].value_or(std::string(""));
+  hw.device = t["device"].value_or(std::string("cpu"));
+  hw.precision = t["precision"].value_or(std::string("fp32"));
+  MT_CHECK(hw.device == "cpu" || hw.device == "cuda", "[plan] {}: device must be cpu or cuda (got '{}')", path,
+           hw.device);
+  MT_CHECK(hw.precision == "fp32" || hw.precision == "bf16", "[plan] {}: precision must be fp32 or bf16 (got '{}')",
+           path, hw.precision);
   hw.cores = static_cast<int>(get_number(t, "cores", path, false));
   hw.threads = std::max(1, static_cast<int>(get_number(t, "compute.threads", path, false)));
   hw.gemm_gflops = get_number(t, "compute.gemm_gflops", path, true);
@@ -203,7 +213,8 @@ Hardware load_hardware(const std::string& path) {
 std::string hardware_to_toml(const Hardware& hw) {
   std::ostringstream o;
   o << fmt::format("# A hardware description for `meshtrain plan --hardware` (launch/plan_time.h says how each\n"
-                   "# figure is used).\nname = \"{}\"\nsource = \"{}\"\ncores = {}\n", hw.name, hw.source, hw.cores);
+                   "# figure is used).\nname = \"{}\"\nsource = \"{}\"\ndevice = \"{}\"\nprecision = \"{}\"\ncores = {}\n",
+                   hw.name, hw.source, hw.device, hw.precision, hw.cores);
   if (hw.gpus_per_node) o << fmt::format("gpus_per_node = {}\n", hw.gpus_per_node);
   o << fmt::format("\n[compute]\nthreads = {}\ngemm_gflops = {:.2f}\nattention_gflops = {:.2f}\nelementwise_gbs = {:.2f}\n"
                    "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\ntp_factor = {:.3f}\n",
@@ -233,32 +244,34 @@ namespace {
 /// (compute, tensor-parallel communication) in seconds, the in-step factor applied, and for tp > 1
 /// the measured tensor-parallel factor on both.
 std::pair<double, double> stage_micro_seconds(const GptConfig& m, const Hardware& hw, int rows, int tp, int pp, int s,
-                                              bool recompute, bool tp_across) {
-  const MicroWork w = micro_work(m, hw, rows, tp, recompute);
+                                              bool recompute, bool tp_across, double value_bytes = 4.0) {
+  const MicroWork w = micro_work(m, hw, rows, tp, recompute, value_bytes);
   const double f = in_step_factor(hw, rows) * (tp > 1 ? hw.tp_factor : 1.0);
-  const double N = double(rows) * m.seq_len, act = N * m.n_embd * 4.0;
-  const double tp_one = all_reduce_seconds(hw, act, tp, tp_across);
+  const double N = double(rows) * m.seq_len, act = N * m.n_embd * value_bytes;
+  const double tp_one = all_reduce_seconds(hw, act, tp, tp_across, hw.gpus_per_node);
   const auto [first, last] = ParameterTable::stage_layers(m.n_layer, pp, s);
   const int blocks = last - first;
   double t = blocks * w.block, comm = blocks * 4 * tp_one;  // f and g: 2 all-reduces forward, 2 backward
   if (s == 0) t += w.embed, comm += tp_one;                  // the vocabulary-parallel embedding's sum
-  if (s == pp - 1) t += w.head, comm += 3 * all_reduce_seconds(hw, N * 4.0, tp, tp_across);  // the loss's
+  if (s == pp - 1) t += w.head, comm += 3 * all_reduce_seconds(hw, N * 4.0, tp, tp_across, hw.gpus_per_node);  // the loss's (fp32)
   return {t * f, comm * (tp > 1 ? hw.tp_factor : 1.0)};
 }
 
 }  // namespace
 
 LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, int tp, int pp, int zero) {
-  (void)zero;  // ZeRO-1 moves the same bytes (reduce-scatter + all-gather = one all-reduce)
   const GptConfig& m = cfg.model;
   const BatchSplit split = split_batch(cfg, dp);
   MT_CHECK(split.error.empty(), "[plan] {}", split.error);
   const int ranks = dp * tp * pp, micro = split.micro_count;
   const double N = double(split.micro_rows) * m.seq_len, C = m.n_embd;
-  const double fp = 4.0;  // bytes per value
+  // Bytes per value of parameters, gradients and activations (what the collectives move).
+  const double fp = cfg.train.precision == "bf16" ? 2.0 : 4.0;
   // Where a group's ranks sit: consecutive ranks fill a node, tp innermost, then dp, then pp.
   const int per_node = hw.gpus_per_node > 0 ? hw.gpus_per_node : ranks;
   const bool tp_across = tp > per_node, dp_across = tp * dp > per_node, pp_across = ranks > per_node && pp > 1;
+  // A data-parallel ring that crosses nodes: its ranks on one node, each with its own network card.
+  const int dp_rails = std::max(1, std::min(dp, per_node / std::max(1, tp)));
   const bool recompute = cfg.train.recompute != "none";
 
   const double act = N * C * fp;
@@ -267,7 +280,7 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   double stage_micro = 0.0, stage_tp = 0.0, params_max = 0.0, all_stages = 0.0;
   for (int s = 0; s < pp; ++s) {
     const ParameterTable table(m, tp, 0, pp, s);
-    auto [t, comm] = stage_micro_seconds(m, hw, split.micro_rows, tp, pp, s, recompute, tp_across);
+    auto [t, comm] = stage_micro_seconds(m, hw, split.micro_rows, tp, pp, s, recompute, tp_across, fp);
     if (pp > 1) comm += 2 * p2p_seconds(hw, act, pp_across);
     if (t + comm > stage_micro + stage_tp) stage_micro = t, stage_tp = comm;
     all_stages += t + comm;
@@ -280,11 +293,25 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   // one's backward leaves the stages before it: one micro-batch of every other stage, which is the
   // textbook (p - 1) micro-batch times when the stages are equal.
   r.bubble_ms = (all_stages - (stage_micro + stage_tp)) * 1e3;
-  r.pp_ms = r.bubble_ms + (pp > 1 ? all_reduce_seconds(hw, double(m.padded_vocab()) / tp * C * fp, 2, pp_across) * 1e3 : 0.0);
+  r.pp_ms = r.bubble_ms + (pp > 1 ? all_reduce_seconds(hw, double(m.padded_vocab()) / tp * C * fp, 2, pp_across,
+                                                        1) * 1e3 : 0.0);
   // The gradients go as non-blocking all-reduces (buckets): their own measured figures where known.
   Hardware dp_hw = hw;
   if (hw.async_gbs > 0) dp_hw.link_gbs = hw.async_gbs, dp_hw.link_latency_us = hw.async_latency_us;
-  r.dp_ms = all_reduce_seconds(dp_hw, params_max * fp, dp, dp_across) * 1e3;
+  r.dp_ms = all_reduce_seconds(dp_hw, params_max * fp, dp, dp_across, dp_rails) * 1e3;
+  r.dp_exposed_ms = r.dp_ms;
+  if (hw.cores == 0 && dp > 1) {
+    // GPUs: buckets are reduced on a communication stream while the last micro-batch's backward
+    // (two thirds of its work) still runs; what does not fit under it, and at least the last
+    // bucket, is exposed. ZeRO-1's all-gather (half the bytes moved) comes after the optimizer and
+    // is exposed whole. On CPUs the ranks' cores also drive the transfers, so nothing is hidden.
+    const double window = 2.0 / 3.0 * stage_micro * 1e3;
+    const double bucket = std::min(params_max * fp, cfg.parallel.bucket_mb * 1048576.0);
+    const double last = all_reduce_seconds(dp_hw, bucket, dp, dp_across, dp_rails) * 1e3;
+    const double overlapped = zero ? r.dp_ms / 2 : r.dp_ms, after = r.dp_ms - overlapped;
+    r.dp_exposed_ms = after + std::max(std::min(last, overlapped), overlapped - window);
+  }
+  // ZeRO-1 moves the same bytes (reduce-scatter + all-gather = one all-reduce) and shards AdamW.
   const double share = zero ? params_max / dp : params_max;
   r.optimizer_ms = share / hw.adamw_params_per_s * 1e3;
   // A pipeline with more stages than cores cannot run its steady state (every stage working at
@@ -297,13 +324,13 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
     r.tp_ms *= slowdown;
     r.oversubscribed = slowdown > 1.0;
   }
-  r.step_ms = r.compute_ms + r.tp_ms + r.pp_ms + r.dp_ms + r.optimizer_ms;
+  r.step_ms = r.compute_ms + r.tp_ms + r.pp_ms + r.dp_exposed_ms + r.optimizer_ms;
   // Ranks that outnumber the cores take turns: every rank's busy time over the cores bounds the step
   // (compute, optimizer and the copies its communication makes; a waiting rank yields its core).
   if (hw.cores > 0 && ranks * threads > hw.cores) {
     // Each rank is busy with its own stage's micro-batches (the slowest stage's figures above would
     // count the head on every stage), its gradients' reduction and its optimizer share.
-    const double busy = dp * tp * micro * all_stages * 1e3 + ranks * (r.dp_ms + r.optimizer_ms);
+    const double busy = dp * tp * micro * all_stages * 1e3 + ranks * (r.dp_exposed_ms + r.optimizer_ms);
     const double bound = busy * threads / hw.cores;
     if (bound > r.step_ms) {
       r.oversubscribed = true;
@@ -413,6 +440,10 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
   Config cfg = load_config(args.config_file, args.overrides);
   MT_CHECK(cfg.model.vocab_size > 0,
            "[plan] model.vocab_size = 0 means 'the tokenizer's': give the size with --set model.vocab_size=N");
+  MT_CHECK(cfg.train.device != "cuda" && cfg.train.precision == "fp32",
+           "[plan] calibrate measures this machine's CPU in fp32 (train.device = {}, train.precision = {} asked); GPU "
+           "descriptions are written from the card's figures: see hardware/README.md",
+           cfg.train.device, cfg.train.precision);
   if (lead && !args.out.empty()) {
     MT_CHECK(args.overwrite || !fs::exists(args.out),
              "[plan] '{}' exists; pass --overwrite to replace it, or choose another --out", args.out);
@@ -448,7 +479,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
     for (int tp = 1; tp <= ranks; ++tp)
       for (int dp = 1; dp * tp <= ranks; ++dp) {
         if (ranks % (dp * tp) || m.n_head % tp || split_batch(cfg, dp).error.size()) continue;
-        for (const GemmRate& g : layout_gemm_shapes(cfg, dp, tp, 1))
+        for (const GemmRate& g : layout_gemm_shapes(cfg, dp, tp))
           if (std::none_of(shapes.begin(), shapes.end(),
                            [&](const GemmRate& s) { return s.m == g.m && s.n == g.n && s.k == g.k; }))
             shapes.push_back(g);

@@ -36,6 +36,8 @@ struct GemmRate {
 struct Hardware {
   std::string name;      // what the numbers describe
   std::string source;    // where they come from (calibrate on a host, or the vendor's sheet)
+  std::string device = "cpu";     // what a rank computes on: cpu or cuda (train.device)
+  std::string precision = "fp32"; // what the compute figures are for: fp32 or bf16 (train.precision)
   int cores = 1;         // cores a node's ranks share (CPU); 0 = each rank has its own device
   int threads = 1;       // threads per rank the compute figures were measured with
   double gemm_gflops = 0;        // GEMM throughput for shapes not in `gemm`
@@ -67,6 +69,7 @@ std::string hardware_to_toml(const Hardware& hw);
 
 struct LayoutTime {
   double compute_ms = 0, tp_ms = 0, dp_ms = 0, pp_ms = 0, bubble_ms = 0, optimizer_ms = 0;
+  double dp_exposed_ms = 0;  // the part of dp_ms the step waits for (GPUs overlap it with backward)
   double step_ms = 0;      // the prediction
   double tokens_per_s = 0;
   double mfu = 0;          // percent of hw.peak_tflops (0 when unknown)
@@ -77,7 +80,7 @@ struct LayoutTime {
 LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, int tp, int pp, int zero);
 
 /// The GEMM shapes (M x N x K) one micro-batch of a layout runs, forward and backward.
-std::vector<GemmRate> layout_gemm_shapes(const Config& cfg, int dp, int tp, int pp);
+std::vector<GemmRate> layout_gemm_shapes(const Config& cfg, int dp, int tp);
 
 struct CalibrateArgs {
   std::string config_file;

@@ -25,6 +25,23 @@ namespace meshtrain {
 /// only each query row's log-sum-exp and recomputes the rest (CUDA only).
 enum class AttentionKind { materialised, flash };
 
+/// What a backend's activations take, answerable without its device: `meshtrain plan` sizes GPU
+/// layouts on machines that have none, and the model sizes its slots from the same answers.
+struct ActivationSizing {
+  Device device = Device::cpu;
+  DType dtype = DType::f32;
+  AttentionKind attention = AttentionKind::materialised;
+  /// Whether attention at this head size runs the fused kernels (flash asked for, on a GPU, and a head
+  /// size they are built for); otherwise the materialised kernels stand in.
+  bool uses_flash(int head_size) const;
+  /// fp32 values attention's forward keeps for backward (each query row's log-sum-exp with flash, the
+  /// (B, NH, T, T) probabilities without), and the fp32 scratch its backward needs (as many).
+  int64_t attention_saved(int B, int T, int C, int NH) const;
+  int64_t attention_scratch(int B, int T, int C, int NH) const { return attention_saved(B, T, C, NH); }
+  /// Bytes each activation buffer starts on: 256 on a GPU (what cuBLASLt and vector loads like best).
+  int64_t align() const { return device == Device::cpu ? 1 : 256; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -46,9 +63,10 @@ class Backend {
   /// Device -> host; returns once the bytes are there.
   virtual void download(void* dst, const void* src, size_t nbytes) = 0;
 
-  /// fp32 values attention's forward keeps for backward, and the fp32 scratch its backward needs.
-  virtual int64_t attention_saved(int B, int T, int C, int NH) const = 0;
-  virtual int64_t attention_scratch(int B, int T, int C, int NH) const = 0;
+  /// The sizes of what the model allocates on this backend (attention's saved values, alignment).
+  virtual ActivationSizing sizing() const = 0;
+  int64_t attention_saved(int B, int T, int C, int NH) const { return sizing().attention_saved(B, T, C, NH); }
+  int64_t attention_scratch(int B, int T, int C, int NH) const { return sizing().attention_scratch(B, T, C, NH); }
 
   /// wpe (and dwpe) null: no position table (a RoPE model).
   virtual void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,

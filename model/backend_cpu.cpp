@@ -34,8 +34,7 @@ class CpuBackend final : public Backend {
   void download_floats(float* dst, const void* src, int64_t n) override {
     std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
   }
-  int64_t attention_saved(int B, int T, int /*C*/, int NH) const override { return int64_t{B} * NH * T * T; }
-  int64_t attention_scratch(int B, int T, int /*C*/, int NH) const override { return int64_t{B} * NH * T * T; }
+  ActivationSizing sizing() const override { return {Device::cpu, DType::f32, AttentionKind::materialised}; }
 
   void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
                        int C) override {

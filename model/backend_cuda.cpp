@@ -51,10 +51,7 @@ class CudaBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(tmp[static_cast<size_t>(i)].bits);
   }
 
-  int64_t attention_saved(int B, int T, int C, int NH) const override {
-    return flash(C / NH) ? int64_t{B} * NH * T : int64_t{B} * NH * T * T;
-  }
-  int64_t attention_scratch(int B, int T, int C, int NH) const override { return attention_saved(B, T, C, NH); }
+  ActivationSizing sizing() const override { return {Device::cuda, dtype_, attention_}; }
 
   void encoder_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
                        int C) override {
@@ -260,8 +257,8 @@ class CudaBackend final : public Backend {
     else fn(0.0f);
   }
   /// The materialised kernels stand in for head sizes the fused kernels do not handle; the saved
-  /// buffer is sized for them then (attention_saved() asks the same question).
-  bool flash(int head_size) const { return attention_ == AttentionKind::flash && flash_attention_supports(head_size); }
+  /// buffer is sized for them then (sizing() answers the same question).
+  bool flash(int head_size) const { return sizing().uses_flash(head_size); }
 
   std::vector<void*> events_;  // timing events, reused from index 0 after reset_marks()
   int64_t next_ = 0;

@@ -229,7 +229,7 @@ size_t Gpt::activation_bytes() const {
 }
 
 Gpt::ActivationShape Gpt::activation_shape(const GptConfig& cfg, int B, int T, int tp_size, int pp_size, int pp_stage,
-                                           Recompute mode, const Backend& be) {
+                                           Recompute mode, const ActivationSizing& be) {
   const auto [first, last] = ParameterTable::stage_layers(cfg.n_layer, pp_size, pp_stage);
   ActivationShape s;
   s.B = B;
@@ -241,8 +241,8 @@ Gpt::ActivationShape Gpt::activation_shape(const GptConfig& cfg, int B, int T, i
   s.Vl = pp_stage == pp_size - 1 ? cfg.padded_vocab() / tp_size : 0;  // only the last stage has logits
   s.att_saved = be.attention_saved(B, T, static_cast<int>(s.Cl), cfg.n_head / tp_size);
   s.att_scratch = be.attention_scratch(B, T, static_cast<int>(s.Cl), cfg.n_head / tp_size);
-  s.esize = static_cast<int64_t>(dtype_size(be.dtype()));
-  s.align = be.device() == Device::cpu ? 1 : 256;  // on a GPU, what cuBLASLt and vector loads like best
+  s.esize = static_cast<int64_t>(dtype_size(be.dtype));
+  s.align = be.align();
   s.recompute = mode;
   s.tp_rows = tp_size > 1;
   return s;
@@ -307,7 +307,7 @@ void Gpt::ensure_acts(int B, int T) {
   a->B = B;
   a->T = T;
   const ActivationShape shape =
-      activation_shape(cfg_, B, T, tp_->size(), table_.pp_size(), table_.pp_stage(), recompute_, *be_);
+      activation_shape(cfg_, B, T, tp_->size(), table_.pp_size(), table_.pp_stage(), recompute_, be_->sizing());
   // The plan runs twice: once from address 0 to size the buffer, then from the buffer's start.
   const int64_t bytes = lay_out(shape, 0, nullptr), es = static_cast<int64_t>(esize_);
   a->buffer = Tensor::empty({(bytes + es - 1) / es}, be_->dtype(), be_->device());

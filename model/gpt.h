@@ -161,9 +161,10 @@ class Gpt {
     bool tp_rows = false;                    // vocabulary-parallel cross-entropy row statistics (tp > 1)
   };
   /// The shape of a slot for B x T on a model that need not exist: cfg split tp_size ways (every tp
-  /// rank holds the same amount), stage pp_stage of pp_size, recomputation mode, backend be.
+  /// rank holds the same amount), stage pp_stage of pp_size, recomputation mode, on a backend that
+  /// sizes as be does (Backend::sizing(); a backend need not exist either).
   static ActivationShape activation_shape(const GptConfig& cfg, int B, int T, int tp_size, int pp_size, int pp_stage,
-                                          Recompute mode, const Backend& be);
+                                          Recompute mode, const ActivationSizing& be);
   /// Bytes one slot of shape s allocates (what activation_bytes() counts per slot).
   static int64_t slot_bytes(const ActivationShape& s);
   /// Seconds the device spent in (waiting for) tensor-parallel all-reduces since the last call, then

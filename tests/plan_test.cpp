@@ -51,7 +51,7 @@ TEST(Plan, PredictedActivationBytesEqualTheModelsAllocation) {
       model.set_recompute(mode);
       model.use_slot(0);
       model.input_tokens(c.B, c.T);  // allocates the slot
-      const int64_t predicted = Gpt::slot_bytes(Gpt::activation_shape(c.cfg, c.B, c.T, 1, c.pp, c.stage, mode, *cpu));
+      const int64_t predicted = Gpt::slot_bytes(Gpt::activation_shape(c.cfg, c.B, c.T, 1, c.pp, c.stage, mode, cpu->sizing()));
       EXPECT_EQ(static_cast<int64_t>(model.activation_bytes()), predicted);
       model.use_slot(1);  // a second micro-batch in flight: twice the bytes
       model.input_tokens(c.B, c.T);
@@ -65,7 +65,7 @@ TEST(Plan, PredictedActivationBytesEqualTheModelsAllocation) {
 TEST(Plan, RecomputationOnlyEverShrinksActivations) {
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
   const GptConfig cfg = small(6, 4, 64, 64, 512);
-  const auto bytes = [&](Recompute m) { return Gpt::slot_bytes(Gpt::activation_shape(cfg, 4, 64, 1, 1, 0, m, *cpu)); };
+  const auto bytes = [&](Recompute m) { return Gpt::slot_bytes(Gpt::activation_shape(cfg, 4, 64, 1, 1, 0, m, cpu->sizing())); };
   EXPECT_GT(bytes(Recompute::none), bytes(Recompute::selective));
   EXPECT_GT(bytes(Recompute::selective), bytes(Recompute::full));
 }
@@ -101,6 +101,30 @@ TEST(Plan, LayoutsFollowTheirSharding) {
   Config gpipe = cfg;
   gpipe.parallel.schedule = "gpipe";
   EXPECT_EQ(predict_layout_memory(gpipe, 1, 1, 2, 0).slots, 4);
+}
+
+TEST(Plan, GpuLayoutsInBf16HoldMasterWeightsAndFlashKeepsLess) {
+  Config gpu = plan_config();  // head size 16: the fused kernels handle it
+  gpu.train.device = "cuda";
+  gpu.train.precision = "bf16";
+  const ActivationSizing sizing = layout_sizing(gpu);
+  EXPECT_TRUE(sizing.uses_flash(16));
+  EXPECT_FALSE(sizing.uses_flash(24)) << "head sizes the fused kernels lack fall back to the materialised ones";
+  EXPECT_EQ(sizing.align(), 256);
+  const ParameterTable whole(gpu.model);
+  const LayoutMemory flash = predict_layout_memory(gpu, 1, 1, 1, 0);
+  ASSERT_TRUE(flash.rejected.empty()) << flash.rejected;
+  EXPECT_EQ(flash.params, whole.total() * 2);         // bf16 weights
+  EXPECT_EQ(flash.grads, whole.total() * 2);          // and gradients
+  EXPECT_EQ(flash.optimizer, 3 * 4 * whole.total());  // fp32 master weights, m and v
+  const LayoutMemory zero = predict_layout_memory(gpu, 2, 1, 1, 1);
+  EXPECT_EQ(zero.optimizer, 3 * 4 * ((whole.total() + 1) / 2));
+  // Flash keeps one float per query row instead of T: less than materialised, and than the CPU's
+  // fp32 activations.
+  Config materialised = gpu;
+  materialised.train.attention = "materialised";
+  EXPECT_LT(flash.activations, predict_layout_memory(materialised, 1, 1, 1, 0).activations);
+  EXPECT_LT(flash.activations, predict_layout_memory(plan_config(), 1, 1, 1, 0).activations);
 }
 
 TEST(Plan, LayoutsThatCannotRunSayWhy) {
@@ -206,7 +230,7 @@ TEST(PlanTime, AMeasuredShapeIsUsedForItsGemms) {
   const Config cfg = model_config(4);
   Hardware hw = reference_hardware();
   const LayoutTime generic = predict_layout_time(cfg, hw, 1, 1, 1, 0);
-  for (GemmRate g : layout_gemm_shapes(cfg, 1, 1, 1)) {
+  for (GemmRate g : layout_gemm_shapes(cfg, 1, 1)) {
     g.gflops = 2 * hw.gemm_gflops;
     hw.gemm.push_back(g);
   }
@@ -252,11 +276,107 @@ TEST(PlanTime, HardwareFilesRoundTripAndBadOnesSayWhy) {
   fails(text, "above 0");
 }
 
+TEST(PlanTime, Bf16MovesHalfTheBytes) {
+  Config cfg = model_config(4);
+  Hardware hw = reference_hardware();
+  hw.link_latency_us = 0;
+  const LayoutTime fp32 = predict_layout_time(cfg, hw, 4, 2, 1, 0);
+  cfg.train.device = "cuda";
+  cfg.train.precision = "bf16";
+  const LayoutTime bf16 = predict_layout_time(cfg, hw, 4, 2, 1, 0);
+  EXPECT_NEAR(bf16.dp_ms, fp32.dp_ms / 2, 1e-9 * fp32.dp_ms);
+  EXPECT_LT(bf16.tp_ms, fp32.tp_ms);  // activations in bf16; the loss's sums stay fp32
+  EXPECT_GT(bf16.tp_ms, fp32.tp_ms / 2);
+  EXPECT_LT(bf16.compute_ms, fp32.compute_ms);  // element-wise traffic halves, FLOPs stay
+}
+
+TEST(PlanTime, GpusHideTheGradientReductionBehindBackward) {
+  const Config cfg = model_config(4);
+  Hardware gpu = reference_hardware();  // cores = 0: a device per rank
+  const LayoutTime t = predict_layout_time(cfg, gpu, 4, 1, 1, 0);
+  EXPECT_LT(t.dp_exposed_ms, t.dp_ms);
+  EXPECT_GT(t.dp_exposed_ms, 0.0) << "the last bucket is always exposed";
+  EXPECT_NEAR(t.step_ms, t.compute_ms + t.tp_ms + t.pp_ms + t.dp_exposed_ms + t.optimizer_ms, 1e-9);
+  // A link so slow that the reduction outlasts backward: the rest shows.
+  Hardware slow = gpu;
+  slow.link_gbs = 1e-3;
+  const LayoutTime s = predict_layout_time(cfg, slow, 4, 1, 1, 0);
+  EXPECT_NEAR(s.dp_ms - s.dp_exposed_ms, 2.0 / 3.0 * s.compute_ms / 4, 1e-6 * s.dp_ms);
+  // ZeRO-1's all-gather comes after the optimizer: at least half stays exposed.
+  const LayoutTime z = predict_layout_time(cfg, gpu, 4, 1, 1, 1);
+  EXPECT_GE(z.dp_exposed_ms, z.dp_ms / 2);
+  // CPU ranks drive their own transfers: nothing is hidden.
+  Hardware cpu = gpu;
+  cpu.cores = 64;
+  const LayoutTime c = predict_layout_time(cfg, cpu, 4, 1, 1, 0);
+  EXPECT_EQ(c.dp_exposed_ms, c.dp_ms);
+}
+
+TEST(PlanTime, RingsAcrossGpuNodesUseEveryRail) {
+  const Config cfg = model_config(1);
+  Hardware hw = reference_hardware();
+  hw.link_latency_us = hw.net_latency_us = 0;
+  hw.link_gbs = 400, hw.net_gbs = 40, hw.gpus_per_node = 4;
+  const double bytes = 4.0 * ParameterTable(cfg.model).total();
+  auto ring_ms = [&](int n, double gbs) { return 2.0 * (n - 1) / n * bytes / (gbs * 1e9) * 1e3; };
+  // dp 8 over 2 nodes: 4 ranks a node, 4 cards at once (160 GB/s, under NVLink's 400).
+  EXPECT_NEAR(predict_layout_time(cfg, hw, 8, 1, 1, 0).dp_ms, ring_ms(8, 160), 1e-9);
+  // dp 2 x tp 4: one data-parallel rank a node, one card.
+  EXPECT_NEAR(predict_layout_time(cfg, hw, 2, 4, 1, 0).dp_ms, ring_ms(2, 40) * ParameterTable(cfg.model, 4, 0).total() /
+                                                                   ParameterTable(cfg.model).total(), 1e-9);
+  // Within a node: NVLink.
+  EXPECT_NEAR(predict_layout_time(cfg, hw, 4, 1, 1, 0).dp_ms, ring_ms(4, 400), 1e-9);
+}
+
+TEST(PlanTime, ShippedGpuDescriptionsLoadAndPlanGpt2OnEightGpus) {
+  for (const char* name : {"gpu-h100-sxm-8x.toml", "gpu-h200-sxm-8x.toml"}) {
+    SCOPED_TRACE(name);
+    const Hardware hw = load_hardware(std::string(MESHTRAIN_SOURCE_DIR) + "/hardware/" + name);
+    EXPECT_EQ(hw.device, "cuda");
+    EXPECT_EQ(hw.precision, "bf16");
+    EXPECT_EQ(hw.gpus_per_node, 8);
+    Config cfg = default_config();
+    cfg.model = small(12, 12, 768, 1024, 50257);  // GPT-2 124M
+    cfg.train.device = "cuda";
+    cfg.train.precision = "bf16";
+    cfg.train.batch_size = 64;
+    cfg.train.grad_accum = 8;  // 512 sequences of 1,024: llm.c's 0.5M-token step
+    const LayoutTime t = predict_layout_time(cfg, hw, 8, 1, 1, 0);
+    EXPECT_GT(t.mfu, 20.0);
+    EXPECT_LT(t.mfu, 70.0);
+    EXPECT_LT(t.dp_exposed_ms, t.dp_ms);
+  }
+}
+
 }  // namespace time_model
 }  // namespace meshtrain
 
 namespace meshtrain {
 namespace time_model {
+
+TEST(PlanTime, AHardwareDescriptionOfAnotherDeviceOrPrecisionIsRefused) {
+  PlanArgs args;
+  args.ranks = 2;
+  args.overrides = {"model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.seq_len=16", "model.vocab_size=200",
+                    "train.batch_size=4"};
+  args.hardware = std::string(MESHTRAIN_SOURCE_DIR) + "/hardware/gpu-h100-sxm-8x.toml";
+  auto refused = [&](const std::vector<std::string>& more, const std::string& expect) {
+    PlanArgs a = args;
+    a.overrides.insert(a.overrides.end(), more.begin(), more.end());
+    try {
+      run_plan(a);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << e.what();
+    }
+  };
+  refused({"train.device=cpu"}, "is of cuda ranks, but train.device = cpu");
+  refused({"train.device=cuda", "train.precision=fp32"}, "gives bf16 compute rates, but train.precision = fp32");
+  // train.device = auto takes the description's device.
+  PlanArgs ok = args;
+  ok.overrides.push_back("train.precision=bf16");
+  EXPECT_NO_THROW(run_plan(ok));
+}
 
 TEST(PlanTime, CalibrateWritesADescriptionThatPlansOneRankAndRefusesToOverwrite) {
   testing::ScratchDir dir("plan_cal");

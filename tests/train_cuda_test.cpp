@@ -19,6 +19,10 @@
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "core/communicator.h"
+#include "launch/config.h"
+#include "launch/plan.h"
+#include "model/optimizer.h"
+#include "model/params.h"
 #include "cuda_test_util.h"
 #include "test_util.h"
 #include "tiny_corpus.h"
@@ -306,3 +310,42 @@ TEST_F(TrainCuda, CudaWithoutAGpuIsAClearError) {
 }
 
 }  // namespace
+
+// `meshtrain plan` sizes GPU layouts without a GPU (layout_sizing from the config alone); the bytes it
+// predicts are the bytes the CUDA model and optimizer allocate, for both precisions, both attention
+// kernels (the fused ones keep a float per query row; head size 24 falls back to the materialised
+// ones) and every recomputation mode.
+TEST(GptCuda, PlanPredictsTheGpuModelsAllocation) {
+  MT_REQUIRE_GPU();
+  GptConfig odd = tiny_config();
+  odd.n_head = 2, odd.n_embd = 48;  // head size 24: no fused kernel
+  for (const GptConfig& c : {tiny_config(), odd}) {
+    for (DType dt : {DType::f32, DType::bf16}) {
+      for (AttentionKind att : {AttentionKind::flash, AttentionKind::materialised}) {
+        for (Recompute mode : {Recompute::none, Recompute::selective, Recompute::full}) {
+          SCOPED_TRACE(fmt::format("C {} {} {} recompute {}", c.n_embd, dtype_name(dt),
+                                   att == AttentionKind::flash ? "flash" : "materialised", static_cast<int>(mode)));
+          Config cfg = default_config();
+          cfg.model = c;
+          cfg.train.device = "cuda";
+          cfg.train.precision = dt == DType::bf16 ? "bf16" : "fp32";
+          cfg.train.attention = att == AttentionKind::flash ? "flash" : "materialised";
+          cfg.train.recompute = mode == Recompute::none ? "none" : mode == Recompute::selective ? "selective" : "full";
+          cfg.train.batch_size = 3;
+          cfg.train.grad_accum = 1;
+          const LayoutMemory plan = predict_layout_memory(cfg, 1, 1, 1, 0);
+          ASSERT_TRUE(plan.rejected.empty()) << plan.rejected;
+          LocalCommunicator one;
+          Gpt model(c, one, nullptr, 1, 0, make_cuda_backend(dt, att));
+          model.set_recompute(mode);
+          model.use_slot(0);
+          model.input_tokens(3, c.seq_len);  // allocates the slot
+          EXPECT_EQ(static_cast<int64_t>(model.activation_bytes()), plan.activations);
+          EXPECT_EQ(static_cast<int64_t>(model.params().nbytes()), plan.params);
+          const AdamW opt(ParameterTable(c), AdamWConfig{}, {}, &model.backend());
+          EXPECT_EQ(static_cast<int64_t>(opt.state_bytes()), plan.optimizer);
+        }
+      }
+    }
+  }
+}
