@@ -218,12 +218,21 @@ TEST(PlanTime, FasterPartsNeverSlowTheStep) {
 TEST(PlanTime, RanksThatOutnumberTheCoresAreBoundByThem) {
   const Config cfg = model_config(4);
   Hardware hw = reference_hardware();
+  hw.link_latency_us = 0;  // every microsecond of communication is copying: busy
   const LayoutTime own = predict_layout_time(cfg, hw, 4, 1, 1, 0);
   EXPECT_FALSE(own.oversubscribed);
   hw.cores = 2;  // four single-threaded ranks on two cores
   const LayoutTime shared = predict_layout_time(cfg, hw, 4, 1, 1, 0);
   EXPECT_TRUE(shared.oversubscribed);
   EXPECT_NEAR(shared.step_ms, 2.0 * (own.compute_ms + own.tp_ms + own.dp_ms + own.optimizer_ms), 1e-9);
+  // Waiting for peers (the latency part) yields the core to another rank: it adds to the step's
+  // collectives but not to the cores' bound.
+  Hardware waits = hw;
+  waits.link_latency_us = 50;
+  const LayoutTime tp4 = predict_layout_time(cfg, waits, 1, 4, 1, 0), tp4_copy = predict_layout_time(cfg, hw, 1, 4, 1, 0);
+  EXPECT_TRUE(tp4.oversubscribed);
+  EXPECT_NEAR(tp4.step_ms, tp4_copy.step_ms, 1e-9);
+  EXPECT_GT(tp4.tp_ms, tp4_copy.tp_ms);
 }
 
 TEST(PlanTime, AMeasuredShapeIsUsedForItsGemms) {
