@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools zlib1g-dev libisal-dev
-  libopenblas-openmp-dev
+  libopenblas-openmp-dev libdnnl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev libcpp-httplib-dev
   libomp-dev

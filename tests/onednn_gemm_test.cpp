@@ -1,0 +1,129 @@
+// The CPU GEMMs through oneDNN (core/gemm_onednn.h) against a double-precision reference, fp32 and
+// bf16 (inputs rounded to bf16 first, so both sides multiply the same numbers and only fp32
+// accumulation separates them), on odd shapes (1 x N, N x 1, sizes not divisible by 16), every
+// transpose, padded strides and beta 0, 1 and 0.5; primitives are created once per shape. A build
+// without oneDNN must say "[bf16-cpu] not built".
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/error.h"
+#include "core/gemm_onednn.h"
+
+namespace meshtrain {
+namespace {
+
+struct Shape {
+  int M, N, K;
+};
+const Shape kShapes[] = {{1, 37, 19}, {29, 1, 23}, {17, 13, 1}, {13, 17, 19}, {33, 65, 17}, {64, 48, 144}, {5, 300, 70}};
+
+std::vector<float> random_values(size_t n, uint64_t seed) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  for (float& x : v) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  return v;
+}
+
+/// Runs one case and returns the error relative to the largest reference magnitude.
+double run_case(GemmType type, const Shape& s, bool ta, bool tb, float beta, int pad, uint64_t seed) {
+  const int lda = (ta ? s.M : s.K) + pad, ldb = (tb ? s.K : s.N) + pad, ldc = s.N + pad;
+  const size_t a_rows = ta ? s.K : s.M, b_rows = tb ? s.N : s.K;
+  std::vector<float> A = random_values(a_rows * lda, seed), B = random_values(b_rows * ldb, seed + 1),
+                     C = random_values(size_t(s.M) * ldc, seed + 2);
+  std::vector<uint16_t> A16(A.size()), B16(B.size());
+  if (type == GemmType::bf16) {  // both sides see the bf16 values
+    for (size_t i = 0; i < A.size(); ++i) A16[i] = float_to_bf16(A[i]), A[i] = bf16_to_float(A16[i]);
+    for (size_t i = 0; i < B.size(); ++i) B16[i] = float_to_bf16(B[i]), B[i] = bf16_to_float(B16[i]);
+  }
+  std::vector<double> want(size_t(s.M) * s.N);
+  double scale = 1e-30;
+  for (int i = 0; i < s.M; ++i)
+    for (int j = 0; j < s.N; ++j) {
+      double acc = 0;
+      for (int k = 0; k < s.K; ++k)
+        acc += double(ta ? A[size_t(k) * lda + i] : A[size_t(i) * lda + k]) *
+               double(tb ? B[size_t(j) * ldb + k] : B[size_t(k) * ldb + j]);
+      want[size_t(i) * s.N + j] = acc + double(beta) * C[size_t(i) * ldc + j];
+      scale = std::max(scale, std::fabs(want[size_t(i) * s.N + j]));
+    }
+  std::vector<float> got = C;
+  const void* a = type == GemmType::bf16 ? static_cast<const void*>(A16.data()) : A.data();
+  const void* b = type == GemmType::bf16 ? static_cast<const void*>(B16.data()) : B.data();
+  gemm_onednn(type, ta, tb, s.M, s.N, s.K, a, lda, b, ldb, beta, got.data(), ldc);
+  double err = 0;
+  for (int i = 0; i < s.M; ++i) {
+    for (int j = 0; j < s.N; ++j) err = std::max(err, std::fabs(got[size_t(i) * ldc + j] - want[size_t(i) * s.N + j]));
+    for (int j = s.N; j < ldc; ++j)  // the padding after each row is not C's: left as it was
+      if (got[size_t(i) * ldc + j] != C[size_t(i) * ldc + j]) return INFINITY;
+  }
+  return err / scale;
+}
+
+TEST(OnednnGemm, MatchesTheReferenceOnOddShapesEveryTransposeAndBeta) {
+  if (!onednn_built()) {
+    try {
+      float c = 0;
+      gemm_onednn(GemmType::f32, false, false, 1, 1, 1, &c, 1, &c, 1, 0.0f, &c, 1);
+      ADD_FAILURE() << "a build without oneDNN ran a oneDNN GEMM";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[bf16-cpu] not built"), std::string::npos) << e.what();
+    }
+    return;
+  }
+  uint64_t seed = 1;
+  for (GemmType type : {GemmType::f32, GemmType::bf16}) {
+    const double tol = 2e-5;  // fp32 accumulation of exact products, either way
+    for (const Shape& s : kShapes)
+      for (bool ta : {false, true})
+        for (bool tb : {false, true})
+          for (float beta : {0.0f, 1.0f, 0.5f}) {
+            const int pad = (s.M + s.N) % 3;  // strides wider than the rows now and then
+            SCOPED_TRACE(::testing::Message() << (type == GemmType::bf16 ? "bf16 " : "fp32 ") << s.M << "x" << s.N
+                                              << "x" << s.K << " ta " << ta << " tb " << tb << " beta " << beta
+                                              << " pad " << pad);
+            EXPECT_LE(run_case(type, s, ta, tb, beta, pad, seed++), tol);
+          }
+  }
+}
+
+TEST(OnednnGemm, APrimitiveIsCreatedOncePerShape) {
+  if (!onednn_built()) GTEST_SKIP() << "this build has no oneDNN (the test above checks it says so)";
+  const Shape s{24, 40, 56};
+  run_case(GemmType::bf16, s, false, true, 0.0f, 0, 7);
+  const int64_t after_first = onednn_primitives_created();
+  for (int i = 0; i < 3; ++i) run_case(GemmType::bf16, s, false, true, 0.0f, 0, 8 + i);
+  EXPECT_EQ(onednn_primitives_created(), after_first);
+  run_case(GemmType::bf16, s, true, true, 0.0f, 0, 20);  // another layout: another primitive
+  EXPECT_EQ(onednn_primitives_created(), after_first + 1);
+}
+
+TEST(OnednnGemm, BadSizesAndStridesSayWhat) {
+  if (!onednn_built()) GTEST_SKIP() << "this build has no oneDNN (the first test checks it says so)";
+  float x[16] = {};
+  EXPECT_THROW(gemm_onednn(GemmType::f32, false, false, 0, 4, 4, x, 4, x, 4, 0.0f, x, 4), Error);
+  try {
+    gemm_onednn(GemmType::f32, false, false, 2, 4, 4, x, 3, x, 4, 0.0f, x, 4);  // lda 3 < K 4
+    ADD_FAILURE() << "accepted lda < K";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("strides too small"), std::string::npos) << e.what();
+  }
+}
+
+TEST(OnednnGemm, NamesTheBf16InstructionsOfThisCpu) {
+  if (!onednn_built()) GTEST_SKIP() << "this build has no oneDNN (the first test checks it says so)";
+  const std::string isa = onednn_bf16_isa();
+  EXPECT_TRUE(isa.empty() || isa == "AMX" || isa == "AVX512_BF16") << isa;
+  std::printf("[onednn] bf16 matmuls on this CPU: %s\n", isa.empty() ? "none (emulated)" : isa.c_str());
+}
+
+}  // namespace
+}  // namespace meshtrain
