@@ -1,7 +1,9 @@
 // Whole training step of the benchmark model on the CPU: forward, backward and AdamW on random
 // tokens, with time per layer family, achieved GFLOP/s and peak resident memory. Prints numbers,
-// never fails on a slow machine. Usage: train_step_bench [--steps N] [--threads N] [--trace] [--set key=value]...
-// --trace records trace regions as `train --trace` does (without writing them): the cost of tracing.
+// never fails on a slow machine. Usage: train_step_bench [--steps N] [--threads N] [--trace] [--precision bf16]
+// [--set key=value]... --trace records trace regions as `train --trace` does (without writing them): the
+// cost of tracing. --precision bf16 times the fp32 step and then the step with bf16 GEMMs (oneDNN;
+// train.precision = bf16 on the CPU) in the same run, each with its per-family table.
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -9,11 +11,13 @@
 #include <vector>
 
 #include "core/gemm.h"
+#include "core/gemm_onednn.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
 #include "core/trace.h"
 #include "launch/config.h"
+#include "model/backend.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "core/communicator.h"
@@ -26,25 +30,28 @@ int main(int argc, char** argv) {
   cfg.train.batch_size = 4;
   int steps = 5, threads = 2;
   bool trace = false;  // record trace regions (core/trace.h), as `train --trace` does
+  std::string precision = "fp32";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
     else if (a == "--threads" && i + 1 < argc) threads = std::stoi(argv[++i]);
     else if (a == "--trace") trace = true;
+    else if (a == "--precision" && i + 1 < argc) precision = argv[++i];
     else if (a == "--set" && i + 1 < argc) apply_override(cfg, argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--steps N] [--threads N] [--trace] [--set section.key=value]...\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--steps N] [--threads N] [--trace] [--precision fp32|bf16] "
+                   "[--set section.key=value]...\n", argv[0]);
       return 2;
     }
+  }
+  if (precision != "fp32" && precision != "bf16") {
+    std::fprintf(stderr, "--precision must be fp32 or bf16 (got '%s')\n", precision.c_str());
+    return 2;
   }
   set_num_threads(threads);
   Tracer::get().set_on(trace);
   const int B = cfg.train.batch_size, T = cfg.model.seq_len, V = cfg.model.vocab_size;
   LocalCommunicator comm;
-  Gpt model(cfg.model, comm);
-  model.set_recompute(parse_recompute(cfg.train.recompute));
-  model.initialize(1);
-  AdamW opt(model.table(), AdamWConfig{});
   CounterRng rng(42, 0);
   std::vector<int32_t> inp(static_cast<size_t>(B) * T), tgt(inp.size());
   for (size_t i = 0; i < inp.size(); ++i) {
@@ -57,6 +64,23 @@ int main(int argc, char** argv) {
               "recompute %s\n", cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, T, B, V,
               cfg.model.padded_vocab(), cfg.model.num_params() / 1e6, flops / 1e9, threads,
               cfg.train.recompute.c_str());
+  double fp32_mean = 0.0;
+  size_t activation_bytes = 0, param_bytes = 0;
+  for (const bool bf16 : {false, true}) {
+  if (bf16 && precision != "bf16") break;
+  std::unique_ptr<Backend> backend;
+  try {
+    backend = make_cpu_backend(bf16);
+  } catch (const std::exception& e) {
+    std::printf("\nbf16 GEMMs: %s\n", e.what());
+    break;
+  }
+  std::printf("\n== %s\n", backend->describe().c_str());
+  Gpt model(cfg.model, comm, nullptr, 1, 0, std::move(backend));
+  model.set_recompute(parse_recompute(cfg.train.recompute));
+  model.initialize(1);
+  AdamW opt(model.table(), AdamWConfig{});
+  prof.clear();
   double best = 1e30, sum = 0.0;
   for (int s = -1; s < steps; ++s) {  // step -1 warms up (allocations, page faults)
     if (s == 0) prof.clear();
@@ -85,6 +109,12 @@ int main(int argc, char** argv) {
   for (const auto& [k, v] : prof.totals()) total += v;
   for (const auto& [k, v] : prof.totals())
     std::printf("%-14s %10.1f %6.1f%%\n", k.c_str(), v / steps * 1e3, 100.0 * v / total);
+  if (!bf16) fp32_mean = mean;
+  else std::printf("\nbf16 GEMMs against fp32: %.2fx faster (%.1f -> %.1f ms/step)\n", fp32_mean / mean,
+                   fp32_mean * 1e3, mean * 1e3);
+  activation_bytes = model.activation_bytes();
+  param_bytes = model.params().nbytes();
+  }
   // The machine's sgemm rate on a square product, the ceiling a step's GEMM-bound work can reach.
   {
     const int n = 1024;
@@ -94,13 +124,12 @@ int main(int argc, char** argv) {
     const int reps = 10;
     for (int r = 0; r < reps; ++r) gemm_cpu(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
     double gf = 2.0 * n * n * n * reps / (now_seconds() - t0) / 1e9;
-    std::printf("\nOpenBLAS sgemm 1024^3: %.1f GFLOP/s; this step reaches %.0f%% of it (perfect step %.0f ms)\n", gf,
-                100.0 * flops / mean / 1e9 / gf, flops / gf / 1e6);
+    std::printf("\nOpenBLAS sgemm 1024^3: %.1f GFLOP/s; the fp32 step reaches %.0f%% of it (perfect step %.0f ms)\n",
+                gf, 100.0 * flops / fp32_mean / 1e9 / gf, flops / gf / 1e6);
   }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   std::printf("\npeak resident memory: %.1f MiB (activations %.1f MiB, parameters+grads+moments %.1f MiB)\n",
-              ru.ru_maxrss / 1024.0, model.activation_bytes() / 1048576.0,
-              4.0 * model.params().nbytes() / 1048576.0);
+              ru.ru_maxrss / 1024.0, activation_bytes / 1048576.0, 4.0 * param_bytes / 1048576.0);
   return 0;
 }

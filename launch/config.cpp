@@ -127,7 +127,8 @@ const std::vector<Key>& schema() {
     k.push_back(make_key("train.device", Kind::string, "auto (CUDA when a GPU is present), cpu or cuda", &C::train,
                          &TrainConfig::device));
     k.push_back(make_key("train.precision", Kind::string,
-                         "fp32, or bf16 (CUDA: bf16 weights/activations/gradients, fp32 master weights and moments)",
+                         "fp32, or bf16 (CUDA: bf16 weights/activations/gradients, fp32 master weights and moments; "
+                         "CPU: GEMMs in bf16 through oneDNN, everything else fp32)",
                          &C::train, &TrainConfig::precision));
     k.push_back(make_key("train.cuda_graph", Kind::boolean, "CUDA: capture the whole training step in a graph",
                          &C::train, &TrainConfig::cuda_graph));
@@ -419,8 +420,8 @@ void validate_config(const Config& cfg) {
   MT_CHECK(t.stop_signal.empty() || signal_number(t.stop_signal) > 0,
            "[config] train.stop_signal must be a signal name such as USR1, USR2, HUP or QUIT (got '{}')",
            t.stop_signal);
-  MT_CHECK(t.device != "cpu" || (t.precision == "fp32" && !t.cuda_graph),
-           "[config] train.device = cpu trains in fp32 without CUDA graphs; set train.precision = fp32 and "
+  MT_CHECK(t.device != "cpu" || !t.cuda_graph,
+           "[config] train.device = cpu runs without CUDA graphs (its kernels are function calls); set "
            "train.cuda_graph = false, or train.device = cuda");
   MT_CHECK(t.peak_tflops >= 0.0, "[config] train.peak_tflops must be >= 0 (0 = from the GPU's name; got {})",
            t.peak_tflops);

@@ -266,7 +266,8 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   const int ranks = dp * tp * pp, micro = split.micro_count;
   const double N = double(split.micro_rows) * m.seq_len, C = m.n_embd;
   // Bytes per value of parameters, gradients and activations (what the collectives move).
-  const double fp = cfg.train.precision == "bf16" ? 2.0 : 4.0;
+  // (bf16 on the CPU multiplies in bf16 but stores and reduces fp32.)
+  const double fp = cfg.train.device == "cuda" && cfg.train.precision == "bf16" ? 2.0 : 4.0;
   // Where a group's ranks sit: consecutive ranks fill a node, tp innermost, then dp, then pp.
   const int per_node = hw.gpus_per_node > 0 ? hw.gpus_per_node : ranks;
   const bool tp_across = tp > per_node, dp_across = tp * dp > per_node, pp_across = ranks > per_node && pp > 1;

@@ -199,7 +199,10 @@ class DeviceTimer {
   Spans spans_;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
+/// The CPU backend. bf16_gemms: every matmul through oneDNN in bf16 with fp32 accumulation, the rest
+/// fp32 (train.precision = bf16 on the CPU); throws "[bf16-cpu] not built" without oneDNN and refuses
+/// a CPU without bf16 instructions.
+std::unique_ptr<Backend> make_cpu_backend(bool bf16_gemms = false);
 /// A CUDA backend on the current device and a stream of its own. Throws "[cuda] not built" in builds
 /// without CUDA and a clear error when no GPU is present.
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, AttentionKind attention = AttentionKind::flash);

@@ -1,7 +1,16 @@
 // The CPU backend: the reference kernels of model/kernels/*_cpu.cpp in fp32, run synchronously.
+// With bf16 GEMMs (train.precision = bf16 on the CPU) every matmul instead rounds its two inputs to
+// bf16 and multiplies them through oneDNN with fp32 accumulation into fp32 outputs, as PyTorch's bf16
+// autocast does on a CPU; parameters (the fp32 master weights), gradients, activations, LayerNorm,
+// softmax, the loss and AdamW stay fp32, so checkpoints, communicators and the optimizer see no
+// difference. The bf16 copy of a weight is made at each use, from the weights as they are then: it
+// costs one pass over the weight per GEMM (under 0.1% of the GEMM's work at 1,024 tokens).
 #include <cstring>
 #include <vector>
 
+#include "core/bf16.h"
+#include "core/error.h"
+#include "core/gemm_onednn.h"
 #include "core/timer.h"
 
 #include "model/backend.h"
@@ -22,11 +31,30 @@ namespace {
 float* f(void* p) { return static_cast<float*>(p); }
 const float* f(const void* p) { return static_cast<const float*>(p); }
 
+/// n floats rounded to bf16 (nearest, ties to even) into out, resized to n.
+void round_to_bf16(const float* in, int64_t n, std::vector<uint16_t>& out) {
+  out.resize(static_cast<size_t>(n));
+  uint16_t* o = out.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) o[i] = float_to_bf16(in[i]);
+}
+
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(bool bf16_gemms) : bf16_gemms_(bf16_gemms) {
+    if (!bf16_gemms_) return;
+    MT_CHECK(onednn_built(), "[bf16-cpu] not built: train.precision = bf16 on the CPU runs its GEMMs through oneDNN, "
+                             "which this build lacks; install libdnnl-dev (bash scripts/setup.sh) and build again, or "
+                             "set train.precision = fp32");
+    isa_ = onednn_bf16_isa();
+    MT_CHECK(!isa_.empty(), "[bf16-cpu] this CPU has no bf16 instructions (neither AVX512_BF16 nor AMX): oneDNN would "
+                            "emulate bf16 GEMMs, slower than fp32; set train.precision = fp32");
+  }
   Device device() const override { return Device::cpu; }
   DType dtype() const override { return DType::f32; }
-  std::string describe() const override { return "cpu fp32"; }
+  std::string describe() const override {
+    return bf16_gemms_ ? "cpu fp32 with bf16 GEMMs (oneDNN, " + isa_ + ")" : "cpu fp32";
+  }
   void zero(void* p, size_t nbytes) override { std::memset(p, 0, nbytes); }
   void copy(void* dst, const void* src, size_t nbytes) override { std::memmove(dst, src, nbytes); }
   void upload(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
@@ -59,12 +87,36 @@ class CpuBackend final : public Backend {
   }
   void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C, int OC,
                       void* pre_gelu) override {
-    if (!pre_gelu) return matmul_forward_cpu(f(out), f(inp), f(weight), f(bias), N, C, OC);
-    matmul_forward_cpu(f(pre_gelu), f(inp), f(weight), f(bias), N, C, OC);
-    gelu_forward_cpu(f(out), f(pre_gelu), static_cast<int64_t>(N) * OC);
+    float* dst = f(pre_gelu ? pre_gelu : out);
+    // One row (generation, a token at a time) reads the weight once: fp32 is as fast there.
+    if (bf16_gemms_ && N > 1) {
+      MT_CHECK(C >= 1 && OC >= 1, "[matmul_forward] N={}, C={}, OC={}: every dimension must be at least 1", N, C, OC);
+      round_to_bf16(f(inp), int64_t{N} * C, a16_);
+      round_to_bf16(f(weight), int64_t{OC} * C, b16_);
+      if (bias)
+        for (int n = 0; n < N; ++n) std::memcpy(dst + int64_t{n} * OC, bias, sizeof(float) * static_cast<size_t>(OC));
+      gemm_onednn(GemmType::bf16, false, true, N, OC, C, a16_.data(), C, b16_.data(), C, bias ? 1.0f : 0.0f, dst, OC);
+    } else {
+      matmul_forward_cpu(dst, f(inp), f(weight), f(bias), N, C, OC);
+    }
+    if (pre_gelu) gelu_forward_cpu(f(out), f(pre_gelu), static_cast<int64_t>(N) * OC);
   }
   void matmul_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
                        int N, int C, int OC) override {
+    if (bf16_gemms_ && N > 1) {
+      MT_CHECK(C >= 1 && OC >= 1, "[matmul_backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C, OC);
+      round_to_bf16(f(dout), int64_t{N} * OC, a16_);
+      if (dinp) {  // dinp = dout W, overwritten
+        round_to_bf16(f(weight), int64_t{OC} * C, b16_);
+        gemm_onednn(GemmType::bf16, false, false, N, C, OC, a16_.data(), OC, b16_.data(), C, 0.0f, f(dinp), C);
+      }
+      if (dweight) {  // dweight += dout^T inp
+        round_to_bf16(f(inp), int64_t{N} * C, b16_);
+        gemm_onednn(GemmType::bf16, true, false, OC, C, N, a16_.data(), OC, b16_.data(), C, 1.0f, f(dweight), C);
+      }
+      if (dbias) matmul_backward_cpu(nullptr, nullptr, f(dbias), f(dout), f(inp), f(weight), N, C, OC);
+      return;
+    }
     if (dinp) std::memset(dinp, 0, static_cast<size_t>(N) * C * sizeof(float));  // the CPU kernel accumulates
     matmul_backward_cpu(f(dinp), f(dweight), f(dbias), f(dout), f(inp), f(weight), N, C, OC);
   }
@@ -147,10 +199,13 @@ class CpuBackend final : public Backend {
  private:
   std::vector<double> marks_;
   int64_t next_ = 0;
+  bool bf16_gemms_ = false;
+  std::string isa_;                   // what oneDNN runs bf16 on (bf16 GEMMs only)
+  std::vector<uint16_t> a16_, b16_;   // a GEMM's two inputs in bf16
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(bool bf16_gemms) { return std::make_unique<CpuBackend>(bf16_gemms); }
 
 }  // namespace meshtrain

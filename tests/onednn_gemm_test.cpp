@@ -14,6 +14,7 @@
 #include "core/bf16.h"
 #include "core/error.h"
 #include "core/gemm_onednn.h"
+#include "model/backend.h"
 
 namespace meshtrain {
 namespace {
@@ -92,6 +93,54 @@ TEST(OnednnGemm, MatchesTheReferenceOnOddShapesEveryTransposeAndBeta) {
                                               << " pad " << pad);
             EXPECT_LE(run_case(type, s, ta, tb, beta, pad, seed++), tol);
           }
+  }
+}
+
+// The CPU backend with bf16 GEMMs (train.precision = bf16 on the CPU) against the fp32 backend: a
+// linear layer forward (with and without bias, with the fused GELU) and backward (dinp overwritten,
+// dweight and dbias accumulated), on shapes of one token, one input, one output and sizes not
+// divisible by 16, within bf16's 2e-2 of the largest value.
+TEST(OnednnGemm, CpuBackendWithBf16GemmsMatchesFp32) {
+  if (!onednn_built() || onednn_bf16_isa().empty()) {
+    try {
+      make_cpu_backend(true);
+      ADD_FAILURE() << "bf16 GEMMs accepted without oneDNN or bf16 instructions";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[bf16-cpu]"), std::string::npos) << e.what();
+    }
+    return;
+  }
+  auto fp32 = make_cpu_backend(false), bf16 = make_cpu_backend(true);
+  auto rel = [](const std::vector<float>& got, const std::vector<float>& want) {
+    double err = 0, scale = 1e-30;
+    for (size_t i = 0; i < want.size(); ++i) {
+      err = std::max(err, double(std::fabs(got[i] - want[i])));
+      scale = std::max(scale, double(std::fabs(want[i])));
+    }
+    return err / scale;
+  };
+  uint64_t seed = 100;
+  for (const Shape& s : {Shape{1, 37, 19}, Shape{29, 1, 23}, Shape{17, 13, 1}, Shape{33, 65, 17}, Shape{70, 48, 144}}) {
+    const int N = s.M, OC = s.N, C = s.K;
+    SCOPED_TRACE(::testing::Message() << "N " << N << " C " << C << " OC " << OC);
+    const auto inp = random_values(size_t(N) * C, seed++), w = random_values(size_t(OC) * C, seed++),
+               bias = random_values(size_t(OC), seed++), dout = random_values(size_t(N) * OC, seed++),
+               dw0 = random_values(size_t(OC) * C, seed++), db0 = random_values(size_t(OC), seed++);
+    for (bool with_bias : {false, true})
+      for (bool gelu : {false, true}) {
+        std::vector<float> o32(size_t(N) * OC), o16(o32.size()), p32(o32.size()), p16(o32.size());
+        fp32->matmul_forward(o32.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, N, C, OC,
+                             gelu ? p32.data() : nullptr);
+        bf16->matmul_forward(o16.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, N, C, OC,
+                             gelu ? p16.data() : nullptr);
+        EXPECT_LE(rel(o16, o32), 2e-2) << "forward, bias " << with_bias << " gelu " << gelu;
+      }
+    std::vector<float> di32(size_t(N) * C, 7.0f), di16 = di32, dw32 = dw0, dw16 = dw0, db32 = db0, db16 = db0;
+    fp32->matmul_backward(di32.data(), dw32.data(), db32.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+    bf16->matmul_backward(di16.data(), dw16.data(), db16.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+    EXPECT_LE(rel(di16, di32), 2e-2) << "dinp (overwritten: the 7s must be gone)";
+    EXPECT_LE(rel(dw16, dw32), 2e-2) << "dweight (accumulated)";
+    EXPECT_LE(rel(db16, db32), 1e-6) << "dbias (fp32 either way)";
   }
 }
 

@@ -253,10 +253,10 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
 
   // The device: CUDA when asked for, or (auto) when a GPU is visible; every layout runs on either.
   const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && cuda_device_count() > 0);
-  MT_CHECK(use_cuda || (cfg.train.precision == "fp32" && !cfg.train.cuda_graph),
-           "[train] train.precision = {} / train.cuda_graph = {} need the CUDA backend, but this run is on the CPU ({}); "
-           "set train.device = cuda on a GPU machine, or train.precision = fp32 and train.cuda_graph = false",
-           cfg.train.precision, cfg.train.cuda_graph, !cuda_built() ? "this build has no CUDA" : "no GPU is visible");
+  MT_CHECK(use_cuda || !cfg.train.cuda_graph,
+           "[train] train.cuda_graph = true needs the CUDA backend, but this run is on the CPU ({}); set train.device = "
+           "cuda on a GPU machine, or train.cuda_graph = false",
+           !cuda_built() ? "this build has no CUDA" : "no GPU is visible");
   if (use_cuda) require_cuda("train.device = cuda");
   // How ranks exchange tensors. NCCL needs a GPU of its own for every rank; MPI stages GPU tensors
   // through host memory, so several ranks may share a GPU (how the GPU layouts are tested on one GPU).
@@ -333,6 +333,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   if (use_cuda)
     backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
                                 cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
+  else if (cfg.train.precision == "bf16")  // bf16 GEMMs through oneDNN, fp32 everything else
+    backend = make_cpu_backend(true);
   std::unique_ptr<NcclCommunicator> nccl;
   if (comm == "nccl" && world.size() > 1) {
     nccl = make_nccl_communicator(world, gpu);
@@ -438,6 +440,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
       fmt::print("[train] device: {} on {}{}{}\n", model.backend().describe(), cuda_device_description(),
                  cfg.train.cuda_graph ? ", each step replayed as one CUDA graph" : "",
                  world.size() > 1 ? fmt::format("; ranks exchange tensors over {}", comm == "mpi" ? "MPI, staged through host memory" : "NCCL") : "");
+    else if (cfg.train.precision == "bf16")
+      fmt::print("[train] device: {}\n", model.backend().describe());
     if (world.size() > 1)
       fmt::print("[train] mesh dp {} x tp {} x pp {}: {} gradient buckets, {}\n", dp_size, tp_size, pp_size,
                  ddp.num_buckets(), cfg.parallel.zero ? "ZeRO-1 (optimizer state sharded)" : "optimizer state replicated");
