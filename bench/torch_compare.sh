@@ -14,7 +14,7 @@ here=$(dirname "$0")
 bench=$build/bench/train_step_bench
 [ -x "$bench" ] || { echo "torch_compare: $bench not found: build with -DMESHTRAIN_BENCH=ON first" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
-  echo "[torch_compare] making $venv and installing PyTorch (CPU) from PyPI"
+  echo "[torch_compare] making $venv and installing PyTorch from PyPI (about 4 GB)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q torch
