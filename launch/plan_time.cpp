@@ -341,8 +341,8 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   if (hw.cores > 0 && ranks * threads > hw.cores) {
     // Each rank is busy with its own stage's micro-batches (the slowest stage's figures above would
     // count the head on every stage), its gradients' reduction and its optimizer share.
-    Hardware dp_busy = busy_hw;
-    if (hw.async_gbs > 0) dp_busy.link_gbs = hw.async_gbs;
+    Hardware dp_busy = dp_hw;  // the buckets' figures, without their latencies
+    dp_busy.link_latency_us = dp_busy.net_latency_us = 0;
     const double dp_copy_ms = all_reduce_seconds(dp_busy, params_max * fp, dp, dp_across, dp_rails) * 1e3;
     const double busy = dp * tp * micro * all_stages_busy * 1e3 + ranks * (dp_copy_ms + r.optimizer_ms);
     const double bound = busy * threads / hw.cores;
