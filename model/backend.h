@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "core/timer.h"
 #include "core/trace.h"
 #include "model/kernels/adamw.h"
 
@@ -108,6 +109,22 @@ class Backend {
                             int Vp, float dloss) = 0;
   /// Copies n values of dtype() from device memory into host floats.
   virtual void download_floats(float* dst, const void* src, int64_t n) = 0;
+
+  // ---- The tied LM head fused with the loss, where a backend does better than matmul_forward,
+  // crossentropy and matmul_backward (the CPU with bf16 GEMMs: rows in chunks, so the fp32 logits of
+  // the whole batch never exist at once, and the gradient is stored as the bf16 its GEMMs read).
+  /// Whether the two calls below are implemented for n rows (by default, never).
+  virtual bool fuses_classifier_crossentropy(int /*n*/) const { return false; }
+  /// losses and the gradient of logits = inp @ weight^T (N x Vp, V real columns) as crossentropy()
+  /// gives them. space is room for N x Vp values of dtype(); it receives the gradient in the form
+  /// classifier_backward reads. The parts are added to prof's "classifier" and "crossentropy".
+  virtual void classifier_crossentropy(float* losses, void* space, const void* inp, const void* weight,
+                                       const int32_t* targets, int N, int C, int V, int Vp, float dloss,
+                                       Profiler* prof);
+  /// matmul_backward of the head from classifier_crossentropy's space: dinp = dlogits @ weight
+  /// (overwritten), dweight += dlogits^T @ inp; either may be null.
+  virtual void classifier_backward(void* dinp, void* dweight, const void* space, const void* inp, const void* weight,
+                                   int N, int C, int Vp);
 
   // ---- Copies for work that must not wait on the host (a step captured as a CUDA graph).
   /// Device -> host, ordered with the kernels; the bytes are there after synchronize().

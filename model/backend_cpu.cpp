@@ -5,6 +5,7 @@
 // softmax, the loss and AdamW stay fp32, so checkpoints, communicators and the optimizer see no
 // difference. The bf16 copy of a weight is made at each use, from the weights as they are then: it
 // costs one pass over the weight per GEMM (under 0.1% of the GEMM's work at 1,024 tokens).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -38,6 +39,11 @@ void round_to_bf16(const float* in, int64_t n, std::vector<uint16_t>& out) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) o[i] = float_to_bf16(in[i]);
 }
+
+// Rows of logits per chunk of the fused head with bf16 GEMMs (chosen by measurement, see
+// docs/performance.md): enough rows that the GEMM reads the weight few times, few enough that a
+// chunk's logits (rows x padded vocabulary floats) stay largely in the last-level cache.
+constexpr int64_t kHeadRows = 256;
 
 class CpuBackend final : public Backend {
  public:
@@ -147,6 +153,52 @@ class CpuBackend final : public Backend {
   void crossentropy(float* losses, void* dlogits, const void* logits, const int32_t* targets, int N, int V, int Vp,
                     float dloss) override {
     softmax_crossentropy_cpu(losses, f(dlogits), f(logits), targets, N, V, Vp, dloss);
+  }
+
+  // With bf16 GEMMs the head runs in chunks of rows: each chunk's fp32 logits land in the second
+  // half of `space` (still in cache when the loss reads them) and its gradient goes to the first half
+  // as bf16, the form the two backward GEMMs read, so the batch's logits are never all in fp32 and
+  // the gradient is neither rounded again nor read at full width. The numbers are those of
+  // matmul_forward + crossentropy + matmul_backward (tests/onednn_gemm_test.cpp).
+  bool fuses_classifier_crossentropy(int n) const override { return bf16_gemms_ && n >= 2; }
+  void classifier_crossentropy(float* losses, void* space, const void* inp, const void* weight, const int32_t* targets,
+                               int N, int C, int V, int Vp, float dloss, Profiler* prof) override {
+    MT_CHECK(fuses_classifier_crossentropy(N) && C >= 1 && Vp >= V && V >= 1,
+             "[classifier_crossentropy] N={}, C={}, V={}, Vp={}: needs bf16 GEMMs, N >= 2, C >= 1, 1 <= V <= Vp", N, C,
+             V, Vp);
+    const int64_t total = int64_t{N} * Vp, half = (total + 1) / 2;
+    uint16_t* grad16 = static_cast<uint16_t*>(space);
+    float* chunk = f(space) + half;
+    const int rows = static_cast<int>(std::min<int64_t>(kHeadRows, (total - half) / Vp));
+    {
+      ScopedTimer t(prof, "classifier");
+      round_to_bf16(f(inp), int64_t{N} * C, a16_);
+      round_to_bf16(f(weight), int64_t{Vp} * C, b16_);
+    }
+    for (int r0 = 0; r0 < N; r0 += rows) {
+      const int n = std::min(rows, N - r0);
+      {
+        ScopedTimer t(prof, "classifier");
+        gemm_onednn(GemmType::bf16, false, true, n, Vp, C, a16_.data() + int64_t{r0} * C, C, b16_.data(), C, 0.0f,
+                    chunk, Vp);
+      }
+      ScopedTimer t(prof, "crossentropy");
+      softmax_crossentropy_bf16_grad_cpu(losses + r0, grad16 + int64_t{r0} * Vp, chunk, targets + r0, n, V, Vp, dloss);
+    }
+  }
+  void classifier_backward(void* dinp, void* dweight, const void* space, const void* inp, const void* weight, int N,
+                           int C, int Vp) override {
+    MT_CHECK(fuses_classifier_crossentropy(N) && C >= 1 && Vp >= 1,
+             "[classifier_backward] N={}, C={}, Vp={}: needs bf16 GEMMs, N >= 2 and C, Vp >= 1", N, C, Vp);
+    const uint16_t* grad16 = static_cast<const uint16_t*>(space);
+    if (dinp) {
+      round_to_bf16(f(weight), int64_t{Vp} * C, b16_);
+      gemm_onednn(GemmType::bf16, false, false, N, C, Vp, grad16, Vp, b16_.data(), C, 0.0f, f(dinp), C);
+    }
+    if (dweight) {
+      round_to_bf16(f(inp), int64_t{N} * C, b16_);
+      gemm_onednn(GemmType::bf16, true, false, Vp, C, N, grad16, Vp, b16_.data(), C, 1.0f, f(dweight), C);
+    }
   }
 
   void download_async(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }

@@ -35,6 +35,7 @@ struct Gpt::Acts {
   Tensor xent;       // vocabulary-parallel row statistics: B*T maxima, then 2*B*T sums (fp32, tp > 1 only)
   int last_B = 0, last_T = 0;  // shape of the last forward in this slot
   bool grad_ready = false;     // a forward with compute_grad awaits its backward
+  bool head_fused = false;     // logits holds the fused head's gradient (Backend::classifier_crossentropy)
   // Activations are in the backend's dtype (void*); LayerNorm statistics, attention's saved values
   // and the losses are fp32 whatever it is.
   struct Layer {
@@ -471,6 +472,13 @@ void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float 
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
+  a.head_fused = compute_grad && tp_->size() == 1 && be.fuses_classifier_crossentropy(BT);
+  if (a.head_fused) {  // the backend times its own parts
+    const int32_t* targets = a.ids.data<int32_t>() + static_cast<int64_t>(a.B) * a.T;
+    be.classifier_crossentropy(a.loss_buf.f32(), a.logits, a.lnf, p_.wte, targets, BT, C, cfg_.vocab_size,
+                               static_cast<int>(Vl_), dloss, prof_);
+    return;
+  }
   {
     Region r(prof_, be, "classifier");
     be.matmul_forward(a.logits, a.lnf, p_.wte, nullptr, BT, C, static_cast<int>(Vl_));
@@ -618,8 +626,12 @@ void Gpt::backward() {
   if (table_.last_stage()) {
     {
       Region r(prof_, be, "classifier");
-      be.matmul_backward(a.dln, frozen_ ? nullptr : g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C,
-                         static_cast<int>(Vl_));
+      if (a.head_fused) {
+        be.classifier_backward(a.dln, frozen_ ? nullptr : g_.wte, a.logits, a.lnf, p_.wte, BT, C, static_cast<int>(Vl_));
+      } else {
+        be.matmul_backward(a.dln, frozen_ ? nullptr : g_.wte, nullptr, a.logits, a.lnf, p_.wte, BT, C,
+                           static_cast<int>(Vl_));
+      }
       tp_sum(tp, a.buffer, a.dln, BTC, tp_timer_, tp_bytes_);  // each rank saw only its vocabulary columns
     }
     be.zero(a.dres, BTC * e);

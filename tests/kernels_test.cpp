@@ -660,6 +660,23 @@ TEST(CrossEntropy, InPlaceGradientEqualsSeparateBuffers) {
   EXPECT_EQ(separate, inplace);
 }
 
+// The bf16-gradient variant (the CPU's fused head with bf16 GEMMs) must give the same losses and the
+// fp32 gradient rounded to bf16, bit for bit, ignored rows and padding included.
+TEST(CrossEntropy, Bf16GradientIsTheFp32GradientRounded) {
+  for (auto [N, V, Vp] : {std::array<int, 3>{8, 300, 384}, std::array<int, 3>{3, 50257, 50304}}) {
+    CrossEntropyCase cs(N, V, Vp, 84);
+    Vec losses32(N), losses16(N, -1.0f), grad32(static_cast<size_t>(N) * Vp), scratch = cs.logits;
+    std::vector<uint16_t> grad16(static_cast<size_t>(N) * Vp, 0x7fc0);  // NaN until written
+    softmax_crossentropy_cpu(losses32.data(), grad32.data(), cs.logits.data(), cs.targets.data(), N, V, Vp, 0.37f);
+    softmax_crossentropy_bf16_grad_cpu(losses16.data(), grad16.data(), scratch.data(), cs.targets.data(), N, V, Vp,
+                                       0.37f);
+    EXPECT_EQ(losses16, losses32) << "V " << V;
+    size_t differ = 0;
+    for (size_t i = 0; i < grad32.size(); ++i) differ += grad16[i] != float_to_bf16(grad32[i]);
+    EXPECT_EQ(differ, 0u) << "of " << grad32.size() << " gradient values, V " << V;
+  }
+}
+
 TEST(CrossEntropy, RejectsTargetsInThePadding) {
   CrossEntropyCase cs(2, 10, 16, 83);
   cs.targets[0] = 12;

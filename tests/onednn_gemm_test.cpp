@@ -144,6 +144,59 @@ TEST(OnednnGemm, CpuBackendWithBf16GemmsMatchesFp32) {
   }
 }
 
+// The fused head of the bf16 CPU backend (rows in chunks, the gradient kept in bf16) against its
+// three separate calls on the same backend: the same losses, input and weight gradients, for batches
+// of one chunk, several chunks and a last partial one, odd widths, padded vocabularies and an
+// ignored row; both parts show up in the profiler.
+TEST(OnednnGemm, FusedHeadEqualsTheSeparateCalls) {
+  if (!onednn_built() || onednn_bf16_isa().empty()) GTEST_SKIP() << "needs bf16 GEMMs (the test above checks the refusal)";
+  auto be = make_cpu_backend(true);
+  EXPECT_FALSE(be->fuses_classifier_crossentropy(1)) << "one row has no room for a chunk";
+  EXPECT_FALSE(make_cpu_backend(false)->fuses_classifier_crossentropy(64)) << "fp32 keeps the separate calls";
+  auto max_abs = [](const std::vector<float>& v) {
+    double m = 1e-30;
+    for (float x : v) m = std::max(m, double(std::fabs(x)));
+    return m;
+  };
+  auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+    return m;
+  };
+  uint64_t seed = 300;
+  struct Head {
+    int N, C, V, Vp;
+  };
+  for (const Head h : {Head{2, 19, 50, 64}, Head{5, 64, 300, 320}, Head{257, 48, 333, 384}, Head{300, 32, 1000, 1024}}) {
+    ASSERT_TRUE(be->fuses_classifier_crossentropy(h.N));
+    SCOPED_TRACE(::testing::Message() << "N " << h.N << " C " << h.C << " V " << h.V << " Vp " << h.Vp);
+    const auto inp = random_values(size_t(h.N) * h.C, seed++), w = random_values(size_t(h.Vp) * h.C, seed++),
+               dw0 = random_values(size_t(h.Vp) * h.C, seed++);
+    std::vector<int32_t> targets(size_t(h.N));
+    for (int i = 0; i < h.N; ++i) targets[size_t(i)] = (i * 7919) % h.V;
+    targets[1] = -1;
+    const float dloss = 1.0f / h.N;
+
+    std::vector<float> logits(size_t(h.N) * h.Vp), loss_ref(size_t(h.N)), dinp_ref(size_t(h.N) * h.C), dw_ref = dw0;
+    be->matmul_forward(logits.data(), inp.data(), w.data(), nullptr, h.N, h.C, h.Vp);
+    be->crossentropy(loss_ref.data(), logits.data(), logits.data(), targets.data(), h.N, h.V, h.Vp, dloss);
+    be->matmul_backward(dinp_ref.data(), dw_ref.data(), nullptr, logits.data(), inp.data(), w.data(), h.N, h.C, h.Vp);
+
+    std::vector<float> space(size_t(h.N) * h.Vp, std::nanf("")), loss(size_t(h.N), -1.0f),
+        dinp(size_t(h.N) * h.C, 7.0f), dw = dw0;
+    Profiler prof;
+    be->classifier_crossentropy(loss.data(), space.data(), inp.data(), w.data(), targets.data(), h.N, h.C, h.V, h.Vp,
+                                dloss, &prof);
+    be->classifier_backward(dinp.data(), dw.data(), space.data(), inp.data(), w.data(), h.N, h.C, h.Vp);
+    EXPECT_LE(max_diff(loss, loss_ref), 1e-5 * max_abs(loss_ref)) << "losses";
+    EXPECT_EQ(loss[1], 0.0f) << "the ignored row";
+    EXPECT_LE(max_diff(dinp, dinp_ref), 1e-3 * max_abs(dinp_ref)) << "dinp (overwritten)";
+    EXPECT_LE(max_diff(dw, dw_ref), 1e-3 * max_abs(dw_ref)) << "dweight (accumulated onto dw0)";
+    EXPECT_GT(prof.totals().count("classifier"), 0u);
+    EXPECT_GT(prof.totals().count("crossentropy"), 0u);
+  }
+}
+
 TEST(OnednnGemm, APrimitiveIsCreatedOncePerShape) {
   if (!onednn_built()) GTEST_SKIP() << "this build has no oneDNN (the test above checks it says so)";
   const Shape s{24, 40, 56};

@@ -14,6 +14,12 @@ namespace meshtrain {
 void softmax_crossentropy_cpu(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
                               int Vp, float dloss);
 
+/// The same loss, with the gradient written as bf16 (rounded to nearest, ties to even) into dlogits16
+/// (N x Vp), for a CPU whose next GEMMs read bf16: the values equal softmax_crossentropy_cpu's dlogits
+/// rounded afterwards, bit for bit. logits is scratch: each row's exponentials are parked there.
+void softmax_crossentropy_bf16_grad_cpu(float* losses, uint16_t* dlogits16, float* logits, const int32_t* targets,
+                                        int N, int V, int Vp, float dloss);
+
 /// CUDA twin (crossentropy.cu) on device pointers; stream is a cudaStream_t (nullptr: the default
 /// stream). Targets are not validated on the device: a row whose target is >= V gets a NaN loss.
 void softmax_crossentropy_cuda(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
