@@ -1,6 +1,7 @@
 // CPU GEMM engines at the benchmark model's shapes (train_step_bench: L4 H4 C256 T256 B4, vocabulary
 // 50304, so 1024 tokens): OpenBLAS sgemm (what the fp32 CPU path runs), oneDNN fp32 and oneDNN bf16
-// (fp32 accumulation; AMX or AVX512_BF16 as oneDNN finds them), forward-shaped C = A B^T, in GFLOP/s
+// (fp32 accumulation; AMX or AVX512_BF16 as oneDNN finds them), forward-shaped C = A B^T and the
+// classifier's two backward GEMMs (dinp = dlogits W: C = A B; dW = dlogits^T X: C = A^T B), in GFLOP/s
 // as a markdown table with the CPU model. Prints numbers and never fails on a slow machine.
 // Usage: cpu_gemm_bench [--iters N] [--threads N]
 #include <omp.h>
@@ -59,33 +60,40 @@ int main(int argc, char** argv) {
   struct Shape {
     const char* what;
     int M, N, K;
+    bool ta = false, tb = true;  // C = op(A) op(B): A is M x K (K x M when ta), B is N x K (K x N unless tb)
   };
-  const Shape shapes[] = {{"qkv", 1024, 768, 256},        {"attention proj", 1024, 256, 256},
-                          {"fc", 1024, 1024, 256},        {"fc proj", 1024, 256, 1024},
-                          {"classifier", 1024, 50304, 256}, {"square", 1024, 1024, 1024}};
+  const Shape shapes[] = {{"qkv", 1024, 768, 256},
+                          {"attention proj", 1024, 256, 256},
+                          {"fc", 1024, 1024, 256},
+                          {"fc proj", 1024, 256, 1024},
+                          {"classifier", 1024, 50304, 256},
+                          {"classifier dinp", 1024, 256, 50304, false, false},
+                          {"classifier dweight", 50304, 256, 1024, true, false},
+                          {"square", 1024, 1024, 1024}};
   std::printf("CPU: %s, %d threads; oneDNN bf16 on: %s\n\n", cpu_name().c_str(), omp_get_max_threads(),
               onednn_built() ? (onednn_bf16_isa().empty() ? "no bf16 instructions" : onednn_bf16_isa().c_str())
                              : "not built");
   std::printf("| GEMM | M x N x K | OpenBLAS fp32 | oneDNN fp32 | oneDNN bf16 | bf16 / OpenBLAS |\n"
               "|---|---|---:|---:|---:|---:|\n");
   for (const Shape& s : shapes) {
+    const int lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
     std::vector<float> A(size_t(s.M) * s.K, 0.01f), B(size_t(s.N) * s.K, 0.02f), C(size_t(s.M) * s.N);
     std::vector<uint16_t> A16(A.size(), float_to_bf16(0.01f)), B16(B.size(), float_to_bf16(0.02f));
     const double flops = 2.0 * s.M * s.N * s.K;
     const double blas = flops / best_seconds([&] {
-      gemm_cpu(false, true, s.M, s.N, s.K, 1.0f, A.data(), s.K, B.data(), s.K, 0.0f, C.data(), s.N);
+      gemm_cpu(s.ta, s.tb, s.M, s.N, s.K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), s.N);
     }, iters) / 1e9;
     double f32 = 0, bf16 = 0;
     if (onednn_built()) {
       f32 = flops / best_seconds([&] {
-        gemm_onednn(GemmType::f32, false, true, s.M, s.N, s.K, A.data(), s.K, B.data(), s.K, 0.0f, C.data(), s.N);
+        gemm_onednn(GemmType::f32, s.ta, s.tb, s.M, s.N, s.K, A.data(), lda, B.data(), ldb, 0.0f, C.data(), s.N);
       }, iters) / 1e9;
       bf16 = flops / best_seconds([&] {
-        gemm_onednn(GemmType::bf16, false, true, s.M, s.N, s.K, A16.data(), s.K, B16.data(), s.K, 0.0f, C.data(), s.N);
+        gemm_onednn(GemmType::bf16, s.ta, s.tb, s.M, s.N, s.K, A16.data(), lda, B16.data(), ldb, 0.0f, C.data(), s.N);
       }, iters) / 1e9;
     }
-    std::printf("| %s | %d x %d x %d | %.0f | %.0f | %.0f | %.2fx |\n", s.what, s.M, s.N, s.K, blas, f32, bf16,
-                bf16 / blas);
+    std::printf("| %s | %d x %d x %d%s | %.0f | %.0f | %.0f | %.2fx |\n", s.what, s.M, s.N, s.K,
+                s.ta ? " (A^T B)" : s.tb ? "" : " (A B)", blas, f32, bf16, bf16 / blas);
   }
   return 0;
 }

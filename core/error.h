@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace meshtrain {
 
@@ -13,6 +14,13 @@ namespace meshtrain {
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  /// what() = full; message() = the words alone, for a listing where the source line is noise.
+  Error(const std::string& full, std::string message) : std::runtime_error(full), message_(std::move(message)) {}
+  /// The message without the "(file:line)" that MT_CHECK adds (what() when there is none).
+  std::string message() const { return message_.empty() ? what() : message_; }
+
+ private:
+  std::string message_;
 };
 
 [[noreturn]] void throw_error(const char* file, int line, const std::string& message);

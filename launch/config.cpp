@@ -460,4 +460,16 @@ std::string config_reference() {
   return out;
 }
 
+ActivationSizing run_sizing(const Config& cfg, bool on_gpu) {
+  if (!on_gpu) return {Device::cpu, DType::f32, AttentionKind::materialised};  // bf16 GEMMs keep fp32 activations
+  return {Device::cuda, cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
+          cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised};
+}
+
+std::unique_ptr<Backend> make_run_backend(const Config& cfg, bool on_gpu) {
+  const ActivationSizing s = run_sizing(cfg, on_gpu);
+  if (on_gpu) return make_cuda_backend(s.dtype, s.attention);
+  return make_cpu_backend(cfg.train.precision == "bf16");
+}
+
 }  // namespace meshtrain

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "model/backend.h"
 #include "model/gpt_config.h"
 #include "model/lora.h"
 
@@ -101,5 +103,12 @@ BatchSplit split_batch(const Config& cfg, int dp);
 std::string config_to_toml(const Config& cfg);
 /// One line per key: name, type, default and meaning (for --help-config).
 std::string config_reference();
+
+/// What the run's backend does, from the config and whether it runs on a GPU (train.device resolved):
+/// CUDA in train.precision with train.attention, or the CPU in fp32 (bf16 GEMMs through oneDNN when
+/// train.precision = bf16). The plan sizes layouts with run_sizing; train and finetune build with
+/// make_run_backend, so the two cannot disagree.
+ActivationSizing run_sizing(const Config& cfg, bool on_gpu);
+std::unique_ptr<Backend> make_run_backend(const Config& cfg, bool on_gpu);
 
 }  // namespace meshtrain

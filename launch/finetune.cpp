@@ -223,8 +223,6 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
 
   // Device and threads, as `train` picks them.
   const bool use_cuda = cfg.train.device == "cuda" || (cfg.train.device == "auto" && cuda_device_count() > 0);
-  MT_CHECK(use_cuda || cfg.train.precision == "fp32",
-           "[finetune] train.precision = {} needs a GPU; set train.precision = fp32 on the CPU", cfg.train.precision);
   if (use_cuda) {
     require_cuda("train.device = cuda");
     use_cuda_device(args.local_rank % cuda_device_count());
@@ -246,10 +244,7 @@ FinetuneResult run_finetune(const FinetuneArgs& args, Communicator& world) {
   Mesh mesh(world, MeshShape{dp_size, args.tp, 1});
   Communicator& dp = mesh.dp();
   Communicator& tp = mesh.tp();
-  std::unique_ptr<Backend> backend;
-  if (use_cuda)
-    backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
-                                cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
+  std::unique_ptr<Backend> backend = make_run_backend(cfg, use_cuda);
   Gpt model(cfg.model, dp, &tp, 1, 0, std::move(backend));
   model.set_recompute(parse_recompute(cfg.train.recompute));
   if (world.size() == 1) load_run(base, model, nullptr);

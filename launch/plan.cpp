@@ -16,11 +16,7 @@
 
 namespace meshtrain {
 
-ActivationSizing layout_sizing(const Config& cfg) {
-  const bool gpu = cfg.train.device == "cuda";
-  return {gpu ? Device::cuda : Device::cpu, gpu && cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
-          gpu && cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised};
-}
+ActivationSizing layout_sizing(const Config& cfg) { return run_sizing(cfg, cfg.train.device == "cuda"); }
 
 LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, int zero) {
   LayoutMemory best;
@@ -53,7 +49,7 @@ LayoutMemory predict_layout_memory(const Config& cfg, int dp, int tp, int pp, in
       r.zero_shard = zero ? padded / dp * es : 0;
       r.optimizer = state_arrays * 4 * (zero ? padded / dp : table.total());
     } catch (const Error& e) {
-      best.rejected = e.what();
+      best.rejected = e.message();
       return best;
     }
     // Without a pipeline, micro-batches run one after another through one slot (launch/train/train.cpp).

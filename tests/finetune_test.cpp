@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "cli_util.h"
+#include "core/gemm_onednn.h"
 #include "core/tensor.h"
 #include "parallel/checkpoint.h"
 #include "test_util.h"
@@ -106,6 +107,32 @@ TEST_F(Finetune, EveryLayoutTrainsTheSameAdapters) {
     }
     EXPECT_EQ(tensors, 2 * 4 * 2);  // A and B of four layers in each of two blocks
   }
+}
+
+// train.precision = bf16 on the CPU: fine-tuning builds the same backend training does (bf16 GEMMs
+// through oneDNN), says so, and follows the fp32 losses within bf16's tolerance; without oneDNN or
+// bf16 instructions it refuses with the training path's message.
+TEST_F(Finetune, Bf16OnTheCpuUsesTheBf16GemmsAndFollowsFp32) {
+  auto bf16 = run(finetune("bf16", "--set train.precision=bf16"));
+  if (!onednn_built() || onednn_bf16_isa().empty()) {
+    EXPECT_NE(bf16.code, 0);
+    EXPECT_NE(bf16.output.find("[bf16-cpu]"), std::string::npos) << bf16.output;
+    return;
+  }
+  ASSERT_EQ(bf16.code, 0) << bf16.output;
+  EXPECT_NE(bf16.output.find("with bf16 GEMMs"), std::string::npos) << bf16.output;
+  auto fp32 = run(finetune("fp32_ref"));
+  ASSERT_EQ(fp32.code, 0) << fp32.output;
+  const auto want = meshtrain::testing::read_losses(path("fp32_ref.jsonl"));
+  const auto got = meshtrain::testing::read_losses(path("bf16.jsonl"));
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_FALSE(got.empty());
+  bool differs = false;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_LE(std::fabs(got[i] - want[i]), 2e-2 * std::fabs(want[i])) << "step " << i + 1;
+    differs |= got[i] != want[i];
+  }
+  EXPECT_TRUE(differs) << "bf16 GEMMs gave the fp32 losses exactly: the precision was not applied";
 }
 
 TEST_F(Finetune, ValidationLossFallsAndTheAdapterFileIsSmallAndNamesItsBase) {

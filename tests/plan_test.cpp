@@ -140,6 +140,7 @@ TEST(Plan, LayoutsThatCannotRunSayWhy) {
       continue;
     }
     ++rejected;
+    EXPECT_EQ(r.rejected.find(".cpp:"), std::string::npos) << "a reason for users, without a source line: " << r.rejected;
     heads |= r.tp == 3 && r.rejected.find("model.n_head") != std::string::npos;
     blocks |= r.pp == 3 && r.rejected.find("model.n_layer") != std::string::npos;
     batch |= r.dp == 6 && r.rejected.find("must divide by parallel.dp 6") != std::string::npos;

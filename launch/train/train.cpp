@@ -329,12 +329,7 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
            tp_size, pp_size, world.size());
   const int dp_size = cfg.parallel.dp > 0 ? cfg.parallel.dp : world.size() / (tp_size * pp_size);
   // The model's device and its stream, then (NCCL) the communicator ordered after that stream.
-  std::unique_ptr<Backend> backend;
-  if (use_cuda)
-    backend = make_cuda_backend(cfg.train.precision == "bf16" ? DType::bf16 : DType::f32,
-                                cfg.train.attention == "flash" ? AttentionKind::flash : AttentionKind::materialised);
-  else if (cfg.train.precision == "bf16")  // bf16 GEMMs through oneDNN, fp32 everything else
-    backend = make_cpu_backend(true);
+  std::unique_ptr<Backend> backend = make_run_backend(cfg, use_cuda);
   std::unique_ptr<NcclCommunicator> nccl;
   if (comm == "nccl" && world.size() > 1) {
     nccl = make_nccl_communicator(world, gpu);
