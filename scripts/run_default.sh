@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cmake --preset release -DMESHTRAIN_TESTS=OFF -DMESHTRAIN_BENCH=OFF >/dev/null
+bash scripts/configure.sh release -DMESHTRAIN_TESTS=OFF -DMESHTRAIN_BENCH=OFF
 cmake --build build/release --target meshtrain -j"$(nproc)"
 exec ./build/release/meshtrain train "$@"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh tests
 t0=$(date +%s)
-cmake --preset release -DMESHTRAIN_TESTS=ON -DMESHTRAIN_BENCH=ON >/dev/null
+bash scripts/configure.sh release -DMESHTRAIN_TESTS=ON -DMESHTRAIN_BENCH=ON
 cmake --build build/release -j"$(nproc)"
 t1=$(date +%s)
 echo "[test] build: $((t1 - t0)) s"

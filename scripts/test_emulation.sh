@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 t0=$(date +%s)
-cmake --preset emulation >/dev/null
+bash scripts/configure.sh emulation
 cmake --build build/emulation -j"$(nproc)"
 t1=$(date +%s)
 echo "[emulation] build: $((t1 - t0)) s"
@@ -18,7 +18,7 @@ echo "[emulation] emulated tests: $((t2 - t1)) s"
 /usr/bin/env python3 tests/cuda_emulation/mutation_check.py build/emulation
 t3=$(date +%s)
 echo "[emulation] mutation check: $((t3 - t2)) s"
-cmake --preset emulation-tsan >/dev/null
+bash scripts/configure.sh emulation-tsan
 cmake --build build/emulation-tsan -j"$(nproc)" --target kernels_cuda_test kernels_bf16_cuda_test attention_cuda_test \
   matmul_cuda_test
 ctest --preset emulation-tsan -j1

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh tests fuzz  # the tests' packages, clang 14 and its sanitizer runtimes
 t0=$(date +%s)
-cmake --preset asan >/dev/null
+bash scripts/configure.sh asan
 cmake --build build/asan -j"$(nproc)"
 t1=$(date +%s)
 echo "[sanitizers] build: $((t1 - t0)) s"

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh tests fuzz  # the tests' packages, clang 14; libomp-dev brings Archer
 t0=$(date +%s)
-cmake --preset tsan >/dev/null
+bash scripts/configure.sh tsan
 cmake --build build/tsan -j"$(nproc)" --target meshtrain watchdog_test serve_test comm_test data_parallel_test \
   mesh_test kernels_test model_test train_test
 t1=$(date +%s)

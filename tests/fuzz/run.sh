@@ -14,7 +14,7 @@ seconds=${1:-60}
 shift || true
 bash scripts/setup.sh fuzz
 t0=$(date +%s)
-cmake --preset fuzz > /dev/null
+bash scripts/configure.sh fuzz
 cmake --build build/fuzz -j"$(nproc)" 2>&1 | grep -E "error|warning: " || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
