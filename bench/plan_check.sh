@@ -2,8 +2,8 @@
 # `meshtrain plan`'s step-time prediction against measured runs: calibrates this machine for the
 # layouts model (`plan calibrate` under mpiexec with one rank per core), runs every layout of
 # bench/layouts.sh, and prints predicted vs measured ms/step per layout with the mean absolute and
-# worst relative error (measured: the median step after two warm-up steps, the lowest of RUNS runs).
-# About 3 minutes on 2 cores. Prints numbers; never
+# worst relative error (measured: the median step after two warm-up steps, the lowest of RUNS rounds,
+# each round calibrated afresh). About 4 minutes a round on 2 cores. Prints numbers; never
 # fails on a slow machine or a large error.
 # Usage: bench/plan_check.sh [BUILD_DIR] [WORK_DIR] [STEPS]
 set -euo pipefail
@@ -21,10 +21,19 @@ mkdir -p "$work"
 model=(--set model.n_layer=4 --set model.n_head=4 --set model.n_embd=128 --set model.seq_len=64
        --set train.batch_size=16 --set parallel.microbatches=4 --set model.vocab_size=2048 --set train.threads=1)
 cores=$(nproc)
-mpiexec -n "$cores" "$bin" plan calibrate "${model[@]}" --out "$work/hardware.toml" --overwrite 2>&1 | grep -v "^\[plan calibrate\] linear"
-# Every layout RUNS times (default 3): a run that the machine slowed (a neighbour, a migrated vCPU)
-# moves one layout's median by up to a third; the lowest median is the machine's speed.
-rm -rf "$work"/runs*
-for run in $(seq 1 "${RUNS:-3}"); do bash "$(dirname "$0")/layouts.sh" "$build" "$work/runs_$run" "$steps" > "$work/layouts_$run.md"; done
-for n in 1 2 4 8; do "$bin" plan --ranks "$n" "${model[@]}" --hardware "$work/hardware.toml" --json > "$work/plan_$n.json"; done
+# RUNS rounds (default 3), each a fresh calibration followed by every layout: the machine's speed
+# drifts (a neighbour, a migrated vCPU) by a quarter over minutes, so each round's runs are predicted
+# from the calibration taken just before them. Per layout, the round whose median step was lowest
+# (the machine at its quietest) is compared with that round's prediction.
+rm -rf "$work"/runs* "$work"/round_*
+for run in $(seq 1 "${RUNS:-3}"); do
+  round=$work/round_$run
+  mkdir -p "$round"
+  mpiexec -n "$cores" "$bin" plan calibrate "${model[@]}" --out "$round/hardware.toml" --overwrite 2>&1 |
+    grep -v "^\[plan calibrate\] linear" | sed "s/^/[round $run] /"
+  bash "$(dirname "$0")/layouts.sh" "$build" "$round/runs" "$steps" > "$round/layouts.md"
+  for n in 1 2 4 8; do
+    "$bin" plan --ranks "$n" "${model[@]}" --hardware "$round/hardware.toml" --json > "$round/plan_$n.json"
+  done
+done
 /usr/bin/python3 "$(dirname "$0")/plan_compare.py" "$work"

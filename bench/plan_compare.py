@@ -1,33 +1,47 @@
 #!/usr/bin/python3
-"""Predicted against measured step time: reads WORK/plan_*.json (`meshtrain plan --json --hardware`)
-and WORK/runs*/run_DP_TP_PP_ZERO.jsonl (`bench/layouts.sh` metrics; with several runs of a layout, the
-lowest median step), prints a table per layout and the
-mean absolute and worst relative error. Run by bench/plan_check.sh; usable alone on its folder."""
+"""Predicted against measured step time. Reads rounds: WORK/round_*/ (bench/plan_check.sh), each with
+plan_*.json (`meshtrain plan --json --hardware` from that round's calibration) and runs*/run_DP_TP_PP_ZERO.jsonl
+(`bench/layouts.sh` metrics); a folder without round_* is one round (plan_*.json and runs*/ in WORK).
+Per layout, the round with the lowest median step is compared with that round's prediction. Prints a
+table per layout, the mean absolute and worst relative error, and each round's own errors."""
 import glob, json, os, sys
+
 work = sys.argv[1]
-pred = {}
-for f in glob.glob(f"{work}/plan_*.json"):
-    for o in json.load(open(f)):
-        if "step_ms" in o:
-            pred[(o["dp"], o["tp"], o["pp"], o["zero"])] = o
-measured, rss = {}, {}  # layout -> the lowest of its runs' median steps; the largest peak resident MiB
-for f in sorted(glob.glob(f"{work}/runs*/run_*.jsonl")):
-    key = tuple(map(int, os.path.basename(f)[4:-6].split("_")))
-    lines = [json.loads(l) for l in open(f)][2:]  # the first two steps warm up
-    if lines:
-        ms = sorted(r["ms"] for r in lines)[len(lines) // 2]
-        measured[key] = min(ms, measured.get(key, ms))
-        peak = max(r.get("rss_peak_mib", 0.0) for r in lines)
-        rss[key] = max(peak, rss.get(key, 0.0))
-rows = []
-for key, ms in measured.items():
-    if key in pred:
-        p = pred[key]
-        rows.append((*key, ms, p["step_ms"], p["oversubscribed"], rss.get(key, 0.0), p["resident_bytes"] / 2**20))
+
+
+def read_round(folder):
+    pred, measured, rss = {}, {}, {}
+    for f in glob.glob(f"{folder}/plan_*.json"):
+        for o in json.load(open(f)):
+            if "step_ms" in o:
+                pred[(o["dp"], o["tp"], o["pp"], o["zero"])] = o
+    for f in sorted(glob.glob(f"{folder}/runs*/run_*.jsonl")):
+        key = tuple(map(int, os.path.basename(f)[4:-6].split("_")))
+        lines = [json.loads(l) for l in open(f)][2:]  # the first two steps warm up
+        if lines:
+            ms = sorted(r["ms"] for r in lines)[len(lines) // 2]
+            measured[key] = min(ms, measured.get(key, ms))
+            peak = max(r.get("rss_peak_mib", 0.0) for r in lines)
+            rss[key] = max(peak, rss.get(key, 0.0))
+    return pred, measured, rss
+
+
+rounds = [read_round(r) for r in sorted(glob.glob(f"{work}/round_*"))] or [read_round(work)]
+best = {}  # layout -> (measured ms, prediction) of the round where it ran fastest
+rss = {}
+for pred, measured, peaks in rounds:
+    for key, ms in measured.items():
+        if key in pred and (key not in best or ms < best[key][0]):
+            best[key] = (ms, pred[key])
+    for key, mib in peaks.items():
+        rss[key] = max(mib, rss.get(key, 0.0))
 print("| dp | tp | pp | zero | measured ms | predicted ms | error | peak resident MiB | predicted MiB | error |")
 print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 errs, merrs = [], []
-for dp, tp, pp, zero, ms, pr, over, mib, pmib in sorted(rows, key=lambda r: (r[0] * r[1] * r[2], r)):
+for key in sorted(best, key=lambda k: (k[0] * k[1] * k[2], k)):
+    dp, tp, pp, zero = key
+    ms, p = best[key]
+    pr, over, pmib, mib = p["step_ms"], p["oversubscribed"], p["resident_bytes"] / 2**20, rss.get(key, 0.0)
     e = (pr - ms) / ms
     errs.append(abs(e))
     mem = "- | - | -"
@@ -42,3 +56,8 @@ if errs:
 if merrs:
     print(f"peak memory (the largest rank's resident set): mean absolute error {100 * sum(merrs) / len(merrs):.1f}%, "
           f"worst {100 * max(merrs):.1f}%")
+if len(rounds) > 1:
+    for i, (pred, measured, _) in enumerate(rounds, 1):
+        e = [abs(pred[k]["step_ms"] - ms) / ms for k, ms in measured.items() if k in pred]
+        if e:
+            print(f"round {i} alone: mean absolute error {100 * sum(e) / len(e):.1f}%, worst {100 * max(e):.1f}%")

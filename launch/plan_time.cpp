@@ -598,6 +598,9 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
       }
       Tensor f = Tensor::empty({int64_t(sizes.size()) + 1});  // the factors, then the whole time
       f.f32()[sizes.size()] = 0.0f;
+      // This pass's factors only: the pass starts from a copy of the kept one, whose entries would
+      // otherwise come first and be the ones looked up.
+      hw.in_step.clear();
       for (size_t i = 0; i < sizes.size(); ++i) {
         const int rows = sizes[i];
         std::vector<int32_t> ids(static_cast<size_t>(rows) * T);

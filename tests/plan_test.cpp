@@ -5,6 +5,8 @@
 // files that round-trip or fail naming the file and key.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <fstream>
 #include <tuple>
 #include <vector>
@@ -403,6 +405,12 @@ TEST(PlanTime, CalibrateWritesADescriptionThatPlansOneRankAndRefusesToOverwrite)
   EXPECT_GT(hw.elementwise_gbs, 0);
   EXPECT_GT(hw.adamw_params_per_s, 0);
   EXPECT_GE(hw.gemm.size(), 5u) << "the linears of dp 1 and dp 2 micro-batches (and tp 2)";
+  // One factor per micro-batch size (4 and 2 rows here), from the pass that was kept: entries of the
+  // passes before it would come first and be the ones the time model reads.
+  std::vector<int> rows;
+  for (const auto& [r, f] : hw.in_step) rows.push_back(r);
+  std::sort(rows.begin(), rows.end());
+  EXPECT_EQ(rows, (std::vector<int>{2, 4}));
   EXPECT_EQ(hw.link_gbs, 0) << "one rank measures no collective";
   const Config cfg = load_config("", args.overrides);
   EXPECT_GT(predict_layout_time(cfg, hw, 1, 1, 1, 0).step_ms, 0);
