@@ -112,14 +112,7 @@ class CpuBackend final : public Backend {
     if (bf16_gemms_ && N > 1) {
       MT_CHECK(C >= 1 && OC >= 1, "[matmul_backward] N={}, C={}, OC={}: every dimension must be at least 1", N, C, OC);
       round_to_bf16(f(dout), int64_t{N} * OC, a16_);
-      if (dinp) {  // dinp = dout W, overwritten
-        round_to_bf16(f(weight), int64_t{OC} * C, b16_);
-        gemm_onednn(GemmType::bf16, false, false, N, C, OC, a16_.data(), OC, b16_.data(), C, 0.0f, f(dinp), C);
-      }
-      if (dweight) {  // dweight += dout^T inp
-        round_to_bf16(f(inp), int64_t{N} * C, b16_);
-        gemm_onednn(GemmType::bf16, true, false, OC, C, N, a16_.data(), OC, b16_.data(), C, 1.0f, f(dweight), C);
-      }
+      bf16_linear_backward(f(dinp), f(dweight), a16_.data(), f(inp), f(weight), N, C, OC);
       if (dbias) matmul_backward_cpu(nullptr, nullptr, f(dbias), f(dout), f(inp), f(weight), N, C, OC);
       return;
     }
@@ -190,15 +183,7 @@ class CpuBackend final : public Backend {
                            int C, int Vp) override {
     MT_CHECK(fuses_classifier_crossentropy(N) && C >= 1 && Vp >= 1,
              "[classifier_backward] N={}, C={}, Vp={}: needs bf16 GEMMs, N >= 2 and C, Vp >= 1", N, C, Vp);
-    const uint16_t* grad16 = static_cast<const uint16_t*>(space);
-    if (dinp) {
-      round_to_bf16(f(weight), int64_t{Vp} * C, b16_);
-      gemm_onednn(GemmType::bf16, false, false, N, C, Vp, grad16, Vp, b16_.data(), C, 0.0f, f(dinp), C);
-    }
-    if (dweight) {
-      round_to_bf16(f(inp), int64_t{N} * C, b16_);
-      gemm_onednn(GemmType::bf16, true, false, Vp, C, N, grad16, Vp, b16_.data(), C, 1.0f, f(dweight), C);
-    }
+    bf16_linear_backward(f(dinp), f(dweight), static_cast<const uint16_t*>(space), f(inp), f(weight), N, C, Vp);
   }
 
   void download_async(void* dst, const void* src, size_t nbytes) override { std::memcpy(dst, src, nbytes); }
@@ -249,6 +234,20 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // A linear layer's backward GEMMs from its output gradient already in bf16 (N x OC): dinp = dout W
+  // (overwritten) and dweight += dout^T inp, either skipped when null.
+  void bf16_linear_backward(float* dinp, float* dweight, const uint16_t* dout16, const float* inp, const float* weight,
+                            int N, int C, int OC) {
+    if (dinp) {
+      round_to_bf16(weight, int64_t{OC} * C, b16_);
+      gemm_onednn(GemmType::bf16, false, false, N, C, OC, dout16, OC, b16_.data(), C, 0.0f, dinp, C);
+    }
+    if (dweight) {
+      round_to_bf16(inp, int64_t{N} * C, b16_);
+      gemm_onednn(GemmType::bf16, true, false, OC, C, N, dout16, OC, b16_.data(), C, 1.0f, dweight, C);
+    }
+  }
+
   std::vector<double> marks_;
   int64_t next_ = 0;
   bool bf16_gemms_ = false;
