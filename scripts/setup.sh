@@ -8,6 +8,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libhdf5-openmpi-dev hdf5-tools zlib1g-dev libisal-dev
   libopenblas-openmp-dev libdnnl-dev
+  ocl-icd-opencl-dev  # Debian's oneDNN is built with an OpenCL GPU runtime: its CMake package needs OpenCL's headers
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev libcpp-httplib-dev
   libomp-dev
