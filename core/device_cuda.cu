@@ -8,11 +8,21 @@
 
 #include "core/cuda_check.h"
 #include "core/device.h"
+#include "core/watchdog.h"
 
 namespace meshtrain {
 
 namespace {
 std::atomic<size_t> g_in_use{0}, g_peak{0};
+
+// The host waiting for the GPU. NCCL's collectives run on the GPU's streams, so a peer that died or
+// hangs leaves the host blocked here rather than in a communication call: the watchdog times these
+// waits too, naming the last collective queued.
+template <class Wait>
+void host_waits_for_gpu(const char* what, Wait&& wait) {
+  CommWatchdog::Guard watch(what, [] { return CommWatchdog::last_queued(); });
+  wait();
+}
 
 void note_alloc(size_t n) {
   size_t now = g_in_use.fetch_add(n) + n, peak = g_peak.load();
@@ -114,7 +124,7 @@ void device_free(void* ptr, size_t nbytes) noexcept {
 // memory as soon as this returns.
 void device_memset(void* ptr, int value, size_t nbytes) {
   CUDA_CHECK(cudaMemset(ptr, value, nbytes));
-  CUDA_CHECK(cudaDeviceSynchronize());
+  host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
 }
 
 // Ordered after the work of every stream and finished before it returns: the model's stream is
@@ -125,9 +135,9 @@ void device_copy(void* dst, Device dst_device, const void* src, Device src_devic
   cudaMemcpyKind kind = cudaMemcpyDefault;
   if (dst_device == Device::cpu && src_device == Device::cpu) kind = cudaMemcpyHostToHost;
   const bool on_device = dst_device == Device::cuda || src_device == Device::cuda;
-  if (on_device) CUDA_CHECK(cudaDeviceSynchronize());
+  if (on_device) host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
   CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
-  if (on_device) CUDA_CHECK(cudaDeviceSynchronize());
+  if (on_device) host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
 }
 
 void device_copy_async(void* dst, const void* src, size_t nbytes, void* stream) {
@@ -140,7 +150,10 @@ void device_memset_async(void* ptr, int value, size_t nbytes, void* stream) {
   CUDA_CHECK(cudaMemsetAsync(ptr, value, nbytes, static_cast<cudaStream_t>(stream)));
 }
 
-void stream_synchronize(void* stream) { CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); }
+void stream_synchronize(void* stream) {
+  host_waits_for_gpu("a wait for the GPU's stream",
+                     [stream] { CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); });
+}
 
 size_t device_memory_in_use() { return g_in_use.load() + pool_attribute(cudaMemPoolAttrReservedMemCurrent); }
 

@@ -36,6 +36,16 @@ void Tracer::name_thread(const std::string& name) {
   threads_[static_cast<size_t>(i)] = name;
 }
 
+int Tracer::virtual_thread(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < virtual_.size(); ++i)
+    if (threads_[static_cast<size_t>(virtual_[i])] == name) return virtual_[i];
+  const int index = static_cast<int>(threads_.size());
+  threads_.push_back(name);
+  virtual_.push_back(index);
+  return index;
+}
+
 std::vector<std::string> Tracer::thread_names() const {
   std::lock_guard<std::mutex> lock(mu_);
   return threads_;

@@ -34,6 +34,10 @@ class Tracer {
   static Tracer& get();
   bool on() const { return on_.load(std::memory_order_relaxed); }
   void set_on(bool on) { on_.store(on, std::memory_order_relaxed); }
+  /// A trace was asked for this run (on() or not yet): device timelines record their marks from now
+  /// on, so that a step captured as a CUDA graph before the traced window still replays them.
+  bool armed() const { return armed_.load(std::memory_order_relaxed); }
+  void set_armed(bool armed) { armed_.store(armed, std::memory_order_relaxed); }
   /// The step regions recorded from now on belong to.
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   int64_t step() const { return step_.load(std::memory_order_relaxed); }
@@ -46,6 +50,8 @@ class Tracer {
   /// This thread's index and the names given to threads ("main", ...).
   int thread_index();
   void name_thread(const std::string& name);
+  /// The index of a timeline that is not a host thread (e.g. "GPU stream"), made at its first use.
+  int virtual_thread(const std::string& name);
   std::vector<std::string> thread_names() const;
   void add(TraceEvent e);
   /// Records a region of the calling thread that began at ts_us and ends now (in the current step).
@@ -55,11 +61,13 @@ class Tracer {
 
  private:
   std::atomic<bool> on_{false};
+  std::atomic<bool> armed_{false};
   std::atomic<int64_t> step_{-1};
   std::atomic<uint64_t> scope_{0};
   mutable std::mutex mu_;
   std::vector<TraceEvent> events_;
   std::vector<std::string> threads_;
+  std::vector<int> virtual_;  // indices of threads_ that virtual_thread() made
 };
 
 /// Records the region from construction to destruction (when tracing is on).

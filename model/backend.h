@@ -190,11 +190,7 @@ class DeviceTimer {
       trace_bytes_ = bytes;
     }
   }
-  void stop() {
-    spans_.push_back({open_, be_->mark()});
-    if (trace_t0_ >= 0.0 && Tracer::get().on()) Tracer::get().add_region(cat_, name_, trace_t0_, trace_bytes_);
-    trace_t0_ = -1.0;
-  }
+  void stop();
   /// Seconds in the intervals since the last take() (the device must have passed them); clears them.
   double take() {
     double s = 0.0;
@@ -214,6 +210,72 @@ class DeviceTimer {
   double trace_t0_ = -1.0;
   int64_t trace_bytes_ = -1;
   Spans spans_;
+};
+
+/// The GPU's own timeline in a trace. On a GPU the host's regions show when work was queued, not when
+/// it ran. While a training step is recorded (begin_step .. flush, every step once a trace is armed,
+/// so that a CUDA graph captured before the traced window records them too), the DeviceScope regions (blocks,
+/// head, optimizer) and the DeviceTimer intervals (waits for tp and dp collectives) also record two
+/// marks (CUDA events) on the backend's stream, and flush() turns them into complete events of a
+/// thread named "GPU stream", once the device has passed them. The clock: begin_step records a mark
+/// while the stream is idle (the previous step ended with a synchronize), so that mark happened at
+/// the host time it was recorded; every other mark is placed at that time plus the event-measured
+/// interval from it. On the CPU nothing is recorded: the host's regions are the device's timeline.
+class DeviceTrace {
+ public:
+  struct Span {
+    const char* cat = "";
+    std::string name;
+    int64_t a = -1, b = -1;  // the backend's marks at the region's start and end
+    int64_t bytes = -1;
+  };
+  /// The process's device timeline.
+  static DeviceTrace& get();
+  /// Starts recording this step's regions when a trace is armed (Tracer::armed) and be runs on a GPU;
+  /// call it after Backend::reset_marks(), with the stream idle.
+  void begin_step(Backend& be);
+  /// Whether the current step's regions are being recorded.
+  bool recording() const { return be_ != nullptr; }
+  Backend* backend() const { return be_; }
+  void add(Span s) { spans_.push_back(std::move(s)); }
+  /// The regions recorded so far in this step: a step captured as a CUDA graph records them once, and
+  /// each replay sets them again (the replay records the same marks).
+  const std::vector<Span>& spans() const { return spans_; }
+  void set_spans(std::vector<Span> spans) { spans_ = std::move(spans); }
+  /// Once the device has passed every mark (after a synchronize): adds the regions to the Tracer on
+  /// the "GPU stream" thread (when the step is traced, Tracer::on) and stops recording.
+  void flush();
+
+ private:
+  Backend* be_ = nullptr;
+  int64_t anchor_ = -1;
+  double anchor_us_ = 0.0;
+  std::vector<Span> spans_;
+};
+
+/// A region of the device's stream, recorded while DeviceTrace is recording (beside the host's
+/// TraceScope of the same name). make_name is only called then.
+class DeviceScope {
+ public:
+  template <class NameFn>
+  DeviceScope(const char* cat, NameFn&& make_name) {
+    DeviceTrace& t = DeviceTrace::get();
+    if (!t.recording()) return;
+    span_.cat = cat;
+    span_.name = make_name();
+    span_.a = t.backend()->mark();
+  }
+  ~DeviceScope() {
+    DeviceTrace& t = DeviceTrace::get();
+    if (span_.a < 0 || !t.recording()) return;
+    span_.b = t.backend()->mark();
+    t.add(std::move(span_));
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  DeviceTrace::Span span_;
 };
 
 /// The CPU backend. bf16_gemms: every matmul through oneDNN in bf16 with fp32 accumulation, the rest

@@ -348,7 +348,9 @@ void row_parallel_forward(Backend& be, Communicator& tp, const Tensor& buffer, v
 }  // namespace
 
 void Gpt::block_forward(int l, int B, int T, int cache_pos) {
-  TraceScope trace("compute", [&] { return "forward block " + std::to_string(table_.layer_begin() + l); });
+  auto name = [&] { return "forward block " + std::to_string(table_.layer_begin() + l); };
+  TraceScope trace("compute", name);
+  DeviceScope on_device("compute", name);
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -469,6 +471,7 @@ void Gpt::run_blocks(int B, int T, int cache_pos) {
 
 void Gpt::head_forward(int B, int T, bool has_targets, bool compute_grad, float dloss) {
   TraceScope trace("compute", "head forward (logits, loss)");
+  DeviceScope on_device("compute", [] { return "head forward (logits, loss)"; });
   Acts& a = acts();
   Backend& be = *be_;
   const int C = cfg_.n_embd, BT = B * T;
@@ -622,7 +625,11 @@ void Gpt::backward() {
   const int64_t BTC = static_cast<int64_t>(BT) * C;
   const size_t e = esize_;
   std::optional<TraceScope> head_trace;
-  if (table_.last_stage()) head_trace.emplace("compute", "head backward");
+  std::optional<DeviceScope> head_on_device;
+  if (table_.last_stage()) {
+    head_trace.emplace("compute", "head backward");
+    head_on_device.emplace("compute", [] { return "head backward"; });
+  }
   if (table_.last_stage()) {
     {
       Region r(prof_, be, "classifier");
@@ -643,8 +650,11 @@ void Gpt::backward() {
     if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
   }  // else a.dres already holds the gradient of this stage's output
   head_trace.reset();
+  head_on_device.reset();
   for (int l = n_local_ - 1; l >= 0; --l) {
-    TraceScope trace("compute", [&] { return "backward block " + std::to_string(table_.layer_begin() + l); });
+    auto name = [&] { return "backward block " + std::to_string(table_.layer_begin() + l); };
+    TraceScope trace("compute", name);
+    DeviceScope on_device("compute", name);
     const LayerParams& w = p_.layers[l];
     const LayerParams& gw = g_.layers[l];
     auto grad = [&](void* g) { return frozen_ ? nullptr : g; };  // a frozen model keeps no weight gradients

@@ -13,7 +13,7 @@
 #include "core/bf16.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/mpi_work.h"
-#include "parallel/watchdog.h"
+#include "core/watchdog.h"
 
 namespace meshtrain {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "parallel/mpi_runtime.h"
-#include "parallel/watchdog.h"
+#include "core/watchdog.h"
 
 namespace meshtrain {
 

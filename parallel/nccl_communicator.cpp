@@ -16,11 +16,18 @@
 #include <vector>
 
 #include "core/device.h"
+#include "core/watchdog.h"
 #include "parallel/nccl_handles.h"
 
 // NCCL_CHECK and CUDA_CHECK inside a communicator's operation: the message names the operation
-// and the rank, and the communicator is marked failed (it will be aborted, not destroyed).
-#define NCCL_OP_CHECK(op, call) nccl_check(op, #call, (call), __FILE__, __LINE__)
+// and the rank, and the communicator is marked failed (it will be aborted, not destroyed). NCCL's
+// calls return once the work is queued, but may block on the way (a connection to a peer set up
+// at its first use; the CUDA emulation runs collectives inside the call): the watchdog times them.
+#define NCCL_OP_CHECK(op, call)                                 \
+  do {                                                          \
+    CommWatchdog::Guard mt_watch_(op, [&] { return where(); }); \
+    nccl_check(op, #call, (call), __FILE__, __LINE__);          \
+  } while (0)
 #define CUDA_OP_CHECK(op, call) cuda_check(op, #call, (call), __FILE__, __LINE__)
 
 namespace meshtrain {
@@ -57,6 +64,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 
 class NcclComm final : public NcclCommunicator {
  public:
+  using Communicator::where;  // NcclWork's messages name the communicator too
   /// Adopts comm, made for device (which must be current).
   NcclComm(Communicator& bootstrap, int device, ncclComm_t comm, std::string name);
   /// Waits for the communication stream, then destroys (or, after a failure, aborts) the NCCL
@@ -176,6 +184,7 @@ class NcclComm final : public NcclCommunicator {
   CudaEvent ready_;  // recorded on the compute stream before each operation
   cudaStream_t compute_ = nullptr;
   Tensor barrier_flag_;
+  int abort_hook_ = -1;  // the watchdog's (CommWatchdog::add_abort_hook)
   std::vector<Retired> retired_;
   std::vector<Retired> captured_;  // events and buffers that CUDA graphs recorded (kept for their replays)
 };
@@ -200,6 +209,8 @@ class NcclWork final : public Work {
     if (waited_) return;
     waited_ = true;
     DeviceGuard guard(comm_.device());  // the default stream is the current device's
+    // A GPU returns at once; a runtime that makes the host wait here (the CUDA emulation) is timed.
+    CommWatchdog::Guard watch(op_, [&] { return comm_.where(); });
     cudaError_t e = cudaStreamWaitEvent(comm_.compute_stream(), done_.get(), 0);
     MT_CHECK(e == cudaSuccess, "[{}] cudaStreamWaitEvent on the compute stream failed: {}", op_, cudaGetErrorString(e));
     comm_.check_async_error(op_);
@@ -229,9 +240,13 @@ NcclComm::NcclComm(Communicator& bootstrap, int device, ncclComm_t comm, std::st
     : NcclCommunicator(std::move(name)), bootstrap_(bootstrap), device_(device), comm_(comm) {
   NCCL_CHECK(ncclCommUserRank(comm, &rank_));
   NCCL_CHECK(ncclCommCount(comm, &size_));
+  // A wait that times out aborts this communicator, which cancels its kernels stuck in a collective
+  // (NCCL allows ncclCommAbort from another thread for this); the process ends right after.
+  abort_hook_ = CommWatchdog::add_abort_hook([handle = comm_.get()] { (void)ncclCommAbort(handle); });
 }
 
 NcclComm::~NcclComm() {
+  CommWatchdog::remove_abort_hook(abort_hook_);
   int previous = -1;
   bool switched =
       cudaGetDevice(&previous) == cudaSuccess && previous != device_ && cudaSetDevice(device_) == cudaSuccess;
@@ -324,6 +339,7 @@ void NcclComm::begin(const char* op) {
     });
   CUDA_OP_CHECK(op, cudaEventRecord(ready_.get(), compute_));
   CUDA_OP_CHECK(op, cudaStreamWaitEvent(stream_.get(), ready_.get(), 0));
+  CommWatchdog::note_queued(op, [&] { return where(); });
 }
 
 std::unique_ptr<Work> NcclComm::finish(const char* op, std::vector<Tensor> keep, bool blocking) {
@@ -333,6 +349,7 @@ std::unique_ptr<Work> NcclComm::finish(const char* op, std::vector<Tensor> keep,
 }
 
 void NcclComm::synchronize(const char* op) {
+  CommWatchdog::Guard watch(op, [&] { return where(); });
   for (;;) {
     cudaError_t e = cudaStreamQuery(stream_.get());
     if (e == cudaSuccess) return;
@@ -515,6 +532,7 @@ std::unique_ptr<Communicator> NcclComm::split(int color, int key) {
 }
 
 void NcclComm::abort(int code) {
+  CommWatchdog::remove_abort_hook(abort_hook_);
   comm_.abort();
   bootstrap_.abort(code);
   std::_Exit(code);  // a virtual call's [[noreturn]] is not visible to the compiler

@@ -12,8 +12,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -78,6 +82,20 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
     EXPECT_NEAR(got[i], want[first_step + i], tol * std::fabs(want[first_step + i]))
         << what << " step " << first_step + i + 1;
 }
+
+/// Whatever happens in a test, no rank of the job started as pid (training into out) outlives it.
+struct JobCleanup {
+  pid_t job;
+  std::string out;
+  bool reaped = false;  // the test waited for the job itself
+  ~JobCleanup() {
+    // [m]: the pattern does not match pkill's own shell.
+    (void)std::system(fmt::format("pkill -KILL -f -- '[m]eshtrain train .*train.out_dir={} '", out).c_str());
+    if (reaped) return;
+    ::kill(job, SIGKILL);
+    ::waitpid(job, nullptr, 0);
+  }
+};
 
 const char* kGpu = "--set train.device=cuda --set parallel.comm=mpi";
 
@@ -238,18 +256,7 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
           fmt::format("--set train.steps=100000 --set train.checkpoint_every=0 --set train.device=cuda "
                       "--set parallel.comm=nccl --set parallel.tp=2 --metrics {}.jsonl", out)),
       log, /*use_gpus=*/true);
-  // Whatever happens below, no rank of this job outlives the test.
-  struct Cleanup {
-    pid_t job;
-    std::string pattern;
-    bool reaped = false;
-    ~Cleanup() {
-      (void)std::system(("pkill -KILL -f -- '" + pattern + "'").c_str());
-      if (reaped) return;
-      ::kill(job, SIGKILL);
-      ::waitpid(job, nullptr, 0);
-    }
-  } cleanup{pid, fmt::format("[m]eshtrain train .*train.out_dir={} ", out)};
+  JobCleanup cleanup{pid, out};
   ASSERT_TRUE(meshtrain::testing::wait_for_lines(out + ".jsonl", 2, 90)) << meshtrain::testing::slurp(log);
   // One rank (the newest process of the job) dies without a word.
   const std::string kill_one = fmt::format("pkill -KILL -n -f -- '[m]eshtrain train .*train.out_dir={} '", out);  // [m]: not pkill's shell
@@ -261,6 +268,131 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
   cleanup.reaped = true;
   EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << meshtrain::testing::slurp(log);
   std::printf("[ INFO     ] the job ended %.1f s after a rank died\n", waited);
+}
+
+// --trace on the GPU: besides the host's regions (when work was queued), each rank has a thread
+// "GPU stream" whose regions are timed by CUDA events (when it ran): every block's forward and
+// backward, the head, the optimizer and the waits for collectives, nested, inside their step, and
+// summing to the step log's split. With a CUDA graph captured before the traced window, the
+// replayed steps carry the same regions (the capture recorded their events).
+TEST_F(ParallelCuda, TracesShowTheGpuStreamTimedByEvents) {
+  const int gpus = meshtrain::cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
+  struct Case {
+    std::string name, settings, axis;
+  };
+  for (const Case& c : {Case{"trace_tp", "--set parallel.tp=2", "tp"},
+                        Case{"trace_dp_graph", "--set parallel.dp=2 --set train.cuda_graph=true", "dp"}}) {
+    const std::string trace = dir(c.name) + ".json", metrics = dir(c.name) + ".jsonl";
+    auto r = meshtrain::testing::run_command(
+        job(2, c.name,
+            fmt::format("--set train.steps=5 --set train.checkpoint_every=0 --set train.device=cuda "
+                        "--set parallel.comm=nccl --set parallel.bucket_mb=0.01 {} --set train.trace_steps=3:5 "
+                        "--trace {} --metrics {}",
+                        c.settings, trace, metrics)),
+        true);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const nlohmann::json file = nlohmann::json::parse(meshtrain::testing::slurp(trace));
+    std::map<int, int> gpu_tid;  // pid -> the "GPU stream" thread
+    for (const auto& e : file["traceEvents"])
+      if (e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "GPU stream") gpu_tid[e["pid"]] = e["tid"];
+    ASSERT_EQ(gpu_tid.size(), 2u) << c.name << ": every rank has a GPU stream";
+    std::map<std::pair<int, int64_t>, std::pair<double, double>> host_step;  // (pid, step) -> [start, end]
+    std::map<std::pair<int, int64_t>, std::vector<nlohmann::json>> gpu;      // (pid, step) -> GPU regions
+    for (const auto& e : file["traceEvents"]) {
+      if (e["ph"] != "X") continue;
+      const int pid = e["pid"];
+      const int64_t step = e["args"]["step"];
+      if (e["tid"] == gpu_tid[pid])
+        gpu[{pid, step}].push_back(e);
+      else if (e["cat"] == "step")
+        host_step[{pid, step}] = {e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>()};
+    }
+    const auto rows = meshtrain::testing::read_metrics(metrics);
+    ASSERT_EQ(rows.size(), 5u);
+    for (int pid = 0; pid < 2; ++pid) {
+      for (int64_t step = 3; step <= 5; ++step) {
+        const auto& list = gpu[{pid, step}];
+        ASSERT_FALSE(list.empty()) << c.name << " rank " << pid << " step " << step;
+        std::set<std::string> names;
+        std::vector<std::pair<double, double>> spans;
+        double waits_ms = 0.0;
+        const auto [begin, end] = host_step.at({pid, step});
+        for (const auto& e : list) {
+          names.insert(e["name"].get<std::string>());
+          const double ts = e["ts"], dur = e["dur"];
+          ASSERT_GE(dur, 0.0);
+          // The GPU ran the step's work after the host began it and before the host saw it finish.
+          EXPECT_GE(ts, begin - 2000.0) << e.dump();
+          EXPECT_LE(ts + dur, end + 2000.0) << e.dump();
+          spans.push_back({ts, ts + dur});
+          if (e["cat"] == c.axis) waits_ms += dur / 1000.0;
+        }
+        for (const char* want : {"forward block 0", "forward block 1", "backward block 1", "backward block 0",
+                                 "head forward (logits, loss)", "head backward", "optimizer (norm, clip, AdamW)"})
+          EXPECT_EQ(names.count(want), 1u) << c.name << " rank " << pid << " step " << step << ": " << want;
+        std::sort(spans.begin(), spans.end(),
+                  [](auto a, auto b) { return a.first < b.first || (a.first == b.first && a.second > b.second); });
+        std::vector<double> open;
+        for (const auto& [b, e] : spans) {
+          while (!open.empty() && b >= open.back() - 1e-3) open.pop_back();
+          ASSERT_TRUE(open.empty() || e <= open.back() + 1e-3) << c.name << ": GPU regions overlap without nesting";
+          open.push_back(e);
+        }
+        // The step log's split of the axis is the mean over ranks of the same event intervals.
+        const double logged = rows[static_cast<size_t>(step - 1)][c.axis + "_comm_ms_max"];
+        EXPECT_LE(waits_ms, logged * 1.05 + 0.05) << c.name << " rank " << pid << " step " << step;
+        EXPECT_GT(waits_ms, 0.0) << c.name << " rank " << pid << " step " << step;
+      }
+    }
+    for (int64_t step = 3; step <= 5; ++step) {
+      double mean = 0.0;
+      for (int pid = 0; pid < 2; ++pid)
+        for (const auto& e : gpu[{pid, step}])
+          if (e["cat"] == c.axis) mean += e["dur"].get<double>() / 1000.0 / 2.0;
+      const double logged = rows[static_cast<size_t>(step - 1)][c.axis + "_comm_ms"];
+      EXPECT_NEAR(mean, logged, 0.05 * logged + 0.05) << c.name << " step " << step;
+    }
+  }
+}
+
+// A rank that stops answering (alive, but never reaching its next collective) leaves the other
+// blocked on the GPU: NCCL sees no error and the host waits for a stream. The watchdog times that
+// wait (parallel.timeout_s), names it, aborts the NCCL communicators and ends the job.
+TEST_F(ParallelCuda, ARankThatHangsInANcclCollectiveEndsTheJobThroughTheWatchdog) {
+  const int gpus = meshtrain::cuda_device_count();
+  if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
+  for (const std::string axis : {"tp", "dp"}) {
+    const std::string layout = "--set parallel." + axis + "=2", name = "hangs_" + axis;
+    const std::string out = dir(name), log = out + ".log";
+    // Rank 1 sleeps at the start of step 3.
+    const pid_t pid = meshtrain::testing::start_command(
+        "MESHTRAIN_TEST_FAULT=hang:1:3 " +
+            job(2, name,
+                fmt::format("--set train.steps=20 --set train.checkpoint_every=0 --set train.device=cuda "
+                            "--set parallel.comm=nccl --set parallel.timeout_s=3 {} --metrics {}.jsonl",
+                            layout, out)),
+        log, /*use_gpus=*/true);
+    JobCleanup cleanup{pid, out};
+    int status = 0;
+    double waited = 0;
+    for (; waited < 120.0 && ::waitpid(pid, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+    if (waited >= 120.0) FAIL() << layout << ": the job was still running after 120 s\n" << meshtrain::testing::slurp(log);
+    cleanup.reaped = true;
+    const std::string output = meshtrain::testing::slurp(log);
+    EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+    // Rank 0 is the one left waiting; it names itself, the wait and the collective it waits behind.
+    EXPECT_NE(output.find("error (rank 0 on "), std::string::npos) << layout << "\n" << output;
+    EXPECT_NE(output.find("[watchdog] waited 3."), std::string::npos) << layout << "\n" << output;
+    EXPECT_NE(output.find("parallel.timeout_s = 3"), std::string::npos) << layout << "\n" << output;
+    EXPECT_NE(output.find("nccl"), std::string::npos) << layout << "\n" << output;
+    EXPECT_NE(output.find("[watchdog] communicators aborted"), std::string::npos) << layout << "\n" << output;
+    // Steps 1 and 2 completed on both ranks before rank 1 stopped.
+    EXPECT_EQ(meshtrain::testing::read_losses(out + ".jsonl").size(), 2u) << output;
+    const size_t at = output.find("[watchdog] waited");
+    const std::string said = at == std::string::npos ? "" : output.substr(at, output.find('\n', at) - at);
+    std::printf("[ INFO     ] %s: the job ended %.1f s after it started: %s\n", layout.c_str(), waited, said.c_str());
+  }
 }
 
 TEST_F(ParallelCuda, NcclWithMoreRanksThanGpusIsAClearError) {

@@ -1,4 +1,4 @@
-// The communication watchdog (parallel/watchdog.h): its background thread reads the state that every
+// The communication watchdog (core/watchdog.h): its background thread reads the state that every
 // blocking call's Guard writes, so these tests also run under ThreadSanitizer (scripts/test_tsan.sh).
 // A wait past the timeout ends the process, so those cases are death tests ("threadsafe" style: the
 // child re-runs this binary instead of forking a process that already has threads).
@@ -7,12 +7,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "parallel/watchdog.h"
+#include "core/watchdog.h"
 
 namespace meshtrain {
 namespace {
@@ -48,6 +49,45 @@ TEST_F(Watchdog, TheOutermostWaitIsTheOneTimedAndNamed) {
         }
       },
       ::testing::ExitedWithCode(1), R"(in send_recv \(pp group\))");
+}
+
+TEST_F(Watchdog, ATimeoutRunsTheAbortHooksAndAHostWaitForTheGpuNamesTheLastCollective) {
+  // What a GPU rank does: the collective is queued on a stream, then the host waits for the stream.
+  EXPECT_EXIT(
+      {
+        CommWatchdog::configure(0.3, 1, "gpu-node");
+        const int kept = CommWatchdog::add_abort_hook([] { std::fputs("hook: aborted nccl tp\n", stderr); });
+        const int gone = CommWatchdog::add_abort_hook([] { std::fputs("hook: removed, never runs\n", stderr); });
+        CommWatchdog::remove_abort_hook(gone);
+        (void)kept;
+        CommWatchdog::note_queued("all_reduce", [] { return std::string("nccl tp rank 1 of 2"); });
+        CommWatchdog::Guard g("a wait for the GPU's stream", [] { return CommWatchdog::last_queued(); });
+        ::sleep(10);
+      },
+      ::testing::ExitedWithCode(1),
+      R"(rank 1 on gpu-node\): \[watchdog\] waited [0-9.]+ s in a wait for the GPU's stream \(the last collective )"
+      R"(queued: all_reduce \(nccl tp rank 1 of 2\)\).*hook: aborted nccl tp.*communicators aborted)");
+}
+
+TEST_F(Watchdog, AnAbortHookThatHangsDoesNotKeepTheProcessAlive) {
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EXIT(
+      {
+        CommWatchdog::configure(0.2, 0, "h");
+        CommWatchdog::add_abort_hook([] { ::sleep(1000); });
+        CommWatchdog::Guard g("all_reduce", where);
+        ::sleep(100);
+      },
+      ::testing::ExitedWithCode(1), R"(did not finish in time; exiting anyway)");
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(took, 0.2 + CommWatchdog::kAbortSeconds + 5.0) << "the timeout plus the hooks' bound, and start-up";
+}
+
+TEST_F(Watchdog, NothingQueuedIsSaidSo) {
+  CommWatchdog::configure(5.0, 0, "h");  // (configuring starts a new watch: nothing queued yet)
+  EXPECT_EQ(CommWatchdog::last_queued(), "no collective was queued on a GPU stream");
+  CommWatchdog::note_queued("broadcast", [] { return std::string("nccl dp rank 0 of 4"); });
+  EXPECT_EQ(CommWatchdog::last_queued(), "the last collective queued: broadcast (nccl dp rank 0 of 4)");
 }
 
 TEST_F(Watchdog, ShortWaitsFromManyThreadsNeverTrigger) {

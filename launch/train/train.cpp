@@ -44,7 +44,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "parallel/trace_writer.h"
-#include "parallel/watchdog.h"
+#include "core/watchdog.h"
 
 namespace fs = std::filesystem;
 
@@ -482,12 +482,14 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
     if (!trace_pending) return;
     trace_pending = false;
     Tracer::get().set_on(false);
+    Tracer::get().set_armed(false);
     write_trace(args.trace, world, trace_name, trace_offset);
     if (lead) log->message(fmt::format("[train] trace of steps {}-{} written to {} (open it in ui.perfetto.dev or "
                                        "chrome://tracing)", trace_first, std::min<int64_t>(trace_last, total),
                                        args.trace));
   };
   if (trace_pending) {
+    Tracer::get().set_armed(true);
     trace_offset = clock_offset_us(world);
     Tracer::get().name_thread("main");
     // Pipeline neighbours share their dp and tp coordinates: that pair keeps their flows apart from

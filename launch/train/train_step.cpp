@@ -6,6 +6,7 @@
 #include "core/communicator.h"
 #include "core/error.h"
 #include "core/trace.h"
+#include "model/backend.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "parallel/data_parallel.h"
@@ -47,6 +48,7 @@ void TrainStep::queue(int micro, int B, int T, float lr, const std::vector<float
   }
   ddp_.finish();
   TraceScope trace("optimizer", "optimizer (norm, clip, AdamW)");
+  DeviceScope on_device("optimizer", [] { return "optimizer (norm, clip, AdamW)"; });
   ddp_.queue_step(lr);
 }
 
@@ -55,6 +57,8 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
   const int64_t BT = static_cast<int64_t>(B) * T;
   Backend& be = model_.backend();
   be.reset_marks();  // the step's timing points reuse the same events (a replay records them again)
+  DeviceTrace& on_device = DeviceTrace::get();
+  on_device.begin_step(be);  // the GPU's own timeline, when this step is traced
   StepResult r;
   if (pipe_) {
     model_.zero_grad();
@@ -69,6 +73,7 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
     }
     ddp_.finish();
     TraceScope trace("optimizer", "optimizer (norm, clip, AdamW)");
+    DeviceScope optimizer_on_device("optimizer", [] { return "optimizer (norm, clip, AdamW)"; });
     r.grad_norm = ddp_.step(lr);
   } else {
     // What the host can check before anything is queued (the device validates nothing).
@@ -108,12 +113,15 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
         // The intervals the captured step timed: every replay records their events again.
         tp_spans_ = model_.tp_timer().spans();
         dp_spans_ = ddp_.timer().spans();
+        device_spans_ = on_device.spans();
+        traced_capture_ = on_device.recording();
       } else {
         ddp_.optimizer().set_step_scalars(lr, 1.0f);  // what queue() does on the host, for the replay to read
       }
       graph_.replay(be.stream());
       model_.tp_timer().set_spans(tp_spans_);
       ddp_.timer().set_spans(dp_spans_);
+      if (on_device.recording()) on_device.set_spans(traced_capture_ ? device_spans_ : std::vector<DeviceTrace::Span>{});
       r.replayed = true;
     } else {
       queue(micro, B, T, lr, dloss);
@@ -127,6 +135,10 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
       r.loss += sum / static_cast<double>(counted[static_cast<size_t>(i)]);
     }
     r.grad_norm = ddp_.optimizer().last_norm();
+  }
+  if (on_device.recording()) {
+    be.synchronize();  // the device has passed every mark of the step
+    on_device.flush();
   }
   r.loss /= micro;
   if (dp_.size() > 1) {

@@ -3,6 +3,7 @@
 #include <nccl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -21,6 +22,7 @@ namespace mt_emu {
 struct NcclComm {
   MPI_Comm mpi = MPI_COMM_NULL;
   int rank = 0, size = 1;
+  std::atomic<bool> aborted{false};
 };
 }  // namespace mt_emu
 
@@ -115,7 +117,7 @@ ncclResult_t reduce(void* out, const char* all, size_t stride, size_t offset, si
   return ncclSuccess;
 }
 
-bool valid(ncclComm_t c) { return c != nullptr && c->mpi != MPI_COMM_NULL; }
+bool valid(ncclComm_t c) { return c != nullptr && c->mpi != MPI_COMM_NULL && !c->aborted.load(); }
 
 /// Runs a collective now, or, on a stream that captures a CUDA graph, records it to run at every
 /// replay (NCCL's kernels are captured like any other).
@@ -290,7 +292,14 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return ncclSuccess;
 }
 
-ncclResult_t ncclCommAbort(ncclComm_t comm) { return ncclCommDestroy(comm); }
+// An abort may come from another thread while this rank waits in a transfer on the communicator
+// (meshtrain's watchdog aborts a communicator stuck in a collective). An MPI call in flight cannot be
+// cancelled, so the emulation only marks the communicator unusable and leaves it allocated: the
+// process that aborts is about to end.
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+  if (comm) comm->aborted.store(true);
+  return ncclSuccess;
+}
 
 ncclResult_t ncclCommCount(ncclComm_t comm, int* count) {
   if (!valid(comm)) return failure(ncclInvalidArgument, "invalid communicator");

@@ -1,14 +1,19 @@
 // The communication watchdog (watchdog.h).
-#include "parallel/watchdog.h"
+#include "core/watchdog.h"
 
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -31,11 +36,32 @@ struct State {
   Clock::time_point since;
   bool running = false;  // a watcher thread is alive (it clears this as it ends)
   bool stop = false;
+  std::map<int, std::function<void()>> hooks;
+  int next_hook = 0;
+  const char* queued_op = nullptr;  // the last communication queued on a GPU stream
+  std::string queued_where;
 };
 
 State& state() {
   static State* s = new State();  // never destroyed: the thread may outlive static destructors
   return *s;
+}
+
+// Runs the hooks on a thread of their own and waits for them at most kAbortSeconds: an abort that
+// hangs (a driver stuck with the kernels it should cancel) must not keep the process alive.
+void run_abort_hooks(std::vector<std::function<void()>> hooks) {
+  if (hooks.empty()) return;
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread([hooks = std::move(hooks), done] {
+    for (const auto& hook : hooks) hook();
+    done->store(true);
+  }).detach();
+  const auto until = Clock::now() + std::chrono::duration<double>(CommWatchdog::kAbortSeconds);
+  while (!done->load() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::fputs(done->load() ? "meshtrain: [watchdog] communicators aborted\n"
+                          : "meshtrain: [watchdog] aborting the communicators did not finish in time; exiting anyway\n",
+             stderr);
+  std::fflush(stderr);
 }
 
 void watch() {
@@ -53,6 +79,10 @@ void watch() {
     std::fputs(message.c_str(), stderr);
     std::fflush(stderr);
     std::fflush(stdout);
+    std::vector<std::function<void()>> hooks;
+    for (auto& [id, hook] : s.hooks) hooks.push_back(hook);
+    lock.unlock();  // a hook may itself pass through a Guard
+    run_abort_hooks(std::move(hooks));
     ::_exit(1);  // the launcher ends the other ranks; nothing here may wait for them
   }
   s.running = false;
@@ -69,6 +99,7 @@ void CommWatchdog::configure(double timeout_s, int rank, const std::string& host
     s.rank = rank;
     s.host = host;
     s.stop = timeout_s <= 0.0;
+    s.queued_op = nullptr;
     // One watcher at a time: one still running (even one told to stop that has not woken yet) sees
     // stop cleared again and carries on with the new timeout.
     start = !s.stop && !s.running;
@@ -90,6 +121,33 @@ bool CommWatchdog::enter(const char* op, const std::string& where) {
     s.since = Clock::now();
   }
   return true;
+}
+
+int CommWatchdog::add_abort_hook(std::function<void()> hook) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.hooks.emplace(s.next_hook, std::move(hook));
+  return s.next_hook++;
+}
+
+void CommWatchdog::remove_abort_hook(int id) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.hooks.erase(id);
+}
+
+void CommWatchdog::set_queued(const char* op, std::string where) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.queued_op = op;
+  s.queued_where = std::move(where);
+}
+
+std::string CommWatchdog::last_queued() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.queued_op) return "no collective was queued on a GPU stream";
+  return fmt::format("the last collective queued: {} ({})", s.queued_op, s.queued_where);
 }
 
 void CommWatchdog::leave() {
