@@ -24,14 +24,6 @@ using namespace meshtrain;
 
 namespace {
 
-std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "this CPU";
-}
-
 template <class Fn>
 double best_seconds(Fn&& fn, int iters) {
   fn();  // first call: packing buffers, oneDNN's primitive
@@ -70,7 +62,7 @@ int main(int argc, char** argv) {
                           {"classifier dinp", 1024, 256, 50304, false, false},
                           {"classifier dweight", 50304, 256, 1024, true, false},
                           {"square", 1024, 1024, 1024}};
-  std::printf("CPU: %s, %d threads; oneDNN bf16 on: %s\n\n", cpu_name().c_str(), omp_get_max_threads(),
+  std::printf("CPU: %s, %d threads; oneDNN bf16 on: %s\n\n", cpu_model_name().c_str(), omp_get_max_threads(),
               onednn_built() ? (onednn_bf16_isa().empty() ? "no bf16 instructions" : onednn_bf16_isa().c_str())
                              : "not built");
   std::printf("| GEMM | M x N x K | OpenBLAS fp32 | oneDNN fp32 | oneDNN bf16 | bf16 / OpenBLAS |\n"

@@ -2,10 +2,14 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace meshtrain {
 
+/// The CPU's model name (/proc/cpuinfo's first "model name"), or "this CPU"; benchmarks and hardware
+/// descriptions name the CPU their numbers came from.
+std::string cpu_model_name();
 /// Cores available to this process (its CPU affinity mask), at least 1.
 int available_cores();
 /// One flag per CPU id (1024 of them): 1 where this process may run (its affinity mask). Ranks that

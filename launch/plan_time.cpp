@@ -188,6 +188,11 @@ Hardware load_hardware(const std::string& path) {
       hw.in_step.push_back({static_cast<int>(get_number(*e, "rows", path, true)), get_number(*e, "factor", path, true)});
       MT_CHECK(hw.in_step.back().first > 0 && hw.in_step.back().second > 0,
                "[plan] {}: compute.in_step rows and factor must be above 0", path);
+      for (size_t i = 0; i + 1 < hw.in_step.size(); ++i)
+        MT_CHECK(hw.in_step[i].first != hw.in_step.back().first,
+                 "[plan] {}: compute.in_step has two factors for rows = {} ({:.3f} and {:.3f}); keep one (`plan "
+                 "calibrate` writes one per micro-batch size)",
+                 path, hw.in_step.back().first, hw.in_step[i].second, hw.in_step.back().second);
     }
   }
   hw.net_gbs = get_number(t, "net.gbs", path, false);
@@ -390,17 +395,6 @@ void evict_caches() {
   std::fill(junk.begin(), junk.end(), ++value);
 }
 
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) {
-      auto p = line.find(':');
-      if (p != std::string::npos) return line.substr(p + 2);
-    }
-  return "this CPU";
-}
-
 double resident_mib() {
   std::ifstream f("/proc/self/statm");
   long pages_total = 0, pages_resident = 0;
@@ -463,7 +457,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
              "[plan] '{}' exists; pass --overwrite to replace it, or choose another --out", args.out);
   }
   Hardware hw;
-  hw.name = args.name.empty() ? cpu_model() : args.name;
+  hw.name = args.name.empty() ? cpu_model_name() : args.name;
   {  // the cores the launch's ranks may use together (each bound rank sees only its own)
     const std::vector<int32_t> mine = affinity_flags();
     Tensor flags = Tensor::empty({int64_t(mine.size())}, DType::i32);

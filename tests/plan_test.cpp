@@ -286,6 +286,12 @@ TEST(PlanTime, HardwareFilesRoundTripAndBadOnesSayWhy) {
   text = hardware_to_toml(hw);
   text.replace(text.find("elementwise_gbs = "), 18, "elementwise_gbs = -");
   fails(text, "above 0");
+  // One factor per micro-batch size: a second one for the same size would be silently ignored.
+  Hardware twice = hw;
+  twice.in_step = {{4, 1.10}, {8, 1.05}, {4, 0.73}};
+  fails(hardware_to_toml(twice), "compute.in_step has two factors for rows = 4 (1.100 and 0.730)");
+  twice.in_step = {{4, 1.10}, {8, 1.05}};
+  EXPECT_EQ(load_hardware(write("two.toml", hardware_to_toml(twice))).in_step.size(), 2u);
 }
 
 TEST(PlanTime, Bf16MovesHalfTheBytes) {
