@@ -113,4 +113,11 @@ void Tensor::copy_from(const Tensor& src) {
   else device_copy(raw(), device_, src.raw(), src.device_, nbytes());
 }
 
+Tensor Tensor::on(Device device) const {
+  if (!defined() || device_ == device) return *this;
+  Tensor copy = Tensor::empty(shape_, dtype_, device);
+  copy.copy_from(*this);
+  return copy;
+}
+
 }  // namespace meshtrain

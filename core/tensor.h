@@ -90,6 +90,9 @@ class Tensor {
   void zero_();
   /// Copies the elements of src (same dtype and element count) into this tensor.
   void copy_from(const Tensor& src);
+  /// This tensor when it lives on device (the same memory), else a copy of it there: how a host
+  /// tensor is staged through the GPU for NCCL, and a GPU tensor through host memory for MPI.
+  Tensor on(Device device) const;
 
  private:
   std::shared_ptr<Storage> storage_;

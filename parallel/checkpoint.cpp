@@ -89,11 +89,7 @@ void write_entry(hid_t file, hid_t lcpl, hid_t dxpl, const std::string& name, co
   h5::Dataset dset(
       H5_CHECK(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, file_space.get(), lcpl, H5P_DEFAULT, H5P_DEFAULT)));
   if (tensor.numel() == 0) return;  // nothing to transfer; an empty hyperslab is not selectable
-  Tensor host = tensor;
-  if (tensor.device() != Device::cpu) {
-    host = Tensor::empty(tensor.shape(), DType::f32, Device::cpu);
-    host.copy_from(tensor);
-  }
+  const Tensor host = tensor.on(Device::cpu);
   h5::Dataspace mem_space = select_window(file_space.get(), whole(dims));
   H5_CHECK(H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), dxpl, host.f32()));
   // Integrity: the tensor's CRC-32, checked whenever the whole tensor is read back.

@@ -155,16 +155,6 @@ float DataParallel::step(float lr) {
   return opt_->last_norm();
 }
 
-namespace {
-/// t itself when it is in host memory, else a host copy.
-Tensor on_host(const Tensor& t) {
-  if (t.device() == Device::cpu) return t;
-  Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
-  h.copy_from(t);
-  return h;
-}
-}  // namespace
-
 void DataParallel::set_params(const float* host) {
   model_.set_params(host);
   opt_->set_master(host);
@@ -176,7 +166,7 @@ void DataParallel::get_params(Tensor& host) {
   if (!opt_->has_master()) return model_.get_params(host.f32());
   if (cfg_.zero == 0 || comm_.size() == 1) return opt_->get_master(host.f32());
   // ZeRO-1: each rank holds the master weights of its chunk of every bucket.
-  Tensor master = on_host(opt_->master());
+  Tensor master = opt_->master().on(Device::cpu);
   int64_t at = 0;
   for (const auto& b : buckets_) {
     Tensor whole = host.view(b.begin, {b.end - b.begin});
@@ -196,7 +186,7 @@ void DataParallel::gather_moments(Tensor& m, Tensor& v) {
     v.view(0, {opt_->v().numel()}).copy_from(opt_->v());
     return;
   }
-  const Tensor hm = on_host(opt_->m()), hv = on_host(opt_->v());
+  const Tensor hm = opt_->m().on(Device::cpu), hv = opt_->v().on(Device::cpu);
   int64_t at = 0;
   for (const auto& b : buckets_) {
     Tensor mv = m.view(b.begin, {b.end - b.begin}), vv = v.view(b.begin, {b.end - b.begin});

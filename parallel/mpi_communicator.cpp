@@ -61,12 +61,7 @@ bool overlaps(const Tensor& a, const Tensor& b) {
 }
 
 // Host tensor holding t's values: t itself on the CPU, else a staged copy.
-Tensor host_copy(const Tensor& t) {
-  if (t.device() == Device::cpu) return t;
-  Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu);
-  h.copy_from(t);
-  return h;
-}
+Tensor host_copy(const Tensor& t) { return t.on(Device::cpu); }
 
 // Host tensor to receive into for t: t itself on the CPU, else a buffer copied back by copy_back.
 Tensor host_target(const Tensor& t) {

@@ -38,12 +38,7 @@ using namespace nccl_detail;
 char* bytes(const Tensor& t) { return static_cast<char*>(t.raw()); }
 
 /// t itself on the GPU, else a GPU copy of it (host tensors are staged through device memory).
-Tensor on_gpu(const Tensor& t) {
-  if (!t.defined() || t.device() == Device::cuda) return t;
-  Tensor d = Tensor::empty(t.shape(), t.dtype(), Device::cuda);
-  d.copy_from(t);
-  return d;
-}
+Tensor on_gpu(const Tensor& t) { return t.on(Device::cuda); }
 
 bool overlaps(const Tensor& a, const Tensor& b) {
   if (a.nbytes() == 0 || b.nbytes() == 0) return false;

@@ -132,10 +132,8 @@ std::string save_run_sharded(const Config& cfg, const Gpt& model, const MomentBu
   // ZeRO-1 moments may live on a GPU: one host copy of each, read piece by piece below.
   Tensor m_host, v_host;
   if (zero_shards) {
-    m_host = Tensor::empty(zero_shards->m().shape());
-    v_host = Tensor::empty(zero_shards->v().shape());
-    m_host.copy_from(zero_shards->m());
-    v_host.copy_from(zero_shards->v());
+    m_host = zero_shards->m().on(Device::cpu);
+    v_host = zero_shards->v().on(Device::cpu);
   }
   for (const auto& g : whole.specs()) {
     const ParamSpec* s = mine.find(g.name);
