@@ -362,7 +362,7 @@ TEST_F(ParallelCuda, TracesShowTheGpuStreamTimedByEvents) {
 TEST_F(ParallelCuda, ARankThatHangsInANcclCollectiveEndsTheJobThroughTheWatchdog) {
   const int gpus = meshtrain::cuda_device_count();
   if (gpus < 2) GTEST_SKIP() << "NCCL needs a GPU per rank and this host has " << gpus;
-  for (const std::string axis : {"tp", "dp"}) {
+  for (const std::string axis : {"tp", "dp", "pp"}) {  // pp: NCCL's sends and receives run on its stream
     const std::string layout = "--set parallel." + axis + "=2", name = "hangs_" + axis;
     const std::string out = dir(name), log = out + ".log";
     // Rank 1 sleeps at the start of step 3.
@@ -381,6 +381,9 @@ TEST_F(ParallelCuda, ARankThatHangsInANcclCollectiveEndsTheJobThroughTheWatchdog
     cleanup.reaped = true;
     const std::string output = meshtrain::testing::slurp(log);
     EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+    // The launcher ended the hung rank too: no process of the job is left (before the cleanup looks).
+    const auto left = meshtrain::testing::run_command(fmt::format("pgrep -f '[m]eshtrain train .*train.out_dir={} '", out));
+    EXPECT_NE(left.code, 0) << "processes left behind:\n" << left.output;
     // Rank 0 is the one left waiting; it names itself, the wait and the collective it waits behind.
     EXPECT_NE(output.find("error (rank 0 on "), std::string::npos) << layout << "\n" << output;
     EXPECT_NE(output.find("[watchdog] waited 3."), std::string::npos) << layout << "\n" << output;
