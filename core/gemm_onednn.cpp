@@ -82,6 +82,20 @@ std::string onednn_bf16_isa() {
   return "";
 }
 
+bool onednn_bf16_matmuls() {
+  static const bool available = [] {
+    try {
+      const memory::desc x(Dims{1, 1}, memory::data_type::bf16, Dims{1, 1});
+      const memory::desc y(Dims{1, 1}, memory::data_type::f32, Dims{1, 1});
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(x, x, y), runtime().engine);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return available;
+}
+
 void gemm_onednn(GemmType type, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda,
                  const void* B, int ldb, float beta, float* C, int ldc) {
   MT_CHECK(M > 0 && N > 0 && K > 0, "[bf16-cpu] GEMM sizes must be positive (M {} N {} K {})", M, N, K);

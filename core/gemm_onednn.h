@@ -19,6 +19,11 @@ bool onednn_built();
 /// (avx512_core_bf16), or "" when the CPU has neither and bf16 would only be emulated.
 std::string onednn_bf16_isa();
 
+/// Whether oneDNN runs bf16 matmuls on this CPU at all: with the instructions above, or emulated on
+/// AVX-512 without them. False on CPUs without AVX-512 (an AVX2-only EPYC, say), where a bf16 GEMM
+/// fails with "[bf16-cpu] oneDNN has no matmul ...". fp32 matmuls run everywhere.
+bool onednn_bf16_matmuls();
+
 /// C = op(A) op(B) + beta C with A and B of `type` (bf16: the raw 16-bit values of core/bf16.h's
 /// Bf16), C fp32. lda, ldb, ldc are row strides of A, B and C as stored (A is K x M when trans_a).
 void gemm_onednn(GemmType type, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda,

@@ -6,6 +6,7 @@ namespace meshtrain {
 
 bool onednn_built() { return false; }
 std::string onednn_bf16_isa() { return ""; }
+bool onednn_bf16_matmuls() { return false; }
 void gemm_onednn(GemmType, bool, bool, int, int, int, const void*, int, const void*, int, float, float*, int) {
   MT_FAIL("[bf16-cpu] not built: this build has no oneDNN; install libdnnl-dev (bash scripts/setup.sh) and "
           "configure again");

@@ -53,8 +53,10 @@ class CpuBackend final : public Backend {
                              "which this build lacks; install libdnnl-dev (bash scripts/setup.sh) and build again, or "
                              "set train.precision = fp32");
     isa_ = onednn_bf16_isa();
-    MT_CHECK(!isa_.empty(), "[bf16-cpu] this CPU has no bf16 instructions (neither AVX512_BF16 nor AMX): oneDNN would "
-                            "emulate bf16 GEMMs, slower than fp32; set train.precision = fp32");
+    MT_CHECK(!isa_.empty(), "[bf16-cpu] this CPU has no bf16 instructions (neither AVX512_BF16 nor AMX): oneDNN {}; "
+                            "set train.precision = fp32",
+             onednn_bf16_matmuls() ? "would emulate bf16 GEMMs on AVX-512, slower than fp32"
+                                   : "has no bf16 GEMMs for it at all (no AVX-512)");
   }
   Device device() const override { return Device::cpu; }
   DType dtype() const override { return DType::f32; }

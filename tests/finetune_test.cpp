@@ -102,7 +102,10 @@ TEST_F(Finetune, EveryLayoutTrainsTheSameAdapters) {
       Tensor a = Tensor::empty(ref.shape(t)), b = Tensor::empty(out.shape(t));
       ref.read(t, a);
       out.read(t, b);
-      EXPECT_LE(rel_l2(b, a), 1e-5) << t;
+      // B starts at zero, so after 8 steps it is small next to the rounding of another reduction
+      // order: 1.3e-5 and 2.2e-5 (dp2 x tp2, dp2) on an AVX2-only EPYC, whose OpenBLAS kernels sum
+      // differently; a wrongly split or reduced adapter is off by O(1).
+      EXPECT_LE(rel_l2(b, a), 1e-4) << t;
       ++tensors;
     }
     EXPECT_EQ(tensors, 2 * 4 * 2);  // A and B of four layers in each of two blocks
