@@ -24,6 +24,10 @@ void host_waits_for_gpu(const char* what, Wait&& wait) {
   wait();
 }
 
+void synchronize_device() {
+  host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
+}
+
 void note_alloc(size_t n) {
   size_t now = g_in_use.fetch_add(n) + n, peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
@@ -124,7 +128,7 @@ void device_free(void* ptr, size_t nbytes) noexcept {
 // memory as soon as this returns.
 void device_memset(void* ptr, int value, size_t nbytes) {
   CUDA_CHECK(cudaMemset(ptr, value, nbytes));
-  host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
+  synchronize_device();
 }
 
 // Ordered after the work of every stream and finished before it returns: the model's stream is
@@ -135,9 +139,9 @@ void device_copy(void* dst, Device dst_device, const void* src, Device src_devic
   cudaMemcpyKind kind = cudaMemcpyDefault;
   if (dst_device == Device::cpu && src_device == Device::cpu) kind = cudaMemcpyHostToHost;
   const bool on_device = dst_device == Device::cuda || src_device == Device::cuda;
-  if (on_device) host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
+  if (on_device) synchronize_device();
   CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
-  if (on_device) host_waits_for_gpu("a device synchronize", [] { CUDA_CHECK(cudaDeviceSynchronize()); });
+  if (on_device) synchronize_device();
 }
 
 void device_copy_async(void* dst, const void* src, size_t nbytes, void* stream) {

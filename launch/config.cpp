@@ -167,7 +167,8 @@ const std::vector<Key>& schema() {
                          &ParallelConfig::comm));
     k.push_back(make_key("parallel.timeout_s", Kind::number,
                          "a rank blocked this many seconds in a collective or receive, or in a wait for its GPU's "
-                         "stream (a peer died or hung) ends the job with a message; 0 = wait forever", &C::parallel, &ParallelConfig::timeout_s));
+                         "stream (a peer died or hung) ends the job with a message; 0 = wait forever",
+                         &C::parallel, &ParallelConfig::timeout_s));
     k.push_back(make_key("lora.rank", Kind::integer, "finetune: rank r of each adapter (A is r x C_in, B is C_out x r)",
                          &C::lora, &LoraConfig::rank, 1));
     k.push_back(make_key("lora.alpha", Kind::number, "finetune: the adapter branch is scaled by alpha / rank",

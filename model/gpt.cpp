@@ -17,7 +17,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <optional>
 
 #include "model/kernels/matmul.h"
 #include "model/kernels/rope.h"
@@ -624,13 +623,9 @@ void Gpt::backward() {
   const int B = a.last_B, T = a.last_T, C = cfg_.n_embd, BT = B * T;
   const int64_t BTC = static_cast<int64_t>(BT) * C;
   const size_t e = esize_;
-  std::optional<TraceScope> head_trace;
-  std::optional<DeviceScope> head_on_device;
   if (table_.last_stage()) {
-    head_trace.emplace("compute", "head backward");
-    head_on_device.emplace("compute", [] { return "head backward"; });
-  }
-  if (table_.last_stage()) {
+    TraceScope head_trace("compute", "head backward");
+    DeviceScope head_on_device("compute", [] { return "head backward"; });
     {
       Region r(prof_, be, "classifier");
       if (a.head_fused) {
@@ -649,8 +644,6 @@ void Gpt::backward() {
     }
     if (grad_ready_) grad_ready_(table_.get("ln_f.weight").offset);
   }  // else a.dres already holds the gradient of this stage's output
-  head_trace.reset();
-  head_on_device.reset();
   for (int l = n_local_ - 1; l >= 0; --l) {
     auto name = [&] { return "backward block " + std::to_string(table_.layer_begin() + l); };
     TraceScope trace("compute", name);

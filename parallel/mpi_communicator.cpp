@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/watchdog.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/mpi_work.h"
-#include "core/watchdog.h"
 
 namespace meshtrain {
 

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "parallel/mpi_runtime.h"
 #include "core/watchdog.h"
+#include "parallel/mpi_runtime.h"
 
 namespace meshtrain {
 

@@ -87,7 +87,14 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
 struct JobCleanup {
   pid_t job;
   std::string out;
-  bool reaped = false;  // the test waited for the job itself
+  bool reaped = false;  // the job ended and was waited for
+  /// Waits up to limit_s for the job to end; returns the seconds waited (limit_s or more: still running).
+  double wait(double limit_s, int& status) {
+    double waited = 0;
+    for (; waited < limit_s && ::waitpid(job, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+    reaped = waited < limit_s;
+    return waited;
+  }
   ~JobCleanup() {
     // [m]: the pattern does not match pkill's own shell.
     (void)std::system(fmt::format("pkill -KILL -f -- '[m]eshtrain train .*train.out_dir={} '", out).c_str());
@@ -262,10 +269,8 @@ TEST_F(ParallelCuda, ARankThatDiesMidRunEndsTheJobWithin30Seconds) {
   const std::string kill_one = fmt::format("pkill -KILL -n -f -- '[m]eshtrain train .*train.out_dir={} '", out);  // [m]: not pkill's shell
   ASSERT_EQ(std::system(kill_one.c_str()), 0) << kill_one << "\n" << meshtrain::testing::slurp(log);
   int status = 0;
-  double waited = 0;
-  for (; waited < 30.0 && ::waitpid(pid, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+  const double waited = cleanup.wait(30.0, status);
   if (waited >= 30.0) FAIL() << "the job was still running 30 s after a rank died\n" << meshtrain::testing::slurp(log);
-  cleanup.reaped = true;
   EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << meshtrain::testing::slurp(log);
   std::printf("[ INFO     ] the job ended %.1f s after a rank died\n", waited);
 }
@@ -375,10 +380,8 @@ TEST_F(ParallelCuda, ARankThatHangsInANcclCollectiveEndsTheJobThroughTheWatchdog
         log, /*use_gpus=*/true);
     JobCleanup cleanup{pid, out};
     int status = 0;
-    double waited = 0;
-    for (; waited < 120.0 && ::waitpid(pid, &status, WNOHANG) == 0; waited += 0.05) ::usleep(50000);
+    const double waited = cleanup.wait(120.0, status);
     if (waited >= 120.0) FAIL() << layout << ": the job was still running after 120 s\n" << meshtrain::testing::slurp(log);
-    cleanup.reaped = true;
     const std::string output = meshtrain::testing::slurp(log);
     EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
     // The launcher ended the hung rank too: no process of the job is left (before the cleanup looks).

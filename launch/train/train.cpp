@@ -20,11 +20,13 @@
 #include <optional>
 #include <sstream>
 
+#include "core/communicator.h"
 #include "core/device.h"
 #include "core/fault.h"
 #include "core/threads.h"
 #include "core/timer.h"
 #include "core/trace.h"
+#include "core/watchdog.h"
 #include "launch/builtin_corpus.h"
 #include "launch/config.h"
 #include "launch/generate.h"
@@ -38,13 +40,11 @@
 #include "model/optimizer.h"
 #include "model/tokenizer.h"
 #include "parallel/checkpoint.h"
-#include "core/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/mesh.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline.h"
 #include "parallel/trace_writer.h"
-#include "core/watchdog.h"
 
 namespace fs = std::filesystem;
 

@@ -113,15 +113,14 @@ StepResult TrainStep::run(const int32_t* inputs, const int32_t* targets, int mic
         // The intervals the captured step timed: every replay records their events again.
         tp_spans_ = model_.tp_timer().spans();
         dp_spans_ = ddp_.timer().spans();
-        device_spans_ = on_device.spans();
-        traced_capture_ = on_device.recording();
+        device_spans_ = on_device.spans();  // empty when the capture was not recorded
       } else {
         ddp_.optimizer().set_step_scalars(lr, 1.0f);  // what queue() does on the host, for the replay to read
       }
       graph_.replay(be.stream());
       model_.tp_timer().set_spans(tp_spans_);
       ddp_.timer().set_spans(dp_spans_);
-      if (on_device.recording()) on_device.set_spans(traced_capture_ ? device_spans_ : std::vector<DeviceTrace::Span>{});
+      if (on_device.recording()) on_device.set_spans(device_spans_);
       r.replayed = true;
     } else {
       queue(micro, B, T, lr, dloss);

@@ -71,7 +71,6 @@ class TrainStep {
   int eager_steps_ = 0;
   std::vector<std::pair<int64_t, int64_t>> tp_spans_, dp_spans_;  // timed intervals of the captured step
   std::vector<DeviceTrace::Span> device_spans_;  // its traced regions (DeviceTrace), if the capture was traced
-  bool traced_capture_ = false;
 };
 
 }  // namespace meshtrain
