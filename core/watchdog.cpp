@@ -33,6 +33,9 @@ struct State {
   int depth = 0;  // nested blocking calls (a wait inside a blocking collective)
   const char* op = nullptr;
   std::string where;
+  // Whom the current wait is for: the other ranks (a communication call), or this rank's GPU with
+  // or without a collective queued on it.
+  enum class For { kRanks, kGpuCollective, kGpuKernel } waits_for = For::kRanks;
   Clock::time_point since;
   bool running = false;  // a watcher thread is alive (it clears this as it ends)
   bool stop = false;
@@ -72,10 +75,19 @@ void watch() {
     if (s.stop || s.depth == 0) continue;
     const double waited = std::chrono::duration<double>(Clock::now() - s.since).count();
     if (waited < s.timeout_s) continue;
+    const char* whom = "the other ranks";
+    const char* why = "one of them died, hung or is far behind";
+    if (s.waits_for == State::For::kGpuCollective) {
+      whom = "this rank's GPU";
+      why = "the collective did not finish: another rank died, hung or is far behind (or a kernel here never ended)";
+    } else if (s.waits_for == State::For::kGpuKernel) {
+      whom = "this rank's GPU";
+      why = "no collective was in flight, so a kernel on this GPU never ended";
+    }
     const std::string message = fmt::format(
-        "\nmeshtrain: error (rank {} on {}): [watchdog] waited {:.1f} s in {} ({}) for the other ranks "
-        "(parallel.timeout_s = {}): one of them died, hung or is far behind; ending the job\n",
-        s.rank, s.host, waited, s.op, s.where, s.timeout_s);
+        "\nmeshtrain: error (rank {} on {}): [watchdog] waited {:.1f} s in {} ({}) for {} "
+        "(parallel.timeout_s = {}): {}; ending the job\n",
+        s.rank, s.host, waited, s.op, s.where, whom, s.timeout_s, why);
     std::fputs(message.c_str(), stderr);
     std::fflush(stderr);
     std::fflush(stdout);
@@ -118,6 +130,26 @@ bool CommWatchdog::enter(const char* op, const std::string& where) {
   if (s.depth++ == 0) {
     s.op = op;
     s.where = where;
+    s.waits_for = State::For::kRanks;
+    s.since = Clock::now();
+  }
+  return true;
+}
+
+namespace {
+std::string describe_queued(const State& s) {
+  if (!s.queued_op) return "no collective was queued on a GPU stream";
+  return fmt::format("the last collective queued: {} ({})", s.queued_op, s.queued_where);
+}
+}  // namespace
+
+bool CommWatchdog::enter_gpu_wait(const char* op) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.depth++ == 0) {
+    s.op = op;
+    s.where = describe_queued(s);
+    s.waits_for = s.queued_op ? State::For::kGpuCollective : State::For::kGpuKernel;
     s.since = Clock::now();
   }
   return true;
@@ -146,8 +178,7 @@ void CommWatchdog::set_queued(const char* op, std::string where) {
 std::string CommWatchdog::last_queued() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!s.queued_op) return "no collective was queued on a GPU stream";
-  return fmt::format("the last collective queued: {} ({})", s.queued_op, s.queued_where);
+  return describe_queued(s);
 }
 
 void CommWatchdog::leave() {

@@ -35,8 +35,8 @@ class CommWatchdog {
   /// "the last collective queued: OP (WHERE)", or that none was queued since the watchdog started.
   static std::string last_queued();
 
-  /// Marks a blocking communication call (or a host wait for a device stream) from construction to
-  /// destruction.
+  /// Marks a blocking communication call from construction to destruction; a timeout blames the
+  /// other ranks.
   class Guard {
    public:
     template <class WhereFn>
@@ -53,8 +53,27 @@ class CommWatchdog {
     bool entered_ = false;
   };
 
+  /// Marks a host wait for this rank's GPU (a stream or device synchronize). NCCL's collectives run
+  /// on the GPU's streams, so the message names the last collective queued, if any; with none
+  /// queued it says that a kernel on this GPU, not a peer, did not finish.
+  class GpuWait {
+   public:
+    explicit GpuWait(const char* op) {
+      if (on()) entered_ = enter_gpu_wait(op);
+    }
+    ~GpuWait() {
+      if (entered_) leave();
+    }
+    GpuWait(const GpuWait&) = delete;
+    GpuWait& operator=(const GpuWait&) = delete;
+
+   private:
+    bool entered_ = false;
+  };
+
  private:
   static bool enter(const char* op, const std::string& where);
+  static bool enter_gpu_wait(const char* op);
   static void leave();
   static void set_queued(const char* op, std::string where);
 };

@@ -34,7 +34,7 @@ TEST_F(Watchdog, AWaitPastTheTimeoutEndsTheProcessNamingRankHostAndOperation) {
         ::sleep(10);
       },
       ::testing::ExitedWithCode(1),
-      R"(rank 3 on node-a\): \[watchdog\] waited [0-9.]+ s in all_reduce \(dp group of 4\).*parallel\.timeout_s = 0\.3)");
+      R"(rank 3 on node-a\): \[watchdog\] waited [0-9.]+ s in all_reduce \(dp group of 4\) for the other ranks \(parallel\.timeout_s = 0\.3\): one of them died)");
 }
 
 TEST_F(Watchdog, TheOutermostWaitIsTheOneTimedAndNamed) {
@@ -61,12 +61,25 @@ TEST_F(Watchdog, ATimeoutRunsTheAbortHooksAndAHostWaitForTheGpuNamesTheLastColle
         CommWatchdog::remove_abort_hook(gone);
         (void)kept;
         CommWatchdog::note_queued("all_reduce", [] { return std::string("nccl tp rank 1 of 2"); });
-        CommWatchdog::Guard g("a wait for the GPU's stream", [] { return CommWatchdog::last_queued(); });
+        CommWatchdog::GpuWait g("a wait for the GPU's stream");
         ::sleep(10);
       },
       ::testing::ExitedWithCode(1),
       R"(rank 1 on gpu-node\): \[watchdog\] waited [0-9.]+ s in a wait for the GPU's stream \(the last collective )"
-      R"(queued: all_reduce \(nccl tp rank 1 of 2\)\).*hook: aborted nccl tp.*communicators aborted)");
+      R"(queued: all_reduce \(nccl tp rank 1 of 2\)\) for this rank's GPU .*: the collective did not finish: )"
+      R"(another rank died.*hook: aborted nccl tp.*communicators aborted)");
+}
+
+TEST_F(Watchdog, AWaitForTheGpuWithNoCollectiveQueuedBlamesAKernelNotThePeers) {
+  EXPECT_EXIT(
+      {
+        CommWatchdog::configure(0.2, 0, "gpu-node");
+        CommWatchdog::GpuWait g("a device synchronize");
+        ::sleep(10);
+      },
+      ::testing::ExitedWithCode(1),
+      R"(waited [0-9.]+ s in a device synchronize \(no collective was queued on a GPU stream\) for this rank's GPU )"
+      R"(\(parallel.timeout_s = 0.2\): no collective was in flight, so a kernel on this GPU never ended)");
 }
 
 TEST_F(Watchdog, AnAbortHookThatHangsDoesNotKeepTheProcessAlive) {

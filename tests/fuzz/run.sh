@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets (the `fuzz` preset: clang 14 with libFuzzer, AddressSanitizer and UBSan)
-# and runs each for SECONDS (default 60) on a copy of its committed seeds, with its dictionary when
+# Builds the fuzz targets in the `asan` preset's tree (clang 14 with libFuzzer, AddressSanitizer and
+# UBSan; the parsers' files carry libFuzzer's coverage, tests/fuzz/coverage_allowlist.txt) and runs each for SECONDS (default 60) on a copy of its committed seeds, with its dictionary when
 # there is one, printing executions and corpus size per target. An input that crashes, hangs (more
 # than 10 s), leaks or trips a sanitizer is copied into tests/fuzz/regressions/<target>/ (which the
 # normal test build replays) and the script fails.
@@ -14,14 +14,15 @@ seconds=${1:-60}
 shift || true
 bash scripts/setup.sh fuzz
 t0=$(date +%s)
-bash scripts/configure.sh fuzz
-cmake --build build/fuzz -j"$(nproc)" 2>&1 | grep -E "error|warning: " || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   for f in tests/fuzz/fuzz_*.cpp; do targets+=("$(basename "$f" .cpp)"); done
 fi
+# (After scripts/test_sanitizers.sh, which builds the whole tree, there is nothing left to build.)
+bash scripts/configure.sh asan
+cmake --build build/asan -j"$(nproc)" --target "${targets[@]}" 2>&1 | grep -E "error|warning: " || true
 for t in "${targets[@]}"; do
-  [ -x "build/fuzz/fuzz/$t" ] || { echo "[fuzz] build/fuzz/fuzz/$t was not built" >&2; exit 1; }
+  [ -x "build/asan/fuzz/$t" ] || { echo "[fuzz] build/asan/fuzz/$t was not built" >&2; exit 1; }
 done
 echo "[fuzz] build: $(($(date +%s) - t0)) s"
 
@@ -40,7 +41,7 @@ for t in "${targets[@]}"; do
   [ -f "tests/fuzz/dicts/$t.dict" ] && dict=(-dict="tests/fuzz/dicts/$t.dict")
   log=$work/$t.log
   set +e
-  "build/fuzz/fuzz/$t" "$corpus" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
+  "build/asan/fuzz/$t" "$corpus" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$work/artifacts_$t/" > "$log" 2>&1
   rc=$?
   set -e
