@@ -109,7 +109,7 @@ class CudaGraph {
   void reset();
 
  private:
-  void* graph_ = nullptr;
+  [[maybe_unused]] void* graph_ = nullptr;  // (unused where CUDA is not built)
   void* exec_ = nullptr;
 };
 

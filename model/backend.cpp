@@ -33,7 +33,7 @@ void DeviceTimer::stop() {
   spans_.push_back({open_, end});
   DeviceTrace& device = DeviceTrace::get();
   if (*cat_ && device.recording() && device.backend() == be_)
-    device.add({cat_, name_, open_, end, trace_t0_ >= 0.0 ? trace_bytes_ : -1});
+    device.add({cat_, name_, open_, end, trace_t0_ >= 0.0 ? trace_bytes_ : -1, ""});
   if (trace_t0_ >= 0.0 && Tracer::get().on()) Tracer::get().add_region(cat_, name_, trace_t0_, trace_bytes_);
   trace_t0_ = -1.0;
 }
@@ -65,7 +65,7 @@ void DeviceTrace::flush() {
     TraceEvent e;
     e.name = std::move(s.name);
     e.cat = s.cat;
-    e.tid = tid;
+    e.tid = s.lane.empty() ? tid : tracer.virtual_thread("GPU NCCL stream (" + s.lane + ")");
     e.step = tracer.step();
     e.bytes = s.bytes;
     e.ts_us = anchor_us_ + 1e6 * be_->seconds_between(anchor_, s.a);

@@ -168,6 +168,12 @@ class Backend {
   /// Ids restart from 0 at reset_marks(), reusing the same events, so a captured CUDA graph records
   /// the same points again at every replay.
   virtual int64_t mark() = 0;
+  /// A mark recorded on another stream of the same device (a communicator's), in the same id
+  /// sequence; seconds_between works across streams. The CPU has one timeline: mark().
+  virtual int64_t mark_on(void* stream) {
+    (void)stream;
+    return mark();
+  }
   virtual void reset_marks() = 0;
   /// Seconds from mark a to mark b, once the device has passed both.
   virtual double seconds_between(int64_t a, int64_t b) = 0;
@@ -228,6 +234,10 @@ class DeviceTrace {
     std::string name;
     int64_t a = -1, b = -1;  // the backend's marks at the region's start and end
     int64_t bytes = -1;
+    /// The trace thread: empty for the model's stream ("GPU stream"), else a communicator's name,
+    /// whose stream is "GPU NCCL stream (<name>)": its collectives, which overlap the compute
+    /// stream's work where the schedule allows.
+    std::string lane;
   };
   /// The process's device timeline.
   static DeviceTrace& get();
@@ -243,7 +253,8 @@ class DeviceTrace {
   const std::vector<Span>& spans() const { return spans_; }
   void set_spans(std::vector<Span> spans) { spans_ = std::move(spans); }
   /// Once the device has passed every mark (after a synchronize): adds the regions to the Tracer on
-  /// the "GPU stream" thread (when the step is traced, Tracer::on) and stops recording.
+  /// the "GPU stream" thread, and NCCL's on one "GPU NCCL stream (<communicator>)" each (when the step is traced, Tracer::on),
+  /// and stops recording.
   void flush();
 
  private:
@@ -282,6 +293,9 @@ class DeviceScope {
 /// fp32 (train.precision = bf16 on the CPU); throws "[bf16-cpu] not built" without oneDNN and refuses
 /// a CPU without bf16 instructions.
 std::unique_ptr<Backend> make_cpu_backend(bool bf16_gemms = false);
+/// The instruction set oneDNN runs bf16 GEMMs with here (e.g. "AVX512_CORE_AMX"); throws the error
+/// make_cpu_backend(true) would, so a command can refuse before it prepares anything.
+std::string cpu_bf16_gemm_isa();
 /// A CUDA backend on the current device and a stream of its own. Throws "[cuda] not built" in builds
 /// without CUDA and a clear error when no GPU is present.
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, AttentionKind attention = AttentionKind::flash);

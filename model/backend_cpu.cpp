@@ -48,15 +48,7 @@ constexpr int64_t kHeadRows = 256;
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(bool bf16_gemms) : bf16_gemms_(bf16_gemms) {
-    if (!bf16_gemms_) return;
-    MT_CHECK(onednn_built(), "[bf16-cpu] not built: train.precision = bf16 on the CPU runs its GEMMs through oneDNN, "
-                             "which this build lacks; install libdnnl-dev (bash scripts/setup.sh) and build again, or "
-                             "set train.precision = fp32");
-    isa_ = onednn_bf16_isa();
-    MT_CHECK(!isa_.empty(), "[bf16-cpu] this CPU has no bf16 instructions (neither AVX512_BF16 nor AMX): oneDNN {}; "
-                            "set train.precision = fp32",
-             onednn_bf16_matmuls() ? "would emulate bf16 GEMMs on AVX-512, slower than fp32"
-                                   : "has no bf16 GEMMs for it at all (no AVX-512)");
+    if (bf16_gemms_) isa_ = cpu_bf16_gemm_isa();
   }
   Device device() const override { return Device::cpu; }
   DType dtype() const override { return DType::f32; }
@@ -258,6 +250,18 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+std::string cpu_bf16_gemm_isa() {
+  MT_CHECK(onednn_built(), "[bf16-cpu] not built: train.precision = bf16 on the CPU runs its GEMMs through oneDNN, "
+                           "which this build lacks; install libdnnl-dev (bash scripts/setup.sh) and build again, or "
+                           "set train.precision = fp32");
+  std::string isa = onednn_bf16_isa();
+  MT_CHECK(!isa.empty(), "[bf16-cpu] this CPU has no bf16 instructions (neither AVX512_BF16 nor AMX): oneDNN {}; "
+                         "set train.precision = fp32",
+           onednn_bf16_matmuls() ? "would emulate bf16 GEMMs on AVX-512, slower than fp32"
+                                 : "has no bf16 GEMMs for it at all (no AVX-512)");
+  return isa;
+}
 
 std::unique_ptr<Backend> make_cpu_backend(bool bf16_gemms) { return std::make_unique<CpuBackend>(bf16_gemms); }
 

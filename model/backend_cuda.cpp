@@ -168,9 +168,10 @@ class CudaBackend final : public Backend {
   }
 
   void download_async(void* dst, const void* src, size_t nbytes) override { device_copy_async(dst, src, nbytes, s()); }
-  int64_t mark() override {
+  int64_t mark() override { return mark_on(s()); }
+  int64_t mark_on(void* stream) override {
     if (next_ == static_cast<int64_t>(events_.size())) events_.push_back(timing_event_create());
-    timing_event_record(events_[static_cast<size_t>(next_)], s());
+    timing_event_record(events_[static_cast<size_t>(next_)], stream);
     return next_++;
   }
   void reset_marks() override { next_ = 0; }

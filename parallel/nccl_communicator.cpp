@@ -17,6 +17,7 @@
 
 #include "core/device.h"
 #include "core/watchdog.h"
+#include "model/backend.h"
 #include "parallel/nccl_handles.h"
 
 // NCCL_CHECK and CUDA_CHECK inside a communicator's operation: the message names the operation
@@ -152,8 +153,10 @@ class NcclComm final : public NcclCommunicator {
   void cuda_check(const char* op, const char* call, cudaError_t e, const char* file, int line);
   void check_device(const char* op, const Tensor& t, const char* role) const;
   ncclDataType_t nccl_type(const char* op, DType dt) const;
-  // Orders the communication stream after the compute stream and releases finished buffers.
-  void begin(const char* op);
+  // Orders the communication stream after the compute stream and releases finished buffers; while
+  // a step's device timeline is recorded (model/backend.h: DeviceTrace), marks where the operation of
+  // `bytes` starts on the communication stream.
+  void begin(const char* op, int64_t bytes);
   // Blocking: waits for the stream and returns nullptr; else a Work that keeps the tensors alive.
   std::unique_ptr<Work> finish(const char* op, std::vector<Tensor> keep, bool blocking);
   // Polls the communication stream to completion, watching for NCCL's asynchronous errors (a peer
@@ -177,6 +180,7 @@ class NcclComm final : public NcclCommunicator {
   NcclHandle comm_;
   CommStream stream_;
   CudaEvent ready_;  // recorded on the compute stream before each operation
+  DeviceTrace::Span traced_;  // the operation begun, while a step's device timeline is recorded
   cudaStream_t compute_ = nullptr;
   Tensor barrier_flag_;
   int abort_hook_ = -1;  // the watchdog's (CommWatchdog::add_abort_hook)
@@ -322,7 +326,7 @@ ncclDataType_t NcclComm::nccl_type(const char* op, DType dt) const {
           where(), dtype_name(dt));
 }
 
-void NcclComm::begin(const char* op) {
+void NcclComm::begin(const char* op, int64_t bytes) {
   MT_CHECK(!comm_.failed() && comm_.get(),
            "[{}] {}: an earlier NCCL operation failed or the communicator was aborted; it cannot be used any more", op,
            where());
@@ -335,9 +339,24 @@ void NcclComm::begin(const char* op) {
   CUDA_OP_CHECK(op, cudaEventRecord(ready_.get(), compute_));
   CUDA_OP_CHECK(op, cudaStreamWaitEvent(stream_.get(), ready_.get(), 0));
   CommWatchdog::note_queued(op, [&] { return where(); });
+  DeviceTrace& trace = DeviceTrace::get();
+  traced_.a = -1;
+  if (trace.recording()) {
+    traced_.cat = "nccl";
+    traced_.name = fmt::format("{} ({})", op, where());
+    traced_.bytes = bytes;
+    traced_.lane = name();
+    traced_.a = trace.backend()->mark_on(stream_.get());
+  }
 }
 
 std::unique_ptr<Work> NcclComm::finish(const char* op, std::vector<Tensor> keep, bool blocking) {
+  DeviceTrace& trace = DeviceTrace::get();
+  if (traced_.a >= 0 && trace.recording()) {
+    traced_.b = trace.backend()->mark_on(stream_.get());
+    trace.add(std::move(traced_));
+  }
+  traced_.a = -1;
   if (!blocking) return std::make_unique<NcclWork>(*this, op, std::move(keep));
   synchronize(op);
   return nullptr;
@@ -368,7 +387,7 @@ std::unique_ptr<Work> NcclComm::start_all_reduce(Tensor& t, ReduceOp op, bool bl
   check_device("all_reduce", t, "reduced");
   ncclDataType_t type = nccl_type("all_reduce", t.dtype());
   DeviceGuard guard(device_);
-  begin("all_reduce");
+  begin("all_reduce", t.nbytes());
   if (t.numel() > 0)  // NCCL rejects the null pointer of an empty tensor
     NCCL_OP_CHECK("all_reduce",
                   ncclAllReduce(t.raw(), t.raw(), t.numel(), type, nccl_op(op), comm_.get(), stream_.get()));
@@ -381,7 +400,7 @@ std::unique_ptr<Work> NcclComm::start_reduce_scatter(const Tensor& in, Tensor& o
   check_device("reduce_scatter", out, "output");
   ncclDataType_t type = nccl_type("reduce_scatter", in.dtype());
   DeviceGuard guard(device_);
-  begin("reduce_scatter");
+  begin("reduce_scatter", in.nbytes());
   std::vector<Tensor> keep{in, out};
   if (out.numel() > 0) {
     // NCCL works in place when out is exactly this rank's chunk of in; any other overlap would
@@ -403,7 +422,7 @@ std::unique_ptr<Work> NcclComm::start_all_gather(const Tensor& in, Tensor& out, 
   check_device("all_gather", out, "output");
   ncclDataType_t type = nccl_type("all_gather", in.dtype());
   DeviceGuard guard(device_);
-  begin("all_gather");
+  begin("all_gather", out.nbytes());
   std::vector<Tensor> keep{in, out};
   if (in.numel() > 0) {
     // In place when in is exactly this rank's chunk of out (NCCL's rule); other overlaps copy.
@@ -429,7 +448,7 @@ void NcclComm::broadcast(Tensor& t, int root) {
   check_device("broadcast", t, "broadcast");
   ncclDataType_t type = nccl_type("broadcast", t.dtype());
   DeviceGuard guard(device_);
-  begin("broadcast");
+  begin("broadcast", t.nbytes());
   if (t.numel() > 0)
     NCCL_OP_CHECK("broadcast", ncclBroadcast(t.raw(), t.raw(), t.numel(), type, root, comm_.get(), stream_.get()));
   finish("broadcast", {}, true);
@@ -448,7 +467,7 @@ std::unique_ptr<Work> NcclComm::start_p2p(const char* op, const Tensor& t, int p
   check_device(op, t, sending ? "sent" : "receive");
   ncclDataType_t type = nccl_type(op, t.dtype());
   DeviceGuard guard(device_);
-  begin(op);
+  begin(op, t.nbytes());
   // An empty tensor sends nothing; its receiver, holding an empty tensor too, expects nothing.
   if (t.numel() > 0) {
     if (sending)
@@ -490,7 +509,7 @@ std::unique_ptr<Work> NcclComm::send_recv(const Tensor& send, int dst, Tensor& r
   ncclDataType_t send_type = sending ? nccl_type(op, send.dtype()) : ncclUint8;
   ncclDataType_t recv_type = receiving ? nccl_type(op, recv.dtype()) : ncclUint8;
   DeviceGuard guard(device_);
-  begin(op);
+  begin(op, (sending ? send.nbytes() : 0) + (receiving ? recv.nbytes() : 0));
   // Inside a group NCCL reports errors at ncclGroupEnd, which must be called whatever happened.
   NCCL_OP_CHECK(op, ncclGroupStart());
   ncclResult_t r = ncclSuccess;
@@ -508,7 +527,7 @@ void NcclComm::barrier() {
   DeviceGuard guard(device_);
   // Its value does not matter, so no memset (which would run on the default stream, unordered).
   if (!barrier_flag_.defined()) barrier_flag_ = Tensor::empty({1}, DType::i32, Device::cuda);
-  begin("barrier");
+  begin("barrier", 4);
   void* p = barrier_flag_.raw();
   NCCL_OP_CHECK("barrier", ncclAllReduce(p, p, 1, ncclInt32, ncclSum, comm_.get(), stream_.get()));
   finish("barrier", {}, true);

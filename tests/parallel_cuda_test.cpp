@@ -298,18 +298,27 @@ TEST_F(ParallelCuda, TracesShowTheGpuStreamTimedByEvents) {
         true);
     ASSERT_EQ(r.code, 0) << r.output;
     const nlohmann::json file = nlohmann::json::parse(meshtrain::testing::slurp(trace));
-    std::map<int, int> gpu_tid;  // pid -> the "GPU stream" thread
-    for (const auto& e : file["traceEvents"])
-      if (e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "GPU stream") gpu_tid[e["pid"]] = e["tid"];
+    // pid -> the "GPU stream" thread, and the thread of the axis's communicator's NCCL stream
+    std::map<int, int> gpu_tid, nccl_tid;
+    const std::string nccl_thread = "GPU NCCL stream (nccl/" + c.axis + ")";
+    for (const auto& e : file["traceEvents"]) {
+      if (e["ph"] != "M" || e["name"] != "thread_name") continue;
+      if (e["args"]["name"] == "GPU stream") gpu_tid[e["pid"]] = e["tid"];
+      if (e["args"]["name"] == nccl_thread) nccl_tid[e["pid"]] = e["tid"];
+    }
     ASSERT_EQ(gpu_tid.size(), 2u) << c.name << ": every rank has a GPU stream";
+    ASSERT_EQ(nccl_tid.size(), 2u) << c.name << ": every rank has a thread " << nccl_thread;
     std::map<std::pair<int, int64_t>, std::pair<double, double>> host_step;  // (pid, step) -> [start, end]
     std::map<std::pair<int, int64_t>, std::vector<nlohmann::json>> gpu;      // (pid, step) -> GPU regions
+    std::map<std::pair<int, int64_t>, std::vector<nlohmann::json>> nccl;     // (pid, step) -> NCCL's regions
     for (const auto& e : file["traceEvents"]) {
       if (e["ph"] != "X") continue;
       const int pid = e["pid"];
       const int64_t step = e["args"]["step"];
       if (e["tid"] == gpu_tid[pid])
         gpu[{pid, step}].push_back(e);
+      else if (e["tid"] == nccl_tid[pid])
+        nccl[{pid, step}].push_back(e);
       else if (e["cat"] == "step")
         host_step[{pid, step}] = {e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>()};
     }
@@ -344,6 +353,22 @@ TEST_F(ParallelCuda, TracesShowTheGpuStreamTimedByEvents) {
           ASSERT_TRUE(open.empty() || e <= open.back() + 1e-3) << c.name << ": GPU regions overlap without nesting";
           open.push_back(e);
         }
+        // The axis's NCCL stream: its collectives, each with its bytes, inside the host's step, one
+        // after another.
+        int axis_ops = 0;
+        double last_end = -1e30;
+        for (const auto& e : nccl[{pid, step}]) {
+          const double ts = e["ts"], dur = e["dur"];
+          ASSERT_GE(dur, 0.0) << e.dump();
+          EXPECT_GE(ts, begin - 2000.0) << e.dump();
+          EXPECT_LE(ts + dur, end + 2000.0) << e.dump();
+          EXPECT_GE(ts, last_end - 1e-3) << c.name << ": operations of one stream overlap: " << e.dump();
+          last_end = std::max(last_end, ts + dur);
+          EXPECT_GT(e["args"].value("bytes", int64_t{0}), 0) << e.dump();
+          axis_ops += e["name"].get<std::string>().find("(nccl/" + c.axis + " rank ") != std::string::npos;
+        }
+        EXPECT_GT(axis_ops, 0) << c.name << " rank " << pid << " step " << step << ": no " << c.axis
+                               << " collective on NCCL's stream";
         // The step log's split of the axis is the mean over ranks of the same event intervals.
         const double logged = rows[static_cast<size_t>(step - 1)][c.axis + "_comm_ms_max"];
         EXPECT_LE(waits_ms, logged * 1.05 + 0.05) << c.name << " rank " << pid << " step " << step;

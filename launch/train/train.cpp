@@ -279,6 +279,8 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
   const int threads = cfg.train.threads > 0 ? cfg.train.threads : (args.default_threads > 0 ? args.default_threads : available_cores());
   set_num_threads(threads);
 
+  // A CPU that cannot run bf16 GEMMs is refused before any data is prepared.
+  if (!use_cuda && cfg.train.precision == "bf16") (void)cpu_bf16_gemm_isa();
   if (cfg.data.train.empty()) {
     MT_CHECK(cfg.data.val.empty() && cfg.data.tokenizer.empty(),
              "[config] data.val / data.tokenizer were set without data.train; set data.train too, or none of them "
