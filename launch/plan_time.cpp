@@ -2,6 +2,7 @@
 #include "launch/plan_time.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -263,6 +264,27 @@ std::pair<double, double> stage_micro_seconds(const GptConfig& m, const Hardware
 }
 
 }  // namespace
+
+std::string calibration_steadiness_warning(const std::vector<double>& pass_wholes,
+                                           const std::vector<std::pair<int, double>>& in_step) {
+  std::vector<std::string> why;
+  if (!pass_wholes.empty()) {
+    const auto [lo, hi] = std::minmax_element(pass_wholes.begin(), pass_wholes.end());
+    if (*lo > 0 && *hi > 1.15 * *lo)
+      why.push_back(fmt::format("the same micro-batches took {:.1f} to {:.1f} ms in its passes ({:+.0f}%)", *lo * 1e3,
+                                *hi * 1e3, 100.0 * (*hi / *lo - 1.0)));
+  }
+  for (const auto& [rows, factor] : in_step)
+    if (factor < 0.9)
+      why.push_back(fmt::format("a whole micro-batch of {} sequences ran in {:.2f} x the sum of its parts, so the parts "
+                                "were timed while the machine was slower",
+                                rows, factor));
+  if (why.empty()) return "";
+  return fmt::format("this machine's speed moved while it was measured: {}. Predictions from these figures follow "
+                     "that noise; calibrate again while the machine is quiet (on a shared VM, other tenants; "
+                     "elsewhere, other jobs or CPU frequency scaling)",
+                     fmt::join(why, "; "));
+}
 
 LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, int tp, int pp, int zero) {
   const GptConfig& m = cfg.model;
@@ -620,6 +642,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
   // The machine's speed drifts (a neighbour on a shared host, a migrated vCPU): the compute figures
   // are measured in three passes and the pass whose whole micro-batches ran fastest is kept, as
   // bench/plan_check.sh keeps the faster of two runs of each layout.
+  std::vector<double> pass_wholes;
   {
     double best = 1e300;
     for (int pass = 0; pass < 3; ++pass) {
@@ -627,6 +650,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
       double whole = 0.0;
       measure_compute(h, whole);
       progress(fmt::format("pass {}: whole micro-batches {:.1f} ms", pass + 1, whole * 1e3));
+      pass_wholes.push_back(whole);
       if (whole < best) best = whole, hw = h;
     }
     for (const GemmRate& g : hw.gemm)
@@ -682,6 +706,8 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
                        "measure collectives\n");
   }
   if (!lead) return;
+  const std::string unsteady = calibration_steadiness_warning(pass_wholes, hw.in_step);
+  if (!unsteady.empty()) fmt::print(stderr, "[plan calibrate] warning: {}\n", unsteady);
   const std::string text = hardware_to_toml(hw);
   if (args.out.empty()) {
     fmt::print("{}", text);

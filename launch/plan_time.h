@@ -90,6 +90,13 @@ struct CalibrateArgs {
   std::string name;       // the description's name (default: the CPU model)
   bool overwrite = false;
 };
+/// What a calibration's own figures say about the machine holding still: a warning (empty when none)
+/// when its passes' whole micro-batches (seconds) differ by more than 15%, or when a whole
+/// micro-batch ran faster than the sum of its parts (factor < 0.9: the parts were timed in a slow
+/// moment). Predictions from such a calibration follow the machine's noise, not the model's.
+std::string calibration_steadiness_warning(const std::vector<double>& pass_wholes,
+                                           const std::vector<std::pair<int, double>>& in_step);
+
 /// Measures this machine (GEMMs at the model's shapes, attention, element-wise bandwidth, AdamW,
 /// and, under a launcher with 2 or more ranks, all-reduce bandwidth and latency) and writes it.
 void run_plan_calibrate(const CalibrateArgs& args, Communicator& world);

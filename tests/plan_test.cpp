@@ -396,6 +396,21 @@ TEST(PlanTime, AHardwareDescriptionOfAnotherDeviceOrPrecisionIsRefused) {
   EXPECT_NO_THROW(run_plan(ok));
 }
 
+// A calibration taken while the machine's speed moved says so (a shared VM's neighbours moved a
+// pass's whole micro-batches from 83 ms to 47 ms; the parts timed in a slow moment gave factors < 1).
+TEST(PlanTime, ACalibrationWhoseMachineMovedSaysSo) {
+  EXPECT_EQ(calibration_steadiness_warning({0.0824, 0.0834, 0.0801}, {{4, 1.12}, {2, 1.19}, {1, 1.25}}), "");
+  const std::string passes = calibration_steadiness_warning({0.0824, 0.0834, 0.0466}, {{4, 1.12}});
+  EXPECT_NE(passes.find("took 46.6 to 83.4 ms in its passes (+79%)"), std::string::npos) << passes;
+  EXPECT_NE(passes.find("calibrate again while the machine is quiet"), std::string::npos) << passes;
+  EXPECT_EQ(passes.find("sum of its parts"), std::string::npos) << passes;
+  const std::string parts = calibration_steadiness_warning({0.080, 0.081}, {{4, 0.65}, {2, 0.95}, {1, 0.74}});
+  EXPECT_NE(parts.find("4 sequences ran in 0.65 x the sum of its parts"), std::string::npos) << parts;
+  EXPECT_NE(parts.find("1 sequences ran in 0.74 x"), std::string::npos) << parts;
+  EXPECT_EQ(parts.find("2 sequences"), std::string::npos) << parts;
+  EXPECT_EQ(parts.find("in its passes"), std::string::npos) << parts;
+}
+
 TEST(PlanTime, CalibrateWritesADescriptionThatPlansOneRankAndRefusesToOverwrite) {
   testing::ScratchDir dir("plan_cal");
   CalibrateArgs args;
