@@ -20,7 +20,7 @@ std::atomic<size_t> g_in_use{0}, g_peak{0};
 // waits too, naming the last collective queued.
 template <class Wait>
 void host_waits_for_gpu(const char* what, Wait&& wait) {
-  CommWatchdog::GpuWait watch(what);
+  const auto watch = CommWatchdog::Guard::gpu_wait(what);
   wait();
 }
 

@@ -124,34 +124,33 @@ void CommWatchdog::configure(double timeout_s, int rank, const std::string& host
 
 bool CommWatchdog::on() { return state().on.load(std::memory_order_relaxed); }
 
-bool CommWatchdog::enter(const char* op, const std::string& where) {
-  State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.depth++ == 0) {
-    s.op = op;
-    s.where = where;
-    s.waits_for = State::For::kRanks;
-    s.since = Clock::now();
-  }
-  return true;
-}
-
 namespace {
 std::string describe_queued(const State& s) {
   if (!s.queued_op) return "no collective was queued on a GPU stream";
   return fmt::format("the last collective queued: {} ({})", s.queued_op, s.queued_where);
 }
+
+// With s.mu held: the outermost wait starts the clock (a nested one is part of it).
+void start_wait(State& s, const char* op, std::string where, State::For waits_for) {
+  if (s.depth++ > 0) return;
+  s.op = op;
+  s.where = std::move(where);
+  s.waits_for = waits_for;
+  s.since = Clock::now();
+}
 }  // namespace
+
+bool CommWatchdog::enter(const char* op, const std::string& where) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  start_wait(s, op, where, State::For::kRanks);
+  return true;
+}
 
 bool CommWatchdog::enter_gpu_wait(const char* op) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.depth++ == 0) {
-    s.op = op;
-    s.where = describe_queued(s);
-    s.waits_for = s.queued_op ? State::For::kGpuCollective : State::For::kGpuKernel;
-    s.since = Clock::now();
-  }
+  start_wait(s, op, describe_queued(s), s.queued_op ? State::For::kGpuCollective : State::For::kGpuKernel);
   return true;
 }
 

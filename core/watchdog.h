@@ -40,9 +40,11 @@ class CommWatchdog {
   class Guard {
    public:
     template <class WhereFn>
-    Guard(const char* op, WhereFn&& where) {
-      if (on()) entered_ = enter(op, where());
-    }
+    Guard(const char* op, WhereFn&& where) : entered_(on() && enter(op, where())) {}
+    /// Marks a host wait for this rank's GPU (a stream or device synchronize). NCCL's collectives
+    /// run on the GPU's streams, so the message names the last collective queued, if any; with none
+    /// queued it says that a kernel on this GPU, not a peer, did not finish.
+    static Guard gpu_wait(const char* op) { return Guard(on() && enter_gpu_wait(op)); }
     ~Guard() {
       if (entered_) leave();
     }
@@ -50,25 +52,8 @@ class CommWatchdog {
     Guard& operator=(const Guard&) = delete;
 
    private:
-    bool entered_ = false;
-  };
-
-  /// Marks a host wait for this rank's GPU (a stream or device synchronize). NCCL's collectives run
-  /// on the GPU's streams, so the message names the last collective queued, if any; with none
-  /// queued it says that a kernel on this GPU, not a peer, did not finish.
-  class GpuWait {
-   public:
-    explicit GpuWait(const char* op) {
-      if (on()) entered_ = enter_gpu_wait(op);
-    }
-    ~GpuWait() {
-      if (entered_) leave();
-    }
-    GpuWait(const GpuWait&) = delete;
-    GpuWait& operator=(const GpuWait&) = delete;
-
-   private:
-    bool entered_ = false;
+    explicit Guard(bool entered) : entered_(entered) {}
+    bool entered_;
   };
 
  private:

@@ -253,8 +253,8 @@ class DeviceTrace {
   const std::vector<Span>& spans() const { return spans_; }
   void set_spans(std::vector<Span> spans) { spans_ = std::move(spans); }
   /// Once the device has passed every mark (after a synchronize): adds the regions to the Tracer on
-  /// the "GPU stream" thread, and NCCL's on one "GPU NCCL stream (<communicator>)" each (when the step is traced, Tracer::on),
-  /// and stops recording.
+  /// the "GPU stream" thread and NCCL's on one "GPU NCCL stream (<communicator>)" each (when the step
+  /// is traced, Tracer::on), and stops recording.
   void flush();
 
  private:

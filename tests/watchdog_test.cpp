@@ -61,7 +61,7 @@ TEST_F(Watchdog, ATimeoutRunsTheAbortHooksAndAHostWaitForTheGpuNamesTheLastColle
         CommWatchdog::remove_abort_hook(gone);
         (void)kept;
         CommWatchdog::note_queued("all_reduce", [] { return std::string("nccl tp rank 1 of 2"); });
-        CommWatchdog::GpuWait g("a wait for the GPU's stream");
+        const auto g = CommWatchdog::Guard::gpu_wait("a wait for the GPU's stream");
         ::sleep(10);
       },
       ::testing::ExitedWithCode(1),
@@ -74,7 +74,7 @@ TEST_F(Watchdog, AWaitForTheGpuWithNoCollectiveQueuedBlamesAKernelNotThePeers) {
   EXPECT_EXIT(
       {
         CommWatchdog::configure(0.2, 0, "gpu-node");
-        CommWatchdog::GpuWait g("a device synchronize");
+        const auto g = CommWatchdog::Guard::gpu_wait("a device synchronize");
         ::sleep(10);
       },
       ::testing::ExitedWithCode(1),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets in the `asan` preset's tree (clang 14 with libFuzzer, AddressSanitizer and
-# UBSan; the parsers' files carry libFuzzer's coverage, tests/fuzz/coverage_allowlist.txt) and runs each for SECONDS (default 60) on a copy of its committed seeds, with its dictionary when
-# there is one, printing executions and corpus size per target. An input that crashes, hangs (more
+# UBSan; the parsers' files carry libFuzzer's coverage, tests/fuzz/coverage_allowlist.txt) and runs
+# each for SECONDS (default 60) on a copy of its committed seeds, with its dictionary when there is
+# one, printing executions and corpus size per target. An input that crashes, hangs (more
 # than 10 s), leaks or trips a sanitizer is copied into tests/fuzz/regressions/<target>/ (which the
 # normal test build replays) and the script fails.
 #
