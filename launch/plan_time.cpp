@@ -20,6 +20,7 @@
 #include "model/gpt.h"
 #include "model/kernels/adamw.h"
 #include "model/params.h"
+#include "parallel/data_parallel.h"
 #include "parallel/pipeline.h"
 
 namespace meshtrain {
@@ -182,6 +183,10 @@ Hardware load_hardware(const std::string& path) {
   MT_CHECK(hw.in_step_factor > 0, "[plan] {}: compute.in_step_factor must be above 0", path);
   if (t.at_path("compute.tp_factor").node()) hw.tp_factor = get_number(t, "compute.tp_factor", path, true);
   MT_CHECK(hw.tp_factor > 0, "[plan] {}: compute.tp_factor must be above 0", path);
+  for (auto [key, value] : {std::pair{"compute.dp_factor", &hw.dp_factor}, {"compute.zero_dp_factor", &hw.zero_dp_factor}}) {
+    if (t.at_path(key).node()) *value = get_number(t, key, path, true);
+    MT_CHECK(*value >= 0, "[plan] {}: {} must be 0 or above", path, key);
+  }
   if (const toml::array* a = t.at_path("compute.in_step").as_array()) {
     for (const toml::node& n : *a) {
       const toml::table* e = n.as_table();
@@ -223,9 +228,10 @@ std::string hardware_to_toml(const Hardware& hw) {
                    hw.name, hw.source, hw.device, hw.precision, hw.cores);
   if (hw.gpus_per_node) o << fmt::format("gpus_per_node = {}\n", hw.gpus_per_node);
   o << fmt::format("\n[compute]\nthreads = {}\ngemm_gflops = {:.2f}\nattention_gflops = {:.2f}\nelementwise_gbs = {:.2f}\n"
-                   "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\ntp_factor = {:.3f}\n",
+                   "adamw_params_per_s = {:.4g}\nin_step_factor = {:.3f}\ntp_factor = {:.3f}\n"
+                   "dp_factor = {:.3f}\nzero_dp_factor = {:.3f}\n",
                    hw.threads, hw.gemm_gflops, hw.attention_gflops, hw.elementwise_gbs, hw.adamw_params_per_s,
-                   hw.in_step_factor, hw.tp_factor);
+                   hw.in_step_factor, hw.tp_factor, hw.dp_factor, hw.zero_dp_factor);
   if (hw.peak_tflops > 0) o << fmt::format("peak_tflops = {:.1f}\n", hw.peak_tflops);
   if (!hw.in_step.empty()) {
     o << "# A whole micro-batch of `rows` sequences over the sum of its parts timed alone.\nin_step = [\n";
@@ -245,6 +251,13 @@ std::string hardware_to_toml(const Hardware& hw) {
 }
 
 namespace {
+
+/// hw with the data-parallel buckets' own link figures (non-blocking all-reduces) where measured.
+Hardware bucket_link(const Hardware& hw) {
+  Hardware h = hw;
+  if (hw.async_gbs > 0) h.link_gbs = hw.async_gbs, h.link_latency_us = hw.async_latency_us;
+  return h;
+}
 
 /// One micro-batch of `rows` sequences on pipeline stage s of pp at tensor-parallel degree tp:
 /// (compute, tensor-parallel communication) in seconds, the in-step factor applied, and for tp > 1
@@ -334,10 +347,17 @@ LayoutTime predict_layout_time(const Config& cfg, const Hardware& hw, int dp, in
   r.pp_ms = r.bubble_ms + (pp > 1 ? all_reduce_seconds(hw, double(m.padded_vocab()) / tp * C * fp, 2, pp_across,
                                                         1) * 1e3 : 0.0);
   // The gradients go as non-blocking all-reduces (buckets): their own measured figures where known.
-  Hardware dp_hw = hw;
-  if (hw.async_gbs > 0) dp_hw.link_gbs = hw.async_gbs, dp_hw.link_latency_us = hw.async_latency_us;
+  const Hardware dp_hw = bucket_link(hw);
   r.dp_ms = all_reduce_seconds(dp_hw, params_max * fp, dp, dp_across, dp_rails) * 1e3;
   r.dp_exposed_ms = r.dp_ms;
+  if (hw.cores > 0 && dp > 1) {
+    // CPUs: the buckets reduced from backward's hooks (all of them; under ZeRO-1 the reduce-scatters,
+    // half the bytes) cost what `plan calibrate` measured them to cost in a real micro-batch: MPI's
+    // progress in the hooks, the wait after backward, and the compute they slow down. ZeRO-1's
+    // all-gather after the optimizer is counted as it is.
+    const double hooked = zero ? r.dp_ms / 2 : r.dp_ms;
+    r.dp_exposed_ms = hooked * (zero ? hw.zero_dp_factor : hw.dp_factor) + (r.dp_ms - hooked);
+  }
   if (hw.cores == 0 && dp > 1) {
     // GPUs: buckets are reduced on a communication stream while the last micro-batch's backward
     // (two thirds of its work) still runs; what does not fit under it, and at least the last
@@ -461,6 +481,56 @@ std::pair<double, double> fit_all_reduce(Communicator& world, bool async, Progre
   }
   const double slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx), icept = (st - slope * sx) / sw;
   return {slope > 0 ? 1.0 / slope / 1e9 : 0.0, std::max(0.0, icept / (2.0 * (n - 1)) * 1e6)};
+}
+
+/// Measures dp_factor and zero_dp_factor: a data-parallel last micro-batch over every rank of the
+/// launch (forward, backward with the gradient buckets launched and polled from its hooks, the wait
+/// for them), with and without ZeRO-1, against the same micro-batch without data parallelism, timed
+/// in the same rounds. What the buckets add, over their modelled time, is the factor.
+template <class Progress>
+void measure_data_parallel(const Config& cfg, Hardware& hw, Communicator& world, Progress&& progress) {
+  const GptConfig& m = cfg.model;
+  const int n = world.size();
+  const BatchSplit split = split_batch(cfg, n);
+  if (!split.error.empty()) return;  // no dp-n layout: the factors stay 1
+  const int rows = split.micro_rows, T = m.seq_len;
+  LocalCommunicator alone;
+  Gpt model(m, alone);
+  model.set_recompute(parse_recompute(cfg.train.recompute));
+  model.initialize(1);
+  if (model.grads().numel() % n) return;  // the flat buffer must split over the ranks, as training needs
+  DataParallel all_reduce(model, world, {0, cfg.parallel.bucket_mb}, AdamWConfig{});
+  DataParallel zero(model, world, {1, cfg.parallel.bucket_mb}, AdamWConfig{});
+  std::vector<int32_t> ids(static_cast<size_t>(rows) * T);
+  for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+  auto micro_batch = [&](DataParallel* ddp) {
+    model.zero_grad();
+    model.forward(ids.data(), ids.data(), rows, T, true, 1.0f);
+    if (ddp) ddp->arm();
+    model.backward();
+    if (ddp) ddp->finish();
+  };
+  // Three rounds, each timing the three kinds back to back; per kind the fastest round's median.
+  double best[3] = {1e300, 1e300, 1e300};
+  DataParallel* kinds[3] = {nullptr, &all_reduce, &zero};
+  for (int round = 0; round < 3; ++round)
+    for (int k = 0; k < 3; ++k) {
+      world.barrier();
+      best[k] = std::min(best[k], time_it([&] { micro_batch(kinds[k]); }, 9, [&] { world.barrier(); }));
+    }
+  Tensor agreed = Tensor::empty({3});
+  for (int k = 0; k < 3; ++k) agreed.f32()[k] = float(best[k]);
+  world.all_reduce(agreed, ReduceOp::max);
+  const double plain = agreed.f32()[0];
+  const double modelled = all_reduce_seconds(bucket_link(hw), double(model.grads().numel()) * 4.0, n, false);
+  if (modelled <= 0) return;
+  hw.dp_factor = std::max(0.0, agreed.f32()[1] - plain) / modelled;
+  hw.zero_dp_factor = std::max(0.0, agreed.f32()[2] - plain) / (modelled / 2);
+  progress(fmt::format("a data-parallel micro-batch of {} sequences over {} ranks: {:.2f} ms, {:.2f} ms with its "
+                       "bucket all-reduces, {:.2f} ms with ZeRO-1's reduce-scatters; all-reduces modelled at {:.2f} ms, "
+                       "so dp_factor {:.2f}, zero_dp_factor {:.2f}",
+                       rows, n, plain * 1e3, agreed.f32()[1] * 1e3, agreed.f32()[2] * 1e3, modelled * 1e3, hw.dp_factor,
+                       hw.zero_dp_factor));
 }
 
 }  // namespace
@@ -701,6 +771,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
       hw.tp_factor = agreed.f32()[0] / (t + comm);  // t and comm carry tp_factor 1 here
       progress(fmt::format("a tensor-parallel micro-batch over {} ranks takes {:.2f} x its parts", n, hw.tp_factor));
     }
+    measure_data_parallel(cfg, hw, world, progress);
   } else if (lead) {
     fmt::print(stderr, "[plan calibrate] one rank: link figures left at 0; run under mpiexec -n 2 (or srun) to "
                        "measure collectives\n");

@@ -12,7 +12,9 @@
 //   pp        the bubble ((p - 1) slowest-stage micro-batch times) and the activations and gradients
 //             sent between stages
 //   dp        the gradients' all-reduce (ZeRO-1: reduce-scatter + all-gather, the same bytes), counted
-//             as exposed: the CPU's MPI makes little progress while the rank computes
+//             as exposed: the CPU's MPI makes little progress while the rank computes. The buckets
+//             reduced from backward's hooks cost dp_factor (ZeRO-1: zero_dp_factor) times their
+//             modelled time, as `plan calibrate` measured it on a real last micro-batch
 //   optimizer AdamW over the rank's share of the parameters, at the measured rate
 // Ranks that outnumber the cores share them: the step is then at least the busy time of all ranks
 // divided by the cores.
@@ -50,6 +52,10 @@ struct Hardware {
   std::vector<std::pair<int, double>> in_step;  // (micro-batch rows, factor) measured; nearest is used
   double tp_factor = 1.0;        // a real tensor-parallel micro-batch (compute + f/g all-reduces) over
                                  // its parts, measured over the launch's ranks
+  double dp_factor = 1.0;        // CPU: what a data-parallel last micro-batch (bucket all-reduces
+                                 // launched and polled from backward's hooks, then waited for) costs
+                                 // beyond the plain micro-batch, over those all-reduces' modelled time
+  double zero_dp_factor = 1.0;   // the same with ZeRO-1's reduce-scatters (over half that time)
   double link_gbs = 0;           // collective bandwidth inside a node, GB/s (algorithm bandwidth of a ring step)
   double link_latency_us = 0;    // per message step inside a node
   double async_gbs = 0;          // the same for non-blocking all-reduces (data-parallel buckets); 0 = link

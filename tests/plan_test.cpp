@@ -330,6 +330,45 @@ TEST(PlanTime, GpusHideTheGradientReductionBehindBackward) {
   EXPECT_EQ(c.dp_exposed_ms, c.dp_ms);
 }
 
+TEST(PlanTime, CpuBucketsCostWhatCalibrateMeasured) {
+  const Config cfg = model_config(4);
+  Hardware cpu = reference_hardware();
+  cpu.cores = 64;
+  const LayoutTime plain = predict_layout_time(cfg, cpu, 4, 1, 1, 0), plain_zero = predict_layout_time(cfg, cpu, 4, 1, 1, 1);
+  Hardware measured = cpu;
+  measured.dp_factor = 2.5;
+  measured.zero_dp_factor = 3.0;
+  const LayoutTime t = predict_layout_time(cfg, measured, 4, 1, 1, 0);
+  EXPECT_DOUBLE_EQ(t.dp_ms, plain.dp_ms) << "the collectives' own time is the link's";
+  EXPECT_DOUBLE_EQ(t.dp_exposed_ms, 2.5 * plain.dp_ms);
+  EXPECT_NEAR(t.step_ms - plain.step_ms, 1.5 * plain.dp_ms, 1e-9 * t.step_ms);
+  // ZeRO-1: the reduce-scatters (half the bytes) run from the hooks; the all-gather after AdamW does not.
+  const LayoutTime z = predict_layout_time(cfg, measured, 4, 1, 1, 1);
+  EXPECT_NEAR(z.dp_exposed_ms, 3.0 * plain_zero.dp_ms / 2 + plain_zero.dp_ms / 2, 1e-9 * z.dp_ms);
+  // Nothing to reduce on one data-parallel rank; GPUs overlap on their own streams.
+  EXPECT_DOUBLE_EQ(predict_layout_time(cfg, measured, 1, 4, 1, 0).step_ms, predict_layout_time(cfg, cpu, 1, 4, 1, 0).step_ms);
+  Hardware gpu = measured;
+  gpu.cores = 0;
+  Hardware gpu_plain = cpu;
+  gpu_plain.cores = 0;
+  EXPECT_DOUBLE_EQ(predict_layout_time(cfg, gpu, 4, 1, 1, 0).step_ms, predict_layout_time(cfg, gpu_plain, 4, 1, 1, 0).step_ms);
+  // The factors round-trip through the hardware file; a negative one is refused, naming the key.
+  testing::ScratchDir dir("plan_dp_factor");
+  std::ofstream(dir.str("hw.toml")) << hardware_to_toml(measured);
+  const Hardware back = load_hardware(dir.str("hw.toml"));
+  EXPECT_NEAR(back.dp_factor, 2.5, 1e-9);
+  EXPECT_NEAR(back.zero_dp_factor, 3.0, 1e-9);
+  std::string text = hardware_to_toml(measured);
+  text.replace(text.find("zero_dp_factor = "), 17, "zero_dp_factor = -");
+  std::ofstream(dir.str("bad.toml")) << text;
+  try {
+    load_hardware(dir.str("bad.toml"));
+    ADD_FAILURE() << "a negative zero_dp_factor was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("compute.zero_dp_factor must be 0 or above"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PlanTime, RingsAcrossGpuNodesUseEveryRail) {
   const Config cfg = model_config(1);
   Hardware hw = reference_hardware();
