@@ -34,13 +34,14 @@ failed=0
 export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-for t in "${targets[@]}"; do
-  corpus=$work/$t
+# One target per core at a time (each libFuzzer process is single-threaded); the results print in
+# the targets' order.
+fuzz_one() {
+  local t=$1 corpus=$work/$1 log=$work/$1.log rc runs size
   mkdir -p "$corpus" "$work/artifacts_$t"
   cp -r "tests/fuzz/seeds/$t/." "$corpus/" 2> /dev/null || true
-  dict=()
+  local dict=()
   [ -f "tests/fuzz/dicts/$t.dict" ] && dict=(-dict="tests/fuzz/dicts/$t.dict")
-  log=$work/$t.log
   set +e
   "build/asan/fuzz/$t" "$corpus" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$work/artifacts_$t/" > "$log" 2>&1
@@ -49,13 +50,24 @@ for t in "${targets[@]}"; do
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
   size=$(ls "$corpus" | wc -l)
   if [ $rc -ne 0 ]; then
-    failed=1
     mkdir -p "tests/fuzz/regressions/$t"
     cp "$work/artifacts_$t"/* "tests/fuzz/regressions/$t/" 2> /dev/null || true
-    echo "[fuzz] $t: FINDING after ${runs} executions (exit $rc); input(s) saved in tests/fuzz/regressions/$t/"
-    grep -E "ERROR|SUMMARY|property violated|terminate|what\(\)" "$log" | head -8
+    { echo "[fuzz] $t: FINDING after ${runs} executions (exit $rc); input(s) saved in tests/fuzz/regressions/$t/"
+      grep -E "ERROR|SUMMARY|property violated|terminate|what\(\)" "$log" | head -8; } > "$work/$t.result"
   else
-    echo "[fuzz] $t: ${runs} executions in ${seconds} s, corpus ${size} inputs, no finding"
+    echo "[fuzz] $t: ${runs} executions in ${seconds} s, corpus ${size} inputs, no finding" > "$work/$t.result"
   fi
+  return $rc
+}
+at_once=$(nproc)
+pids=()
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$at_once" ]; do wait -n || true; done
+  fuzz_one "$t" &
+  pids+=($!)
+done
+for i in "${!targets[@]}"; do
+  wait "${pids[$i]}" || failed=1
+  cat "$work/${targets[$i]}.result"
 done
 exit $failed
