@@ -20,6 +20,6 @@ if [ "$found" -gt 0 ]; then
   echo "[$tag] $found sanitizer report(s) above (files in $reports)" >&2
   status=1
 fi
-tests=$(ctest --preset "$preset" -N | sed -n 's/^Total Tests: //p')
+tests=$(ctest --preset "$preset" -N "$@" | sed -n 's/^Total Tests: //p')  # those the arguments select
 echo "[$tag] $tests tests under $what, $found sanitizer reports: $(($(date +%s) - t0)) s"
 exit "$status"
