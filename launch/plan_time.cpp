@@ -486,7 +486,7 @@ std::pair<double, double> fit_all_reduce(Communicator& world, bool async, Progre
 /// Measures dp_factor and zero_dp_factor: a data-parallel last micro-batch over every rank of the
 /// launch (forward, backward with the gradient buckets launched and polled from its hooks, the wait
 /// for them), with and without ZeRO-1, against the same micro-batch without data parallelism, timed
-/// in the same rounds. What the buckets add, over their modelled time, is the factor.
+/// interleaved. What the buckets add, over their modelled time, is the factor.
 template <class Progress>
 void measure_data_parallel(const Config& cfg, Hardware& hw, Communicator& world, Progress&& progress) {
   const GptConfig& m = cfg.model;
@@ -510,27 +510,40 @@ void measure_data_parallel(const Config& cfg, Hardware& hw, Communicator& world,
     model.backward();
     if (ddp) ddp->finish();
   };
-  // Three rounds, each timing the three kinds back to back; per kind the fastest round's median.
-  double best[3] = {1e300, 1e300, 1e300};
+  // The three kinds interleaved, repetition by repetition, so that the machine's drift (which moves
+  // a micro-batch by a quarter within a minute on a shared VM) falls on all three alike; each
+  // repetition's times are the slowest rank's (the step waits for it), and the cost is the median,
+  // over repetitions, of each one's difference from the plain micro-batch beside it.
+  constexpr int kReps = 21;
   DataParallel* kinds[3] = {nullptr, &all_reduce, &zero};
-  for (int round = 0; round < 3; ++round)
+  for (DataParallel* k : kinds) micro_batch(k);  // warm-up
+  Tensor times = Tensor::empty({3 * kReps});
+  for (int rep = 0; rep < kReps; ++rep)
     for (int k = 0; k < 3; ++k) {
       world.barrier();
-      best[k] = std::min(best[k], time_it([&] { micro_batch(kinds[k]); }, 9, [&] { world.barrier(); }));
+      const auto a = std::chrono::steady_clock::now();
+      micro_batch(kinds[k]);
+      times.f32()[3 * rep + k] = std::chrono::duration<float>(std::chrono::steady_clock::now() - a).count();
     }
-  Tensor agreed = Tensor::empty({3});
-  for (int k = 0; k < 3; ++k) agreed.f32()[k] = float(best[k]);
-  world.all_reduce(agreed, ReduceOp::max);
-  const double plain = agreed.f32()[0];
+  world.all_reduce(times, ReduceOp::max);
+  auto median_of = [&](auto&& value) {
+    std::vector<double> v;
+    for (int rep = 0; rep < kReps; ++rep) v.push_back(value(times.f32() + 3 * rep));
+    std::nth_element(v.begin(), v.begin() + kReps / 2, v.end());
+    return v[kReps / 2];
+  };
+  const double plain = median_of([](const float* t) { return t[0]; });
+  const double with_all_reduce = median_of([](const float* t) { return double(t[1]) - t[0]; });
+  const double with_zero = median_of([](const float* t) { return double(t[2]) - t[0]; });
   const double modelled = all_reduce_seconds(bucket_link(hw), double(model.grads().numel()) * 4.0, n, false);
   if (modelled <= 0) return;
-  hw.dp_factor = std::max(0.0, agreed.f32()[1] - plain) / modelled;
-  hw.zero_dp_factor = std::max(0.0, agreed.f32()[2] - plain) / (modelled / 2);
-  progress(fmt::format("a data-parallel micro-batch of {} sequences over {} ranks: {:.2f} ms, {:.2f} ms with its "
-                       "bucket all-reduces, {:.2f} ms with ZeRO-1's reduce-scatters; all-reduces modelled at {:.2f} ms, "
-                       "so dp_factor {:.2f}, zero_dp_factor {:.2f}",
-                       rows, n, plain * 1e3, agreed.f32()[1] * 1e3, agreed.f32()[2] * 1e3, modelled * 1e3, hw.dp_factor,
-                       hw.zero_dp_factor));
+  hw.dp_factor = std::max(0.0, with_all_reduce) / modelled;
+  hw.zero_dp_factor = std::max(0.0, with_zero) / (modelled / 2);
+  progress(fmt::format("a data-parallel micro-batch of {} sequences over {} ranks: {:.2f} ms, {:+.2f} ms with its "
+                       "bucket all-reduces, {:+.2f} ms with ZeRO-1's reduce-scatters (medians of {} interleaved "
+                       "repetitions); all-reduces modelled at {:.2f} ms, so dp_factor {:.2f}, zero_dp_factor {:.2f}",
+                       rows, n, plain * 1e3, with_all_reduce * 1e3, with_zero * 1e3, kReps, modelled * 1e3,
+                       hw.dp_factor, hw.zero_dp_factor));
 }
 
 }  // namespace
