@@ -483,6 +483,14 @@ std::pair<double, double> fit_all_reduce(Communicator& world, bool async, Progre
   return {slope > 0 ? 1.0 / slope / 1e9 : 0.0, std::max(0.0, icept / (2.0 * (n - 1)) * 1e6)};
 }
 
+/// The token ids every calibration micro-batch of `rows` sequences runs on (inputs and targets
+/// alike): spread over the vocabulary so the embedding and the loss touch many rows.
+std::vector<int32_t> calibration_ids(const GptConfig& m, int rows) {
+  std::vector<int32_t> ids(static_cast<size_t>(rows) * m.seq_len);
+  for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+  return ids;
+}
+
 /// Measures dp_factor and zero_dp_factor: a data-parallel last micro-batch over every rank of the
 /// launch (forward, backward with the gradient buckets launched and polled from its hooks, the wait
 /// for them), with and without ZeRO-1, against the same micro-batch without data parallelism, timed
@@ -501,8 +509,7 @@ void measure_data_parallel(const Config& cfg, Hardware& hw, Communicator& world,
   if (model.grads().numel() % n) return;  // the flat buffer must split over the ranks, as training needs
   DataParallel all_reduce(model, world, {0, cfg.parallel.bucket_mb}, AdamWConfig{});
   DataParallel zero(model, world, {1, cfg.parallel.bucket_mb}, AdamWConfig{});
-  std::vector<int32_t> ids(static_cast<size_t>(rows) * T);
-  for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+  const std::vector<int32_t> ids = calibration_ids(m, rows);
   auto micro_batch = [&](DataParallel* ddp) {
     model.zero_grad();
     model.forward(ids.data(), ids.data(), rows, T, true, 1.0f);
@@ -702,8 +709,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
       hw.in_step.clear();
       for (size_t i = 0; i < sizes.size(); ++i) {
         const int rows = sizes[i];
-        std::vector<int32_t> ids(static_cast<size_t>(rows) * T);
-        for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+        const std::vector<int32_t> ids = calibration_ids(m, rows);
         world.barrier();
         const double measured = time_it([&] {
           model.zero_grad();
@@ -765,8 +771,7 @@ void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
       Gpt model(m, world, &world);
       model.set_recompute(parse_recompute(cfg.train.recompute));
       model.initialize(1);
-      std::vector<int32_t> ids(static_cast<size_t>(rows) * m.seq_len);
-      for (size_t j = 0; j < ids.size(); ++j) ids[j] = int32_t((j * 7919) % size_t(m.vocab_size));
+      const std::vector<int32_t> ids = calibration_ids(m, rows);
       // Three rounds, the fastest round's median (the same drift as above).
       double measured = 1e300;
       for (int round = 0; round < 3; ++round) {
