@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <fstream>
 #include <tuple>
@@ -383,6 +384,37 @@ TEST(PlanTime, RingsAcrossGpuNodesUseEveryRail) {
                                                                    ParameterTable(cfg.model).total(), 1e-9);
   // Within a node: NVLink.
   EXPECT_NEAR(predict_layout_time(cfg, hw, 4, 1, 1, 0).dp_ms, ring_ms(4, 400), 1e-9);
+}
+
+// The calibrated CPU descriptions in hardware/ still load, and still describe a 2-core machine whose
+// time model splits bench/layouts.sh's step: dp 2 on two cores is faster than one process, and
+// dp 4 on the same two cores is bound by them (and so slower than dp 2).
+TEST(PlanTime, ShippedCpuDescriptionsLoadAndPlanTheLayoutsModel) {
+  for (const char* name : {"cpu-amd-epyc-zen4-2core.toml", "cpu-amd-epyc-avx2-2core.toml"}) {
+    SCOPED_TRACE(name);
+    const Hardware hw = load_hardware(std::string(MESHTRAIN_SOURCE_DIR) + "/hardware/" + name);
+    EXPECT_EQ(hw.device, "cpu");
+    EXPECT_EQ(hw.cores, 2);
+    EXPECT_EQ(hw.threads, 1);
+    EXPECT_GT(hw.gemm_gflops, 0);
+    EXPECT_FALSE(hw.gemm.empty());
+    EXPECT_GT(hw.link_gbs, 0);
+    Config cfg = default_config();
+    cfg.model = small(4, 4, 128, 64, 2048);  // bench/layouts.sh's model
+    cfg.train.batch_size = 16;
+    cfg.train.grad_accum = 1;
+    cfg.parallel.microbatches = 4;
+    cfg.train.threads = 1;
+    const LayoutTime one = predict_layout_time(cfg, hw, 1, 1, 1, 0);
+    const LayoutTime dp2 = predict_layout_time(cfg, hw, 2, 1, 1, 0);
+    const LayoutTime dp4 = predict_layout_time(cfg, hw, 4, 1, 1, 0);
+    EXPECT_TRUE(std::isfinite(one.step_ms));
+    EXPECT_GT(one.step_ms, 0);
+    EXPECT_LT(dp2.step_ms, one.step_ms);
+    EXPECT_FALSE(dp2.oversubscribed);
+    EXPECT_TRUE(dp4.oversubscribed);
+    EXPECT_GT(dp4.step_ms, dp2.step_ms);
+  }
 }
 
 TEST(PlanTime, ShippedGpuDescriptionsLoadAndPlanGpt2OnEightGpus) {
