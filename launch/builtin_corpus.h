@@ -7,6 +7,9 @@
 
 namespace meshtrain {
 
+/// The size of the BPE vocabulary trained on the built-in corpus (`model.vocab_size = 0` then means this).
+inline constexpr int kBuiltinVocabSize = 4096;
+
 struct BuiltinData {
   std::string train;      // shard glob
   std::string val;        // shard glob

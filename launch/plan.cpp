@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "launch/builtin_corpus.h"
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/params.h"
+#include "model/tokenizer.h"
 #include "parallel/pipeline.h"
 
 namespace meshtrain {
@@ -84,10 +86,22 @@ namespace {
 std::string mib(int64_t bytes) { return fmt::format("{:.1f}", static_cast<double>(bytes) / 1048576.0); }
 }  // namespace
 
+std::string resolve_vocab_size(Config& cfg) {
+  if (cfg.model.vocab_size > 0) return "";
+  if (!cfg.data.tokenizer.empty()) {
+    cfg.model.vocab_size = Tokenizer::load(cfg.data.tokenizer).vocab_size();
+    return fmt::format("data.tokenizer's ({})", cfg.data.tokenizer);
+  }
+  MT_CHECK(cfg.data.train.empty(),
+           "[plan] model.vocab_size = 0 means 'the tokenizer's', but data.train is set without data.tokenizer: set "
+           "data.tokenizer, or give the size with --set model.vocab_size=N");
+  cfg.model.vocab_size = kBuiltinVocabSize;
+  return "the built-in corpus's tokenizer";
+}
+
 void run_plan(const PlanArgs& args) {
   Config cfg = load_config(args.config_file, args.overrides);
-  MT_CHECK(cfg.model.vocab_size > 0,
-           "[plan] model.vocab_size = 0 means 'the tokenizer's': give the size with --set model.vocab_size=N");
+  const std::string vocab_from = resolve_vocab_size(cfg);
   std::optional<Hardware> hw;
   if (!args.hardware.empty()) hw = load_hardware(args.hardware);
   // train.device = auto: the described hardware's device; without a description bf16 means a GPU.
@@ -173,6 +187,7 @@ void run_plan(const PlanArgs& args) {
              "sequences per step, recompute {}, schedule {}\n",
              args.ranks, cfg.train.device, cfg.train.precision, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.seq_len, cfg.model.vocab_size,
              cfg.train.batch_size, cfg.train.grad_accum, cfg.train.recompute, cfg.parallel.schedule);
+  if (!vocab_from.empty()) fmt::print("[plan] model.vocab_size = 0: the vocabulary is {}\n", vocab_from);
   fmt::print("Memory per rank in MiB (the fullest pipeline stage), smallest first:\n");
   fmt::print("| dp | tp | pp | zero | micro-batch | slots | params | grads | ZeRO shard | optimizer | activations | "
              "total |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");

@@ -42,6 +42,11 @@ struct PlanArgs {
   std::string hardware;  // a hardware TOML: adds the step-time prediction (launch/plan_time.h)
 };
 /// Prints the table (or JSON) for args.
+/// model.vocab_size = 0 means "the tokenizer's", as in `train`: data.tokenizer's size, or the built-in
+/// corpus's (kBuiltinVocabSize) when data.train is not set. Sets it, and returns where it came from
+/// ("" when the configuration gave it); data.train without data.tokenizer is an error saying so.
+std::string resolve_vocab_size(Config& cfg);
+
 void run_plan(const PlanArgs& args);
 
 }  // namespace meshtrain

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "core/threads.h"
+#include "launch/plan.h"
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/kernels/adamw.h"
@@ -558,8 +559,9 @@ void measure_data_parallel(const Config& cfg, Hardware& hw, Communicator& world,
 void run_plan_calibrate(const CalibrateArgs& args, Communicator& world) {
   const bool lead = world.rank() == 0;
   Config cfg = load_config(args.config_file, args.overrides);
-  MT_CHECK(cfg.model.vocab_size > 0,
-           "[plan] model.vocab_size = 0 means 'the tokenizer's': give the size with --set model.vocab_size=N");
+  const std::string vocab_from = resolve_vocab_size(cfg);
+  if (lead && !vocab_from.empty())
+    fmt::print("[plan calibrate] model.vocab_size = 0: the vocabulary is {}\n", vocab_from);
   MT_CHECK(cfg.train.device != "cuda" && cfg.train.precision == "fp32",
            "[plan] calibrate measures this machine's CPU in fp32 (train.device = {}, train.precision = {} asked); GPU "
            "descriptions are written from the card's figures: see hardware/README.md",

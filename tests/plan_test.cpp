@@ -13,11 +13,13 @@
 #include <vector>
 
 #include "core/communicator.h"
+#include "launch/builtin_corpus.h"
 #include "launch/config.h"
 #include "launch/plan.h"
 #include "launch/plan_time.h"
 #include "core/error.h"
 #include "test_util.h"
+#include "tiny_corpus.h"
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/params.h"
@@ -128,6 +130,37 @@ TEST(Plan, GpuLayoutsInBf16HoldMasterWeightsAndFlashKeepsLess) {
   materialised.train.attention = "materialised";
   EXPECT_LT(flash.activations, predict_layout_memory(materialised, 1, 1, 1, 0).activations);
   EXPECT_LT(flash.activations, predict_layout_memory(plan_config(), 1, 1, 1, 0).activations);
+}
+
+// model.vocab_size = 0 ("the tokenizer's", the default) resolves as `train` resolves it, so a plan
+// of the default configuration is the default run's.
+TEST(Plan, AVocabularyOfZeroIsTheTokenizersAsInTrain) {
+  Config builtin = default_config();
+  ASSERT_EQ(builtin.model.vocab_size, 0);
+  EXPECT_EQ(resolve_vocab_size(builtin), "the built-in corpus's tokenizer");
+  EXPECT_EQ(builtin.model.vocab_size, kBuiltinVocabSize);
+
+  testing::ScratchDir dir("plan_vocab");
+  testing::make_tiny_corpus(dir.path(), 300, 300);
+  Config own = default_config();
+  own.data.train = dir.str("shards/train_*.bin");
+  own.data.tokenizer = dir.str("tok");
+  EXPECT_NE(resolve_vocab_size(own).find("data.tokenizer's"), std::string::npos);
+  EXPECT_EQ(own.model.vocab_size, Tokenizer::load(dir.str("tok")).vocab_size());
+
+  Config given = own;
+  given.model.vocab_size = 1234;
+  EXPECT_EQ(resolve_vocab_size(given), "");
+  EXPECT_EQ(given.model.vocab_size, 1234);
+
+  Config no_tokenizer = default_config();
+  no_tokenizer.data.train = dir.str("shards/train_*.bin");
+  try {
+    resolve_vocab_size(no_tokenizer);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.train is set without data.tokenizer"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Plan, LayoutsThatCannotRunSayWhy) {

@@ -52,7 +52,6 @@ namespace meshtrain {
 
 namespace {
 
-constexpr int kBuiltinVocab = 4096;
 
 /// --resume takes a checkpoint file, a run folder (its latest checkpoint) or "latest" (in out_dir).
 std::string resolve_resume(const std::string& resume, const std::string& out_dir) {
@@ -287,9 +286,9 @@ TrainResult run_train(const TrainArgs& args, Communicator& world) {
              "for the built-in corpus");
     // Rank 0 prepares the corpus; the others then find it ready.
     std::string dir = (fs::path(cfg.train.out_dir) / "data").string();
-    if (lead) prepare_builtin_corpus(dir, kBuiltinVocab);
+    if (lead) prepare_builtin_corpus(dir, kBuiltinVocabSize);
     world.barrier();
-    BuiltinData d = prepare_builtin_corpus(dir, kBuiltinVocab);
+    BuiltinData d = prepare_builtin_corpus(dir, kBuiltinVocabSize);
     cfg.data.train = d.train;
     cfg.data.val = d.val;
     cfg.data.tokenizer = d.tokenizer;
