@@ -24,13 +24,16 @@ cores=$(nproc)
 # RUNS rounds (default 3), each a fresh calibration followed by every layout: the machine's speed
 # drifts (a neighbour, a migrated vCPU) by a quarter over minutes, so each round's runs are predicted
 # from the calibration taken just before them. Per layout, the round whose median step was lowest
-# (the machine at its quietest) is compared with that round's prediction.
+# (the machine at its quietest) is compared with that round's prediction; rounds whose calibration
+# warned that the machine's speed moved under it are left out (and named) while another round is left.
 rm -rf "$work"/runs* "$work"/round_*
 for run in $(seq 1 "${RUNS:-3}"); do
   round=$work/round_$run
   mkdir -p "$round"
+  # (Kept in the round's folder: plan_compare.py leaves out a round whose calibration warned that
+  # the machine's speed moved while it measured.)
   mpiexec -n "$cores" "$bin" plan calibrate "${model[@]}" --out "$round/hardware.toml" --overwrite 2>&1 |
-    grep -v "^\[plan calibrate\] linear" | sed "s/^/[round $run] /"
+    tee "$round/calibrate.log" | grep -v "^\[plan calibrate\] linear" | sed "s/^/[round $run] /"
   bash "$(dirname "$0")/layouts.sh" "$build" "$round/runs" "$steps" > "$round/layouts.md"
   for n in 1 2 4 8; do
     "$bin" plan --ranks "$n" "${model[@]}" --hardware "$round/hardware.toml" --json > "$round/plan_$n.json"

@@ -2,7 +2,10 @@
 """Predicted against measured step time. Reads rounds: WORK/round_*/ (bench/plan_check.sh), each with
 plan_*.json (`meshtrain plan --json --hardware` from that round's calibration) and runs*/run_DP_TP_PP_ZERO.jsonl
 (`bench/layouts.sh` metrics); a folder without round_* is one round (plan_*.json and runs*/ in WORK).
-Per layout, the round with the lowest median step is compared with that round's prediction. Prints a
+Per layout, the round with the lowest median step is compared with that round's prediction. A round
+whose calibration warned that the machine's speed moved while it measured (its calibrate.log, kept by
+plan_check.sh) is left out, and named, as long as another round is left: that calibration says itself
+that predictions from it follow the noise. Prints a
 table per layout, the mean absolute and worst relative error, and each round's own errors. The
 `rank spread` column is that run's median of (slowest rank's compute / fastest rank's - 1): ranks
 of a dp-only or tp-only layout do the same work, so a large spread there means the cores ran at
@@ -33,13 +36,29 @@ def read_round(folder):
     return pred, measured, rss, spread
 
 
-rounds = [read_round(r) for r in sorted(glob.glob(f"{work}/round_*"))] or [read_round(work)]
+MOVED = "this machine's speed moved while it was measured"
+
+
+def moved(folder):
+    log = os.path.join(folder, "calibrate.log")
+    return os.path.exists(log) and MOVED in open(log, errors="replace").read()
+
+
+folders = sorted(glob.glob(f"{work}/round_*"))
+rounds = [read_round(r) for r in folders] or [read_round(work)]
+flagged = [i for i, f in enumerate(folders) if moved(f)]
+compared = [r for i, r in enumerate(rounds) if i not in flagged] if len(flagged) < len(rounds) else rounds
+for i in flagged:
+    print(f"round {i + 1} left out: its calibration warned that the machine's speed moved while it measured"
+          if len(flagged) < len(rounds) else
+          f"round {i + 1}: its calibration warned that the machine's speed moved (every round did; all compared)")
 best = {}  # layout -> (measured ms, prediction, rank spread) of the round where it ran fastest
-rss = {}
-for pred, measured, peaks, spreads in rounds:
+for pred, measured, peaks, spreads in compared:
     for key, ms in measured.items():
         if key in pred and (key not in best or ms < best[key][0]):
             best[key] = (ms, pred[key], spreads.get(key))
+rss = {}  # the largest peak over every round (the machine's speed does not move memory)
+for pred, measured, peaks, spreads in rounds:
     for key, mib in peaks.items():
         rss[key] = max(mib, rss.get(key, 0.0))
 print("| dp | tp | pp | zero | measured ms | predicted ms | error | rank spread | peak resident MiB | predicted MiB | error |")
@@ -68,4 +87,5 @@ if len(rounds) > 1:
     for i, (pred, measured, _, _) in enumerate(rounds, 1):
         e = [abs(pred[k]["step_ms"] - ms) / ms for k, ms in measured.items() if k in pred]
         if e:
-            print(f"round {i} alone: mean absolute error {100 * sum(e) / len(e):.1f}%, worst {100 * max(e):.1f}%")
+            note = " (left out: the machine moved under its calibration)" if i - 1 in flagged and compared is not rounds else ""
+            print(f"round {i} alone: mean absolute error {100 * sum(e) / len(e):.1f}%, worst {100 * max(e):.1f}%{note}")
