@@ -249,6 +249,10 @@ int run_cli(int argc, char** argv) {
                    "hardware description (TOML: hardware/*.toml, or what `plan calibrate` wrote): adds each "
                    "layout's predicted step time, tokens/s and MFU, fastest first")
       ->check(CLI::ExistingFile);
+  plan->add_option("--gpus-per-node", pargs.gpus_per_node,
+                   "ranks per node (GPUs, or CPU ranks sharing a node's cores and memory), in place of the "
+                   "--hardware description's gpus_per_node: groups that span nodes reduce over net.gbs")
+      ->check(CLI::Range(1, 1 << 20));
   CalibrateArgs cal;
   auto* calibrate = plan->add_subcommand("calibrate", "measure this machine for --hardware: GEMMs at the model's "
                                                       "shapes, attention, element-wise bandwidth, AdamW; under "

@@ -104,6 +104,12 @@ void run_plan(const PlanArgs& args) {
   const std::string vocab_from = resolve_vocab_size(cfg);
   std::optional<Hardware> hw;
   if (!args.hardware.empty()) hw = load_hardware(args.hardware);
+  if (args.gpus_per_node > 0) {
+    MT_CHECK(hw, "[plan] --gpus-per-node {} needs --hardware FILE.toml: ranks per node change the step time "
+                 "(which links a group's collectives cross), not the memory per rank",
+             args.gpus_per_node);
+    hw->gpus_per_node = args.gpus_per_node;
+  }
   // train.device = auto: the described hardware's device; without a description bf16 means a GPU.
   // (bf16 on the CPU multiplies in bf16 but keeps everything in fp32: its memory is fp32's.)
   if (cfg.train.device == "auto") cfg.train.device = hw ? hw->device : cfg.train.precision == "bf16" ? "cuda" : "cpu";
@@ -165,7 +171,10 @@ void run_plan(const PlanArgs& args) {
     return;
   }
   if (hw) {
-    fmt::print("[plan] hardware: {} ({})\n", hw->name, hw->source);
+    fmt::print("[plan] hardware: {} ({}){}\n", hw->name, hw->source,
+               hw->gpus_per_node > 0 ? fmt::format("; {} ranks per node, {} node(s)", hw->gpus_per_node,
+                                                   (args.ranks + hw->gpus_per_node - 1) / hw->gpus_per_node)
+                                     : "");
     fmt::print("Predicted step time in ms, fastest first (compute and tp are the slowest stage's; pp is the bubble "
                "plus the tied embedding's sum; dp is the gradients' reduction and, after the slash, the part of it "
                "the step waits for; * = ranks outnumber the cores, which then bound the step):\n");

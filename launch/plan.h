@@ -40,13 +40,15 @@ struct PlanArgs {
   int ranks = 1;
   bool json = false;
   std::string hardware;  // a hardware TOML: adds the step-time prediction (launch/plan_time.h)
+  int gpus_per_node = 0;  // ranks per node, in place of the description's gpus_per_node (0: keep it)
 };
-/// Prints the table (or JSON) for args.
+
 /// model.vocab_size = 0 means "the tokenizer's", as in `train`: data.tokenizer's size, or the built-in
 /// corpus's (kBuiltinVocabSize) when data.train is not set. Sets it, and returns where it came from
 /// ("" when the configuration gave it); data.train without data.tokenizer is an error saying so.
 std::string resolve_vocab_size(Config& cfg);
 
+/// Prints the table (or JSON) for args.
 void run_plan(const PlanArgs& args);
 
 }  // namespace meshtrain

@@ -4,9 +4,11 @@
 // bubble; faster parts, a shorter step), bound by the cores when ranks outnumber them, and hardware
 // files that round-trip or fail naming the file and key.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include <fstream>
 #include <tuple>
@@ -498,6 +500,41 @@ TEST(PlanTime, AHardwareDescriptionOfAnotherDeviceOrPrecisionIsRefused) {
   PlanArgs ok = args;
   ok.overrides.push_back("train.precision=bf16");
   EXPECT_NO_THROW(run_plan(ok));
+}
+
+// --gpus-per-node replaces the description's ranks per node: dp 8 of H100s over two nodes of 4
+// reduces over the network, over one node of 8 over NVLink; without a description it is refused.
+TEST(PlanTime, GpusPerNodeOnTheCommandLineReplacesTheDescriptions) {
+  PlanArgs args;
+  args.ranks = 8;
+  args.json = true;
+  args.overrides = {"model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.seq_len=32", "model.vocab_size=512",
+                    "train.batch_size=8", "train.precision=bf16"};
+  args.hardware = std::string(MESHTRAIN_SOURCE_DIR) + "/hardware/gpu-h100-sxm-8x.toml";
+  const auto dp8_ms = [&](int gpus_per_node) {
+    PlanArgs a = args;
+    a.gpus_per_node = gpus_per_node;
+    ::testing::internal::CaptureStdout();
+    run_plan(a);
+    std::fflush(stdout);
+    const nlohmann::json j = nlohmann::json::parse(::testing::internal::GetCapturedStdout());
+    for (const auto& o : j)
+      if (o["dp"] == 8 && o["tp"] == 1 && o["pp"] == 1 && o["zero"] == 0) return o["dp_ms"].get<double>();
+    ADD_FAILURE() << "no dp 8 layout in " << j.dump();
+    return 0.0;
+  };
+  const double described = dp8_ms(0), one_node = dp8_ms(8), two_nodes = dp8_ms(4);
+  EXPECT_DOUBLE_EQ(described, one_node);  // the description says 8
+  EXPECT_GT(two_nodes, 2 * one_node);  // the network: 4 us a ring step and 4 x 45 GB/s, against 1.5 us and 450
+  PlanArgs bare = args;
+  bare.hardware.clear();
+  bare.gpus_per_node = 4;
+  try {
+    run_plan(bare);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--gpus-per-node 4 needs --hardware"), std::string::npos) << e.what();
+  }
 }
 
 // A calibration taken while the machine's speed moved says so (a shared VM's neighbours moved a

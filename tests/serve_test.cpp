@@ -221,15 +221,27 @@ TEST_F(Serve, HeadlessChromiumShowsTheStreamedText) {
   const std::string flags =
       "--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --virtual-time-budget=20000 "
       "--user-data-dir=" + (root_ / "chromium").string();
-  auto dom = run(fmt::format("{} {} --dump-dom '{}'", browser, flags, url));
-  ASSERT_EQ(dom.code, 0) << dom.output;
+  // Chromium's virtual time does not wait for a response body that is still streaming: now and then
+  // (3 times in 10 on a 2-core VM) it dumps the page before the first event has arrived, whatever
+  // the budget. So the page gets a few tries to show the finished stream; each is a fresh load.
+  meshtrain::testing::CommandResult dom;
+  int tries = 0;
+  for (; tries < 6; ++tries) {
+    dom = run(fmt::format("{} {} --dump-dom '{}'", browser, flags, url));
+    ASSERT_EQ(dom.code, 0) << dom.output;
+    if (dom.output.find("data-done=\"1\"") != std::string::npos) break;
+  }
   std::smatch m;
   ASSERT_TRUE(std::regex_search(dom.output, m, std::regex("<span id=\"completion\">([^<]*)</span>"))) << dom.output;
-  EXPECT_FALSE(m[1].str().empty()) << "no streamed text in the page:\n" << dom.output;
-  EXPECT_NE(dom.output.find("data-done=\"1\""), std::string::npos) << "the stream did not finish:\n" << dom.output;
+  EXPECT_FALSE(m[1].str().empty()) << "no streamed text in the page after " << tries << " loads:\n" << dom.output;
+  EXPECT_NE(dom.output.find("data-done=\"1\""), std::string::npos)
+      << "the stream did not finish in " << tries << " loads:\n" << dom.output;
   EXPECT_NE(dom.output.find("done ("), std::string::npos) << dom.output;
-  run(fmt::format("{} {} --window-size=900,700 --screenshot={} '{}'", browser, flags, shot, url));
-  EXPECT_TRUE(fs::exists(shot)) << "screenshot";
+  meshtrain::testing::CommandResult picture;
+  fs::remove(shot);  // (a picture left by an earlier run proves nothing)
+  for (int i = 0; i < 3 && !fs::exists(shot); ++i)
+    picture = run(fmt::format("{} {} --window-size=900,700 --screenshot={} '{}'", browser, flags, shot, url));
+  EXPECT_TRUE(fs::exists(shot)) << "no screenshot: " << picture.output;
 }
 
 TEST_F(Serve, ChatContinuesEachLine) {
