@@ -5,8 +5,8 @@ plan_*.json (`meshtrain plan --json --hardware` from that round's calibration) a
 Per layout, the round with the lowest median step is compared with that round's prediction. A round
 whose calibration warned that the machine's speed moved while it measured (its calibrate.log, kept by
 plan_check.sh) is left out, and named, as long as another round is left: that calibration says itself
-that predictions from it follow the noise. Prints a
-table per layout, the mean absolute and worst relative error, and each round's own errors. The
+that predictions from it follow the noise. Prints a table per layout, the mean absolute and worst
+relative error, and each round's own errors. The
 `rank spread` column is that run's median of (slowest rank's compute / fastest rank's - 1): ranks
 of a dp-only or tp-only layout do the same work, so a large spread there means the cores ran at
 different speeds during the measurement (pipeline stages differ by design)."""
@@ -36,7 +36,7 @@ def read_round(folder):
     return pred, measured, rss, spread
 
 
-MOVED = "this machine's speed moved while it was measured"
+MOVED = "this machine's speed moved while it was measured"  # plan calibrate's warning (plan_test checks the words)
 
 
 def moved(folder):
@@ -46,11 +46,12 @@ def moved(folder):
 
 folders = sorted(glob.glob(f"{work}/round_*"))
 rounds = [read_round(r) for r in folders] or [read_round(work)]
-flagged = [i for i, f in enumerate(folders) if moved(f)]
-compared = [r for i, r in enumerate(rounds) if i not in flagged] if len(flagged) < len(rounds) else rounds
-for i in flagged:
+flagged = {i for i, f in enumerate(folders) if moved(f)}
+left_out = flagged if len(flagged) < len(rounds) else set()  # every round flagged: all are compared
+compared = [r for i, r in enumerate(rounds) if i not in left_out]
+for i in sorted(flagged):
     print(f"round {i + 1} left out: its calibration warned that the machine's speed moved while it measured"
-          if len(flagged) < len(rounds) else
+          if left_out else
           f"round {i + 1}: its calibration warned that the machine's speed moved (every round did; all compared)")
 best = {}  # layout -> (measured ms, prediction, rank spread) of the round where it ran fastest
 for pred, measured, peaks, spreads in compared:
@@ -87,5 +88,5 @@ if len(rounds) > 1:
     for i, (pred, measured, _, _) in enumerate(rounds, 1):
         e = [abs(pred[k]["step_ms"] - ms) / ms for k, ms in measured.items() if k in pred]
         if e:
-            note = " (left out: the machine moved under its calibration)" if i - 1 in flagged and compared is not rounds else ""
+            note = " (left out: the machine moved under its calibration)" if i - 1 in left_out else ""
             print(f"round {i} alone: mean absolute error {100 * sum(e) / len(e):.1f}%, worst {100 * max(e):.1f}%{note}")

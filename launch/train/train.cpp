@@ -52,7 +52,6 @@ namespace meshtrain {
 
 namespace {
 
-
 /// --resume takes a checkpoint file, a run folder (its latest checkpoint) or "latest" (in out_dir).
 std::string resolve_resume(const std::string& resume, const std::string& out_dir) {
   if (resume == "latest") {
