@@ -4,6 +4,7 @@
 // classifier's two backward GEMMs (dinp = dlogits W: C = A B; dW = dlogits^T X: C = A^T B), in GFLOP/s
 // as a markdown table with the CPU model. Prints numbers and never fails on a slow machine.
 // Usage: cpu_gemm_bench [--iters N] [--threads N]
+#include <fmt/format.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -87,8 +88,11 @@ int main(int argc, char** argv) {
           gemm_onednn(GemmType::bf16, s.ta, s.tb, s.M, s.N, s.K, A16.data(), lda, B16.data(), ldb, 0.0f, C.data(), s.N);
         }, iters) / 1e9;
     }
-    std::printf("| %s | %d x %d x %d%s | %.0f | %.0f | %.0f | %.2fx |\n", s.what, s.M, s.N, s.K,
-                s.ta ? " (A^T B)" : s.tb ? "" : " (A B)", blas, f32, bf16, bf16 / blas);
+    // An engine this build or CPU lacks prints a dash, not a rate of 0.
+    auto rate = [](double r) { return r > 0 ? fmt::format("{:.0f}", r) : std::string("—"); };
+    std::printf("| %s | %d x %d x %d%s | %.0f | %s | %s | %s |\n", s.what, s.M, s.N, s.K,
+                s.ta ? " (A^T B)" : s.tb ? "" : " (A B)", blas, rate(f32).c_str(), rate(bf16).c_str(),
+                bf16 > 0 ? fmt::format("{:.2f}x", bf16 / blas).c_str() : "—");
   }
   return 0;
 }

@@ -14,8 +14,8 @@ work=${2:-${TMPDIR:-/tmp}/meshtrain-layouts}
 steps=${3:-10}
 bin=$build/meshtrain
 corpus=${CORPUS:-/usr/share/games/fortunes/cookie}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-  OMPI_MCA_hwloc_base_binding_policy=${BIND:-none} OMPI_MCA_mpi_yield_when_idle=1 PMIX_MCA_psec=${PMIX_MCA_psec:-native}
+# shellcheck source=bench/mpi_env.sh
+. "$(dirname "$0")/mpi_env.sh"
 mkdir -p "$work"
 if [ ! -f "$corpus" ]; then  # no fortunes here (a GPU machine): the project's own prose will do
   corpus="$work/corpus.txt"

@@ -14,8 +14,8 @@ steps=${3:-30}
 # busy ranks now and then share a core and a layout's time moves by a quarter between runs.
 export BIND=${BIND:-core:overload-allowed}
 bin=$build/meshtrain
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-  OMPI_MCA_hwloc_base_binding_policy=$BIND OMPI_MCA_mpi_yield_when_idle=1 PMIX_MCA_psec=${PMIX_MCA_psec:-native}
+# shellcheck source=bench/mpi_env.sh
+. "$(dirname "$0")/mpi_env.sh"
 mkdir -p "$work"
 # The model of bench/layouts.sh (its vocabulary: the tokenizer it trains has 2048 entries).
 model=(--set model.n_layer=4 --set model.n_head=4 --set model.n_embd=128 --set model.seq_len=64

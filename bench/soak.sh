@@ -42,9 +42,9 @@ cd "$work"
 RANDOM=$seed
 
 # Open MPI as root, 4 ranks on however few cores, idle ranks yielding (as the tests run it).
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_btl=self,vader
-export PMIX_MCA_psec=${PMIX_MCA_psec:-native}  # no 2.3 s wait for a munge daemon per mpiexec (README)
+# shellcheck source=bench/mpi_env.sh
+. "$src/bench/mpi_env.sh"
+export OMPI_MCA_btl=self,vader
 cat "$fortunes/fortunes" "$fortunes/riddles" > corpus.txt 2>/dev/null || cat "$fortunes/fortunes" > corpus.txt
 "$bin" tokenizer train --vocab-size 512 --input corpus.txt --output tok > /dev/null
 "$bin" tokenize --tokenizer tok --input corpus.txt --output shards > /dev/null
