@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "core/timer.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace {
 

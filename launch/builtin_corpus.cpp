@@ -14,8 +14,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/timer.h"
-#include "model/data.h"
-#include "model/tokenizer.h"
+#include "model/text/data.h"
+#include "model/text/tokenizer.h"
 
 namespace fs = std::filesystem;
 

@@ -14,7 +14,7 @@
 #include "launch/finetune.h"
 #include "launch/train/train_state.h"
 #include "model/gpt.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "parallel/checkpoint.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline.h"

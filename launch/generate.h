@@ -22,7 +22,7 @@
 #include "launch/config.h"
 #include "model/gpt_config.h"
 #include "model/sampler.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace meshtrain {
 

@@ -13,7 +13,7 @@
 #include "model/backend.h"
 #include "model/gpt.h"
 #include "model/params.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "parallel/pipeline.h"
 
 namespace meshtrain {

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes model/unicode_tables.cpp: the code-point ranges of \\p{L}, \\p{N} and \\s (Unicode
+"""Writes model/text/unicode_tables.cpp: the code-point ranges of \\p{L}, \\p{N} and \\s (Unicode
 White_Space) that GPT-2's pre-tokenizer needs, from this Python's unicodedata.
 
 Run from the repository root:  /usr/bin/python3 scripts/gen_unicode_tables.py
@@ -49,7 +49,7 @@ def main():
         f"(Unicode {unicodedata.unidata_version}); do not edit.",
         "// Sorted, disjoint code-point ranges of \\p{L}, \\p{N} and \\s (White_Space); every other",
         "// code point is of class kOther.",
-        '#include "model/unicode_class.h"',
+        '#include "model/text/unicode_class.h"',
         "",
         "namespace meshtrain::unicode {",
         "",
@@ -65,7 +65,7 @@ def main():
     if row:
         lines.append("    " + ", ".join(row) + ",")
     lines += ["};", "// clang-format on", f"const int kCharRangeCount = {len(rs)};", "", "}  // namespace meshtrain::unicode", ""]
-    path = sys.argv[1] if len(sys.argv) > 1 else "model/unicode_tables.cpp"
+    path = sys.argv[1] if len(sys.argv) > 1 else "model/text/unicode_tables.cpp"
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print(f"wrote {len(rs)} ranges to {path}")

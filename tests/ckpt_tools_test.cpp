@@ -1,7 +1,7 @@
 // Tests of `meshtrain ckpt info` and `ckpt convert`: bit-exact round trips through llm.c and
 // safetensors, identical logits after re-import, the exported layouts byte by byte, clear errors on
 // damaged inputs, and outputs that appear only when complete. Every file is generated here.
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Tests for token shards, the data loader and the tokenize pipeline: shard round trips and
 // validation errors, window boundaries, epoch order (sequential and shuffled), data-parallel rank
 // slicing, exact resume, glob expansion, and text -> shards -> text end to end.
-#include "model/data.h"
+#include "model/text/data.h"
 
 #include <gtest/gtest.h>
 
@@ -17,7 +17,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "test_util.h"
 
 namespace meshtrain {

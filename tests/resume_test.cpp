@@ -15,7 +15,7 @@
 #include <fmt/format.h>
 
 #include "cli_util.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "parallel/checkpoint.h"
 #include "tiny_corpus.h"
 

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "core/rng.h"
-#include "model/data.h"
-#include "model/tokenizer.h"
+#include "model/text/data.h"
+#include "model/text/tokenizer.h"
 
 namespace meshtrain::testing {
 

@@ -1,7 +1,7 @@
 // Tokenizer tests: GPT-2's published cases, the pre-tokenizer piece by piece, round trips of random
 // bytes, agreement with a plain reference BPE, the trainer on hand-made and generated corpora, and
 // the errors that broken tokenizer files must raise.
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 #include <gtest/gtest.h>
 

@@ -8,7 +8,7 @@
 
 #include "core/tensor.h"
 #include "launch/config.h"
-#include "model/data.h"
+#include "model/text/data.h"
 
 namespace meshtrain {
 

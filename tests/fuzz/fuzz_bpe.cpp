@@ -1,11 +1,11 @@
 // The BPE encoder and decoder on arbitrary bytes: decode(encode(x)) == x for every input (byte-level
 // BPE covers invalid UTF-8 too), with and without special tokens; arbitrary ids decode or throw
-// meshtrain::Error. The vocabulary is learned at start-up from a fixed text (model/bpe_trainer.cpp).
+// meshtrain::Error. The vocabulary is learned at start-up from a fixed text (model/text/bpe_trainer.cpp).
 #include <cstring>
 #include <vector>
 
 #include "core/error.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

@@ -8,7 +8,7 @@
 #include <iterator>
 
 #include "core/error.h"
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 #include "parallel/checkpoint.h"
 #include "tests/fuzz/fuzz_common.h"
 

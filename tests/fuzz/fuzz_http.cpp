@@ -1,6 +1,6 @@
 // The server's request handling: a /v1/completions body (JSON) parsed and checked. Bad requests must
 // be BadRequest (the server's 400 with a message and the field); nothing else may escape.
-#include "launch/serve.h"
+#include "launch/serve/serve.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

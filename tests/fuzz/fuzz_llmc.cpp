@@ -1,6 +1,6 @@
 // The llm.c model reader of `ckpt convert --from llmc`: any file is a model or a meshtrain::Error.
 #include "core/error.h"
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

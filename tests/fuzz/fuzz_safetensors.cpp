@@ -1,7 +1,7 @@
 // The Hugging Face safetensors reader of `ckpt convert --from safetensors` (JSON header, then the
 // tensors' bytes): any file is a model or a meshtrain::Error.
 #include "core/error.h"
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

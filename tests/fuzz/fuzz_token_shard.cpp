@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "model/data.h"
+#include "model/text/data.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "tests/fuzz/fuzz_common.h"
 
 using namespace meshtrain;

@@ -12,7 +12,7 @@
 
 #include "core/bf16.h"
 #include "core/mapped_file.h"
-#include "launch/ckpt_io.h"
+#include "launch/ckpt/ckpt_io.h"
 #include "model/params.h"
 
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // GPT-2 byte-level BPE: loading encoder.json + vocab.bpe, encoding through the hand-written
 // pre-tokenizer and a word cache (most words repeat, so BPE runs once per distinct word), decoding.
 // Merging follows GPT-2's bpe(): repeatedly merge every occurrence of the lowest-ranked pair.
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 #include <cerrno>
 #include <climits>
@@ -15,7 +15,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
-#include "model/unicode_class.h"
+#include "model/text/unicode_class.h"
 
 namespace meshtrain {
 namespace {

@@ -1,6 +1,6 @@
 // `meshtrain ckpt info` (a readable summary of a checkpoint) and the CLI11 wiring of the ckpt
 // subcommands. Conversion itself lives in ckpt_convert.cpp and the per-format files.
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "core/h5.h"
-#include "launch/ckpt_io.h"
+#include "launch/ckpt/ckpt_io.h"
 #include "launch/train/train_state.h"
 #include "model/params.h"
 #include "parallel/checkpoint.h"

@@ -5,8 +5,8 @@
 #include <array>
 #include <functional>
 
-#include "model/tokenizer.h"
-#include "model/unicode_class.h"
+#include "model/text/tokenizer.h"
+#include "model/text/unicode_class.h"
 
 namespace meshtrain {
 namespace unicode {

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "launch/ckpt_io.h"
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_io.h"
+#include "launch/ckpt/ckpt_tools.h"
 #include "launch/train/train_state.h"
 #include "model/params.h"
 #include "parallel/checkpoint.h"

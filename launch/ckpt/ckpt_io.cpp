@@ -1,6 +1,6 @@
 // Shared helpers of the checkpoint converters (see ckpt_io.h): weight allocation, parameter orders,
 // and atomic file output by write-to-temporary, fsync, rename.
-#include "launch/ckpt_io.h"
+#include "launch/ckpt/ckpt_io.h"
 
 #include <fcntl.h>
 #include <unistd.h>

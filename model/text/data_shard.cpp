@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "model/data.h"
+#include "model/text/data.h"
 
 namespace meshtrain {
 

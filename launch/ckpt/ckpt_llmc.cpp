@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/mapped_file.h"
-#include "launch/ckpt_io.h"
+#include "launch/ckpt/ckpt_io.h"
 
 namespace meshtrain {
 namespace {

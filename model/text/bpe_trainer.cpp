@@ -15,8 +15,8 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "model/tokenizer.h"
-#include "model/unicode_class.h"
+#include "model/text/tokenizer.h"
+#include "model/text/unicode_class.h"
 
 namespace meshtrain {
 namespace {

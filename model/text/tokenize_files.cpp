@@ -10,8 +10,8 @@
 #include <regex>
 
 #include "core/error.h"
-#include "model/data.h"
-#include "model/tokenizer.h"
+#include "model/text/data.h"
+#include "model/text/tokenizer.h"
 
 namespace meshtrain {
 

@@ -1,5 +1,5 @@
 // The completion server and the terminal chat (serve.h).
-#include "launch/serve.h"
+#include "launch/serve/serve.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/communicator.h"
-#include "launch/chat_page.h"
+#include "launch/serve/chat_page.h"
 #include "model/gpt.h"
 
 namespace meshtrain {

@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "model/data.h"
+#include "model/text/data.h"
 
 namespace meshtrain {
 

@@ -1,6 +1,6 @@
 // Pieces the checkpoint converters share: allocating a model's weights, the parameter names in
 // llm.c's and Hugging Face's orders, and writing an output file so that it appears only when
-// complete. Internal to launch/ckpt_*.cpp.
+// complete. Internal to launch/ckpt/.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/ckpt_tools.h"
+#include "launch/ckpt/ckpt_tools.h"
 
 namespace meshtrain::ckpt {
 

@@ -1,5 +1,5 @@
 // `meshtrain serve`: an HTTP server (cpp-httplib) for one model, bound to 127.0.0.1 by default.
-//   GET  /                 the chat page (launch/chat_page.h)
+//   GET  /                 the chat page (launch/serve/chat_page.h)
 //   GET  /health           {"status": "ok"}
 //   GET  /v1/models        the model, OpenAI-shaped, with its context length
 //   POST /v1/completions   OpenAI-shaped completions: prompt, max_tokens, temperature, top_p, stream,
