@@ -25,7 +25,10 @@ Other blocks run with CUDA_VISIBLE_DEVICES empty: the pages show what a CPU prin
 The blocks of docs/learn/README.md (the set-up) run first, then every chapter in file order, all in
 one scratch folder, each block in `bash -eo pipefail` with the build's programs first on PATH, as a
 reader's shell would be after the README's set-up. `python3` is the system's (/usr/bin/python3).
-Exit status: 0 when every block ran and printed what it promised, 1 otherwise.
+Before any block runs, every project file that the README or a page under docs/ names by its path
+(`launch/serve/serve.cpp`, `bench/layouts.sh`, ...) must exist, so a moved or renamed file cannot
+leave the pages pointing at nothing.
+Exit status: 0 when every named file exists and every block ran and printed what it promised, 1 otherwise.
 """
 import argparse
 import os
@@ -190,7 +193,37 @@ def self_test():
             bad += 1
             print(f"[learn] self-test: {expected!r} (tol {tol}) matched={got}, expected {want}")
     print(f"[learn] self-test: {len(cases) - bad} of {len(cases)} matcher cases behave")
+    # The path check: a page naming a file that is not there is found, one naming a file that is,
+    # or a checkpoint dataset's name (no file extension), is not.
+    with tempfile.TemporaryDirectory() as d:
+        repo = Path(d)
+        (repo / "docs").mkdir()
+        (repo / "model").mkdir()
+        (repo / "model" / "here.h").write_text("")
+        (repo / "README.md").write_text("See `model/here.h` and model/gone.cpp.\n")
+        (repo / "docs" / "a.md").write_text("Dataset `model/h.0.attn.c_attn.bias`; (bench/gone.sh).\n")
+        found = missing_paths(repo)
+        want = ["README.md:1: model/gone.cpp", "docs/a.md:1: bench/gone.sh"]
+        if found != want:
+            bad += 1
+            print(f"[learn] self-test: missing_paths found {found}, expected {want}")
     return bad == 0
+
+
+# A path into the project's folders with a file extension, in prose or code: `model/text/data.h`.
+PROJECT_PATH = re.compile(r"(?<![\w/.])((?:core|model|parallel|launch|tests|bench|scripts|docs|hardware|tools|slurm"
+                          r"|cmake)/[A-Za-z0-9_/.-]+\.(?:h|cpp|cu|cuh|py|sh|md|toml|txt|json))(?!\w)")
+
+
+def missing_paths(repo):
+    """'page:line: path' for each project file the README or docs/ name that does not exist."""
+    missing = []
+    for page in [repo / "README.md"] + sorted((repo / "docs").rglob("*.md")):
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            for m in PROJECT_PATH.finditer(line):
+                if not (repo / m.group(1)).exists():
+                    missing.append(f"{page.relative_to(repo)}:{n}: {m.group(1)}")
+    return missing
 
 
 def main():
@@ -220,6 +253,12 @@ def main():
             for b in blocks:
                 print(f"{f.name}:{b.line}: {b.code.strip().splitlines()[0]}{' [gpu]' if 'gpu' in b.attrs else ''}")
         return 0
+
+    missing = missing_paths(repo)
+    for m in missing:
+        print(f"[learn] {m} does not exist: the page names a file that was moved or removed", file=sys.stderr)
+    if missing:
+        return 1
 
     build = Path(args.build).resolve()
     if not (build / "meshtrain").exists():
