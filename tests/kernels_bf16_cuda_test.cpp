@@ -27,6 +27,7 @@
 #include "model/kernels/gelu.h"
 #include "model/kernels/layernorm.h"
 #include "model/kernels/residual.h"
+#include "model/kernels/vocab_parallel.h"
 #include "model/optimizer.h"
 #include "model/params.h"
 #include "tests/cuda_test_util.h"
@@ -207,6 +208,42 @@ TEST(EncoderBf16Cuda, ForwardAndDeterministicBackwardMatchCpu) {
         EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
         EXPECT_TRUE(same_bits(first_dwpe, d_dwpe)) << "dwpe is not bit-identical run to run";
       }
+    }
+  }
+}
+
+// The vocabulary-parallel embedding of two tp ranks (rows [0, 16) and [16, 32) of 29 tokens) in bf16:
+// rows forward, and the backward (fp32 sums, rounded once) bit-identical run to run.
+TEST(VocabParallelBf16Cuda, EmbeddingRowsAndBackwardMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int B = 3, T = 37, C = 64, V = 29, Vl = 16;
+  const int64_t BT = static_cast<int64_t>(B) * T;
+  const auto tokens = random_ids(static_cast<size_t>(BT), V, 90);
+  const Vec dout = random_bf16_values(static_cast<size_t>(BT) * C, 91), dwpe0 = random_bf16_values(size_t{T} * C, 92);
+  Tensor d_tokens = to_device(tokens), d_dout = device_as<Bf16>(dout);
+  for (const int64_t v0 : {int64_t{0}, int64_t{Vl}}) {
+    SCOPED_TRACE(::testing::Message() << "rows from " << v0);
+    const Vec wte_local = random_bf16_values(static_cast<size_t>(Vl) * C, 93 + v0);
+    Vec emb_ref(dout.size());
+    vocab_embedding_rows_cpu(emb_ref.data(), tokens.data(), wte_local.data(), BT, C, v0, Vl);
+    Tensor d_wte = device_as<Bf16>(wte_local), d_emb = poisoned<Bf16>(dout.size());
+    vocab_embedding_rows_cuda(d_emb.data<Bf16>(), d_tokens.data<int32_t>(), d_wte.data<Bf16>(), BT, C, v0, Vl, nullptr);
+    EXPECT_EQ(to_host(d_emb), emb_ref);  // a copy of bf16 values, or zero
+
+    const Vec dwte0 = random_bf16_values(wte_local.size(), 95 + v0);
+    Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
+    vocab_embedding_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C, v0, Vl);
+    Tensor first_dwte;
+    for (int run = 0; run < 2; ++run) {
+      Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
+      vocab_embedding_backward_cuda(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>(), d_dout.data<Bf16>(),
+                                    d_tokens.data<int32_t>(), B, T, C, v0, Vl, nullptr);
+      EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
+      EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTolBf16);
+      if (run == 0)
+        first_dwte = d_dwte;
+      else
+        EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
     }
   }
 }

@@ -23,6 +23,7 @@
 #include "model/kernels/attention.h"
 #include "model/kernels/residual.h"
 #include "model/kernels/rope.h"
+#include "model/kernels/vocab_parallel.h"
 #include "model/optimizer.h"
 #include "model/params.h"
 #include "tests/cuda_test_util.h"
@@ -246,6 +247,73 @@ TEST(CrossEntropyCuda, LossesAndInPlaceGradientMatchCpu) {
                             nullptr);
   EXPECT_LE(rel_error(to_host(d_loss3), loss_ref), kTol);
   EXPECT_LE(rel_error(to_host(d_logits), dlogits_ref), kTol);
+}
+
+// The vocabulary-parallel kernels of each of two tp ranks against their CPU twins. The embedding: rows
+// [0, 16) and [16, 32) of 29 tokens (long runs of equal tokens). The cross-entropy: columns [0, 512)
+// and [512, 1024) of 1000 (the second rank's last 24 padded), rows wider than a thread block so that
+// every thread of the row reductions holds a value of its own.
+TEST(VocabParallelCuda, EachRanksKernelsMatchCpu) {
+  MT_REQUIRE_GPU();
+  const int B = 3, T = 37, C = 100, V = 29, Vl = 16, Vx = 1000, Vlx = 512;
+  const int64_t BT = static_cast<int64_t>(B) * T;
+  const int N = static_cast<int>(BT);
+  const auto tokens = random_ids(static_cast<size_t>(BT), V, 60);  // few tokens: long runs per row
+  auto targets = random_ids(static_cast<size_t>(BT), Vx, 61);
+  targets[5] = -1;  // ignored rows
+  const Vec wpe = random_floats(static_cast<size_t>(T) * C, 62), dout = random_floats(static_cast<size_t>(BT) * C, 63);
+  const Vec dwpe0 = random_floats(wpe.size(), 64);
+  Tensor d_tokens = to_device(tokens), d_targets = to_device(targets), d_wpe = to_device(wpe), d_dout = to_device(dout);
+  for (const int rank : {0, 1}) {
+    SCOPED_TRACE(::testing::Message() << "tp rank " << rank);
+    const int64_t v0 = int64_t{rank} * Vl, c0 = int64_t{rank} * Vlx;
+    const Vec wte_local = random_floats(static_cast<size_t>(Vl) * C, 65 + rank);
+    Tensor d_wte = to_device(wte_local);
+
+    // Forward: this rank's rows (zero for the others' tokens), then the positions added.
+    Vec emb_ref(dout.size());
+    vocab_embedding_rows_cpu(emb_ref.data(), tokens.data(), wte_local.data(), BT, C, v0, Vl);
+    Tensor d_emb = poisoned(dout.size());
+    vocab_embedding_rows_cuda(d_emb.f32(), d_tokens.data<int32_t>(), d_wte.f32(), BT, C, v0, Vl, nullptr);
+    EXPECT_EQ(to_host(d_emb), emb_ref);
+    add_positions_cpu(emb_ref.data(), wpe.data(), B, T, C);
+    add_positions_cuda(d_emb.f32(), d_wpe.f32(), B, T, C, nullptr);
+    EXPECT_LE(rel_error(to_host(d_emb), emb_ref), kTol);
+
+    // Backward, with and without a position table: the same additions in the same order as the CPU's,
+    // so bit for bit; rows of tokens this rank does not hold stay as they were.
+    const Vec dwte0 = random_floats(wte_local.size(), 70 + rank);
+    for (const bool with_wpe : {true, false}) {
+      SCOPED_TRACE(with_wpe ? "with wpe" : "rotary: no wpe");
+      Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
+      vocab_embedding_backward_cpu(dwte_ref.data(), with_wpe ? dwpe_ref.data() : nullptr, dout.data(), tokens.data(), B,
+                                   T, C, v0, Vl);
+      Tensor d_dwte = to_device(dwte0), d_dwpe = to_device(dwpe0);
+      vocab_embedding_backward_cuda(d_dwte.f32(), with_wpe ? d_dwpe.f32() : nullptr, d_dout.f32(),
+                                    d_tokens.data<int32_t>(), B, T, C, v0, Vl, nullptr);
+      EXPECT_EQ(to_host(d_dwte), dwte_ref);
+      EXPECT_EQ(to_host(d_dwpe), with_wpe ? dwpe_ref : dwpe0);
+    }
+
+    // Cross-entropy over this rank's columns: row maxima, sums of exponentials and target logits,
+    // then losses and the gradient written over the logits (padded columns get zero).
+    Vec logits = random_floats(static_cast<size_t>(N) * Vlx, 80 + rank, -4.0f, 4.0f);
+    Vec mx_ref(N), sums_ref(2 * static_cast<size_t>(N)), loss_ref(N), dlogits_ref(logits.size());
+    vocab_xent_max_cpu(mx_ref.data(), logits.data(), N, Vlx, Vx, c0);
+    vocab_xent_sums_cpu(sums_ref.data(), logits.data(), targets.data(), mx_ref.data(), N, Vlx, Vx, c0);
+    const float dloss = 1.0f / N;
+    vocab_xent_finish_cpu(loss_ref.data(), dlogits_ref.data(), logits.data(), targets.data(), mx_ref.data(),
+                          sums_ref.data(), N, Vlx, Vx, c0, dloss);
+    Tensor d_logits = to_device(logits), d_mx = poisoned(N), d_sums = poisoned(sums_ref.size()), d_loss = poisoned(N);
+    vocab_xent_max_cuda(d_mx.f32(), d_logits.f32(), N, Vlx, Vx, c0, nullptr);
+    EXPECT_EQ(to_host(d_mx), mx_ref);
+    vocab_xent_sums_cuda(d_sums.f32(), d_logits.f32(), d_targets.data<int32_t>(), d_mx.f32(), N, Vlx, Vx, c0, nullptr);
+    EXPECT_LE(rel_error(to_host(d_sums), sums_ref), kTol);
+    vocab_xent_finish_cuda(d_loss.f32(), d_logits.f32(), d_logits.f32(), d_targets.data<int32_t>(), d_mx.f32(),
+                           d_sums.f32(), N, Vlx, Vx, c0, dloss, nullptr);
+    EXPECT_LE(rel_error(to_host(d_loss), loss_ref), kTol);
+    EXPECT_LE(rel_error(to_host(d_logits), dlogits_ref), kTol);
+  }
 }
 
 TEST(AdamWCuda, UpdateAndSumSquaresMatchCpu) {

@@ -70,17 +70,21 @@ __global__ void encoder_backward_wpe_kernel(Elem* __restrict__ dwpe, const Elem*
 }
 
 // One block per sorted position; the head of each run of equal tokens adds the run's rows of dout
-// into its dwte row, in ascending position order.
+// into its dwte row, in ascending position order (the radix sort is stable). dwte holds the rows
+// [v0, v0 + Vl) of the table (all of it: v0 = 0, Vl = V); runs of other tokens are skipped.
 template <class Elem>
 __global__ void encoder_backward_wte_kernel(Elem* __restrict__ dwte, const Elem* __restrict__ dout,
                                             const int32_t* __restrict__ sorted_tokens,
-                                            const int32_t* __restrict__ sorted_positions, int64_t BT, int C) {
+                                            const int32_t* __restrict__ sorted_positions, int64_t BT, int C, int64_t v0,
+                                            int64_t Vl) {
   const int64_t i = blockIdx.x;
   const int32_t token = sorted_tokens[i];
   if (i > 0 && sorted_tokens[i - 1] == token) return;  // not the head of its run
+  const int64_t local = token - v0;
+  if (local < 0 || local >= Vl) return;  // another rank's row
   int64_t end = i + 1;
   while (end < BT && sorted_tokens[end] == token) ++end;
-  Elem* row = dwte + static_cast<int64_t>(token) * C;
+  Elem* row = dwte + local * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float acc = kAccumulateInPlace<Elem> ? to_float(row[c]) : 0.0f;
     for (int64_t j = i; j < end; ++j) acc += to_float(dout[static_cast<int64_t>(sorted_positions[j]) * C + c]);
@@ -117,8 +121,8 @@ void encoder_forward(Elem* out, const int32_t* tokens, const Elem* wte, const El
 }
 
 template <class Elem>
-void encoder_backward(Elem* dwte, Elem* dwpe, const Elem* dout, const int32_t* tokens, int B, int T, int C,
-                      void* stream) {
+void encoder_backward(Elem* dwte, Elem* dwpe, const Elem* dout, const int32_t* tokens, int B, int T, int C, int64_t v0,
+                      int64_t Vl, void* stream) {
   check_shape("encoder_backward_cuda", B, T, C);
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t BT = static_cast<int64_t>(B) * T;
@@ -147,7 +151,7 @@ void encoder_backward(Elem* dwte, Elem* dwpe, const Elem* dout, const int32_t* t
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, tokens, sorted_tokens, positions, sorted_positions,
                                              n, 0, 32, s));
   encoder_backward_wte_kernel<<<static_cast<unsigned>(BT), kBlock, 0, s>>>(dwte, dout, sorted_tokens, sorted_positions,
-                                                                           BT, C);
+                                                                           BT, C, v0, Vl);
   CUDA_CHECK(cudaGetLastError());
   CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
@@ -161,7 +165,12 @@ void encoder_forward_cuda(float* out, const int32_t* tokens, const float* wte, c
 
 void encoder_backward_cuda(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C,
                            void* stream) {
-  encoder_backward(dwte, dwpe, dout, tokens, B, T, C, stream);
+  encoder_backward(dwte, dwpe, dout, tokens, B, T, C, 0, INT64_MAX, stream);
+}
+
+void encoder_backward_rows_cuda(float* dwte_local, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl, void* stream) {
+  encoder_backward(dwte_local, dwpe, dout, tokens, B, T, C, v0, Vl, stream);
 }
 
 void encoder_forward_cuda(Bf16* out, const int32_t* tokens, const Bf16* wte, const Bf16* wpe, int B, int T, int C,
@@ -171,7 +180,12 @@ void encoder_forward_cuda(Bf16* out, const int32_t* tokens, const Bf16* wte, con
 
 void encoder_backward_cuda(Bf16* dwte, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T, int C,
                            void* stream) {
-  encoder_backward(cuda_bf16(dwte), cuda_bf16(dwpe), cuda_bf16(dout), tokens, B, T, C, stream);
+  encoder_backward(cuda_bf16(dwte), cuda_bf16(dwpe), cuda_bf16(dout), tokens, B, T, C, 0, INT64_MAX, stream);
+}
+
+void encoder_backward_rows_cuda(Bf16* dwte_local, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl, void* stream) {
+  encoder_backward(cuda_bf16(dwte_local), cuda_bf16(dwpe), cuda_bf16(dout), tokens, B, T, C, v0, Vl, stream);
 }
 
 }  // namespace meshtrain

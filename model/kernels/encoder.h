@@ -28,5 +28,12 @@ void encoder_forward_cuda(Bf16* out, const int32_t* tokens, const Bf16* wte, con
 /// are summed in fp32 in a fixed order, then added once into the bf16 gradient.
 void encoder_backward_cuda(Bf16* dwte, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T, int C,
                            void* stream);
+/// The backward over one shard of the table's rows, the vocabulary-parallel embedding's
+/// (vocab_parallel.h): tokens in [v0, v0 + Vl) add into dwte_local[token - v0], the others into dwpe
+/// only (a null dwpe: none). Same order and precision as encoder_backward_cuda.
+void encoder_backward_rows_cuda(float* dwte_local, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl, void* stream);
+void encoder_backward_rows_cuda(Bf16* dwte_local, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T,
+                                int C, int64_t v0, int64_t Vl, void* stream);
 
 }  // namespace meshtrain

@@ -24,6 +24,9 @@ void encoder_forward_cuda(float*, const int32_t*, const float*, const float*, in
 void encoder_backward_cuda(float*, float*, const float*, const int32_t*, int, int, int, void*) {
   MT_NO_CUDA("encoder_backward_cuda");
 }
+void encoder_backward_rows_cuda(float*, float*, const float*, const int32_t*, int, int, int, int64_t, int64_t, void*) {
+  MT_NO_CUDA("encoder_backward_rows_cuda");
+}
 void layernorm_forward_cuda(float*, float*, float*, const float*, const float*, const float*, int, int, void*) {
   MT_NO_CUDA("layernorm_forward_cuda");
 }
@@ -50,6 +53,9 @@ void encoder_forward_cuda(Bf16*, const int32_t*, const Bf16*, const Bf16*, int, 
 }
 void encoder_backward_cuda(Bf16*, Bf16*, const Bf16*, const int32_t*, int, int, int, void*) {
   MT_NO_CUDA("encoder_backward_cuda");
+}
+void encoder_backward_rows_cuda(Bf16*, Bf16*, const Bf16*, const int32_t*, int, int, int, int64_t, int64_t, void*) {
+  MT_NO_CUDA("encoder_backward_rows_cuda");
 }
 void layernorm_forward_cuda(Bf16*, float*, float*, const Bf16*, const Bf16*, const Bf16*, int, int, void*) {
   MT_NO_CUDA("layernorm_forward_cuda");

@@ -4,9 +4,9 @@
 //
 // Row statistics use one thread block per row: each thread reduces a strided slice of the row
 // (sums in double, as the CPU does), then the block combines the slices in a fixed tree order, so
-// the results do not change run to run. The embedding backward gives each thread one channel and
-// walks the positions in order, as the CPU reference does: deterministic, and simple rather than
-// fast (the tp path's embedding gradient is a small part of a step).
+// the results do not change run to run. The embedding backward is the encoder's over this rank's
+// rows (encoder_backward_rows_cuda: positions sorted by token, a block per run of equal tokens,
+// each row's contributions added in position order, as the CPU reference adds them).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -16,6 +16,7 @@
 
 #include "core/cuda_check.h"
 #include "model/kernels/convert.cuh"
+#include "model/kernels/encoder.h"
 #include "model/kernels/vocab_parallel.h"
 
 namespace meshtrain {
@@ -41,26 +42,6 @@ __global__ void add_positions_kernel(T* __restrict__ out, const T* __restrict__ 
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = k / C, c = k % C;
     out[k] = from_float<T>(to_float(out[k]) + to_float(wpe[(i % T_) * C + c]));
-  }
-}
-
-template <class T>
-__global__ void embedding_backward_kernel(T* __restrict__ dwte_local, T* __restrict__ dwpe, const T* __restrict__ dout,
-                                          const int32_t* __restrict__ tokens, int64_t BT, int T_, int C, int64_t v0,
-                                          int64_t Vl) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  for (int64_t i = 0; i < BT; ++i) {
-    const float g = to_float(dout[i * C + c]);
-    if (dwpe) {
-      T* p = dwpe + (i % T_) * C + c;
-      *p = from_float<T>(to_float(*p) + g);
-    }
-    const int64_t local = tokens[i] - v0;
-    if (local >= 0 && local < Vl) {
-      T* w = dwte_local + local * C + c;
-      *w = from_float<T>(to_float(*w) + g);
-    }
   }
 }
 
@@ -141,14 +122,6 @@ void positions(T* out, const T* wpe, int B, int T_, int C, void* s) {
   CUDA_CHECK(cudaGetLastError());
 }
 template <class T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_, int C, int64_t v0,
-                        int64_t Vl, void* s) {
-  if (C == 0) return;
-  embedding_backward_kernel<<<(C + kBlock - 1) / kBlock, kBlock, 0, st(s)>>>(
-      dwte, dwpe, dout, tokens, static_cast<int64_t>(B) * T_, T_, C, v0, Vl);
-  CUDA_CHECK(cudaGetLastError());
-}
-template <class T>
 void xent_max(float* mx, const T* logits, int N, int64_t Vl, int64_t V, int64_t v0, void* s) {
   if (N == 0) return;
   xent_max_kernel<<<N, kBlock, 0, st(s)>>>(mx, logits, Vl, std::clamp<int64_t>(V - v0, 0, Vl));
@@ -188,11 +161,11 @@ void add_positions_cuda(Bf16* out, const Bf16* wpe, int B, int T, int C, void* s
 }
 void vocab_embedding_backward_cuda(float* dwte_local, float* dwpe, const float* dout, const int32_t* tokens, int B,
                                    int T, int C, int64_t v0, int64_t Vl, void* stream) {
-  embedding_backward(dwte_local, dwpe, dout, tokens, B, T, C, v0, Vl, stream);
+  encoder_backward_rows_cuda(dwte_local, dwpe, dout, tokens, B, T, C, v0, Vl, stream);
 }
 void vocab_embedding_backward_cuda(Bf16* dwte_local, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T,
                                    int C, int64_t v0, int64_t Vl, void* stream) {
-  embedding_backward(cuda_bf16(dwte_local), cuda_bf16(dwpe), cuda_bf16(dout), tokens, B, T, C, v0, Vl, stream);
+  encoder_backward_rows_cuda(dwte_local, dwpe, dout, tokens, B, T, C, v0, Vl, stream);
 }
 void vocab_xent_max_cuda(float* mx, const float* logits, int N, int64_t Vl, int64_t V, int64_t v0, void* stream) {
   xent_max(mx, logits, N, Vl, V, v0, stream);

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """CUDA emulation: does it catch bugs? Injects one bug at a time into the CUDA sources (an
 off-by-one index, a removed barrier, a wrong shuffle mask, a misaligned vector load, a swapped
-cuBLASLt epilogue, a swapped WMMA layout, a barrier dropped from a kernel only the multi-rank GPU
-training path runs, a barrier dropped from the key/value-cache attention), rebuilds the emulated
+cuBLASLt epilogue, a swapped WMMA layout, a barrier dropped from the vocabulary-parallel row
+reduction that tensor-parallel GPU training runs, the tensor-parallel embedding backward writing into
+the wrong rank's rows, a barrier dropped from the key/value-cache attention), rebuilds the emulated
 test that covers it, and checks that the test now fails. The source is restored after each one
 (also on Ctrl-C or an error). Prints how many of how many were caught; exits non-zero unless all were.
 
@@ -45,7 +46,11 @@ MUTATIONS = [
      "model/kernels/vocab_parallel.cu",
      "  sh[threadIdx.x] = x;\n  __syncthreads();\n",
      "  sh[threadIdx.x] = x;\n",
-     "parallel_cuda_test", "*Fp32Layouts*"),
+     "kernels_cuda_test", "VocabParallelCuda.*"),
+    ("the tp embedding backward adds every token into rank 0's rows (v0 ignored)", "model/kernels/encoder.cu",
+     "  const int64_t local = token - v0;",
+     "  const int64_t local = token;",
+     "kernels_cuda_test", "VocabParallelCuda.*"),
     ("removed __syncthreads in the key/value-cache attention's softmax reduction", "model/kernels/kv_cache.cu",
      "  sh[threadIdx.x] = x;\n  __syncthreads();\n",
      "  sh[threadIdx.x] = x;\n",
