@@ -4,7 +4,10 @@
 # torch.compile, fp32 and bf16 autocast), then meshtrain's fastest over PyTorch's fastest. PyTorch
 # (PyPI's wheel, with its CUDA libraries: some 3 GB, once) goes into a virtual environment this script
 # makes (default build/torch-venv; TORCH_VENV=DIR for another). torch.compile needs a C++ compiler
-# (build-essential). Prints numbers; never fails on a slow machine.
+# (build-essential). Prints numbers; never fails on a slow machine. On a CPU without bf16 instructions
+# (neither AVX512_BF16 nor AMX) PyTorch's bf16 autocast is emulated, over 50 s per step on a 2-core
+# AVX2 EPYC, so only the two fp32 configurations run there unless TORCH_CONFIGS names others
+# (torch_step.py --configs).
 # Usage: bench/torch_compare.sh [BUILD_DIR] [THREADS]
 set -euo pipefail
 build=${1:-build/release}
@@ -22,7 +25,13 @@ fi
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $threads threads"
 mt=$("$bench" --precision bf16 --steps 5 --threads "$threads")
 echo "$mt" | grep -E "^== |^ms/step"
-pt=$("$venv/bin/python" "$here/torch_step.py" --threads "$threads")
+configs=${TORCH_CONFIGS:-eager-fp32,eager-bf16,compile-fp32,compile-bf16}
+if [ -z "${TORCH_CONFIGS:-}" ] && ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+  configs=eager-fp32,compile-fp32
+  echo "no bf16 instructions on this CPU: PyTorch's bf16 autocast would be emulated (over 50 s a step), so it is" \
+       "left out (TORCH_CONFIGS=eager-fp32,eager-bf16,compile-fp32,compile-bf16 runs it anyway)"
+fi
+pt=$("$venv/bin/python" "$here/torch_step.py" --threads "$threads" --configs "$configs")
 echo "$pt"
 /usr/bin/python3 - "$mt" "$pt" <<'PY'
 import re, sys
