@@ -3,8 +3,14 @@ find_package(OpenMP REQUIRED COMPONENTS CXX)
 find_package(MPI REQUIRED COMPONENTS C CXX)
 # OpenBLAS's OpenMP build shares the OpenMP thread pool with our kernels; the pthread build keeps a
 # second pool whose spinning threads fight OpenMP's for the cores (about 1.5x slower steps on 2 cores).
-find_package(OpenBLAS CONFIG QUIET NAMES OpenBLAS
-             PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp/cmake NO_DEFAULT_PATH)
+# Looked for under /usr and under every prefix of CMAKE_PREFIX_PATH (the Debian packages unpacked
+# elsewhere, as on a machine without a package registry: scripts/device_check.sh).
+set(meshtrain_openblas_openmp_dirs)
+string(REPLACE ":" ";" meshtrain_env_prefixes "$ENV{CMAKE_PREFIX_PATH}")
+foreach(prefix IN LISTS CMAKE_PREFIX_PATH meshtrain_env_prefixes ITEMS /usr)
+  list(APPEND meshtrain_openblas_openmp_dirs ${prefix}/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp/cmake)
+endforeach()
+find_package(OpenBLAS CONFIG QUIET NAMES OpenBLAS PATHS ${meshtrain_openblas_openmp_dirs} NO_DEFAULT_PATH)
 if(NOT OpenBLAS_FOUND)
   find_package(OpenBLAS CONFIG REQUIRED)
   message(WARNING "meshtrain: using ${OpenBLAS_LIBRARIES}; install libopenblas-openmp-dev for the OpenMP build")
@@ -24,9 +30,29 @@ find_package(nlohmann_json REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(Threads REQUIRED)
-# cpp-httplib (Debian's libcpp-httplib-dev: the header and a shared library, found through pkg-config).
-find_package(PkgConfig REQUIRED)
-pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+# cpp-httplib (Debian's libcpp-httplib-dev: the header and a shared library built with OpenSSL, zlib
+# and Brotli). Through pkg-config where there is one; otherwise (a machine without pkg-config that
+# carries the Debian packages) by its files, with the definitions the package's .pc file gives.
+find_package(PkgConfig QUIET)
+if(PKG_CONFIG_FOUND)
+  pkg_check_modules(HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+endif()
+add_library(meshtrain::httplib INTERFACE IMPORTED)
+if(TARGET PkgConfig::HTTPLIB)
+  set_target_properties(meshtrain::httplib PROPERTIES INTERFACE_LINK_LIBRARIES PkgConfig::HTTPLIB)
+else()
+  find_path(HTTPLIB_INCLUDE_DIR httplib.h)
+  find_library(HTTPLIB_LIBRARY cpp-httplib)
+  if(NOT HTTPLIB_INCLUDE_DIR OR NOT HTTPLIB_LIBRARY)
+    message(FATAL_ERROR "meshtrain: cpp-httplib not found (neither through pkg-config nor as httplib.h and "
+                        "libcpp-httplib.so); install libcpp-httplib-dev (bash scripts/setup.sh)")
+  endif()
+  message(STATUS "meshtrain: cpp-httplib ${HTTPLIB_LIBRARY} (no pkg-config)")
+  set_target_properties(meshtrain::httplib PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES ${HTTPLIB_INCLUDE_DIR}
+    INTERFACE_LINK_LIBRARIES ${HTTPLIB_LIBRARY}
+    INTERFACE_COMPILE_DEFINITIONS "CPPHTTPLIB_OPENSSL_SUPPORT;CPPHTTPLIB_ZLIB_SUPPORT;CPPHTTPLIB_BROTLI_SUPPORT")
+endif()
 if(MESHTRAIN_TESTS)
   find_package(GTest REQUIRED)
 endif()

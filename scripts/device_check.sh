@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for a lent machine without a package registry. Prepare once on the Debian dev machine:
-#   apt-get update && DEVDEPS_EXTRA="libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev \
-#     libbenchmark-dev libgmock-dev libopenblas-openmp-dev libomp-dev libcpp-httplib-dev libssl-dev libbrotli-dev" \
-#     bash ../shared/device/pack-deps.sh
+#   apt-get update && bash scripts/pack_device_deps.sh
 # then run this script on the GPU machine carrying .devdeps (device tool: carry [".devdeps"]).
 # It unpacks the carried packages, configures a CUDA build for the card found, builds, runs the GPU
 # tests (every CUDA kernel family against its CPU twin, GPU training against the CPU, NCCL),
@@ -12,7 +10,7 @@
 # cuBLASLt GEMMs) and the CPU suite, writes full logs to $OUT (or ./device-logs) and ends with a
 # short table. Budget: under 8 minutes.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-device-logs}
 mkdir -p "$out"
 declare -A result
@@ -28,6 +26,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs one stage, logs it, records pas
 if [ -f .devdeps/unpack.sh ]; then
   # shellcheck disable=SC1091
   source .devdeps/unpack.sh >"$out/unpack.log" 2>&1 || echo "[device-check] unpack failed (see $out/unpack.log)"
+  # unpack.sh relocates OpenBLAS's pthread build; the build wants the OpenMP one (one thread pool with
+  # the kernels'), whose CMake file also names /usr: point it at the unpacked copy, and put its library
+  # first on the search path.
+  lib=${DEVDEPS_PREFIX:-/opt/devdeps}/usr/lib/$(uname -m)-linux-gnu/openblas-openmp
+  f=$lib/cmake/openblas/OpenBLASConfig.cmake
+  if [ -f "$f" ] && ! grep -q "${DEVDEPS_PREFIX:-/opt/devdeps}/usr/" "$f"; then
+    sed -i "s#/usr/#${DEVDEPS_PREFIX:-/opt/devdeps}/usr/#g" "$f"
+  fi
+  [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
 fi
 # nvcc and compute-sanitizer live under the toolkit, which is not always on PATH.
 for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer /usr/local/cuda-*/bin; do
