@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/communicator.h"
+#include "core/device.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "core/timer.h"
@@ -62,6 +63,14 @@ int main(int argc, char** argv) {
                    argv[0]);
       return 2;
     }
+  }
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "generate_bench: --device is cpu or cuda, not '%s'\n", device.c_str());
+    return 2;
+  }
+  if (device == "cuda" && cuda_device_count() == 0) {
+    std::printf("generate_bench: no CUDA device; skipped\n");
+    return 0;
   }
   set_num_threads(threads);
   LocalCommunicator comm;

@@ -57,7 +57,7 @@ for l in "${layouts[@]}"; do
   [ "$n" -gt 1 ] && launcher=(mpiexec -n "$n")
   "${launcher[@]}" "$bin" train "${common[@]}" --set "parallel.dp=$dp" --set "parallel.tp=$tp" \
     --set "parallel.pp=$pp" --set "parallel.zero=$zero" "${graph[@]}" --set "train.out_dir=$out" \
-    --metrics "$out.jsonl" >"$out.log" 2>&1 || { echo "| $dp | $tp | $pp | $zero | $n | failed: $(tail -1 "$out.log") |"; continue; }
+    --metrics "$out.jsonl" >"$out.log" 2>&1 || { echo "| $dp | $tp | $pp | $zero | $n | failed: $(grep -m1 "meshtrain: error" "$out.log" || tail -1 "$out.log") |"; continue; }
   /usr/bin/python3 - "$out.jsonl" "$dp" "$tp" "$pp" "$zero" "$n" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])][2:]

@@ -439,6 +439,47 @@ TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
   }
 }
 
+// The global norm's partial sums on the device: pieces added in order into one float (what crosses
+// ranks), that float widened back to a double, and the clip factor from pieces, against the host.
+TEST(AdamWCuda, NormPiecesSumInOrderAndCrossRanksAsAFloat) {
+  MT_REQUIRE_GPU();
+  const std::vector<double> pieces = {1.0e-3, 12.375, 1.0 / 3.0, 7.0e-9, 2.5};
+  // Doubles in float tensors (device allocations are 256-byte aligned): the pieces, then a double.
+  Vec host(2 * (pieces.size() + 1), 0.0f);
+  std::memcpy(host.data(), pieces.data(), pieces.size() * sizeof(double));
+  Tensor d_doubles = to_device(host), d_float = poisoned(1);
+  auto* d_pieces = static_cast<double*>(d_doubles.raw());
+  double* d_sum = d_pieces + pieces.size();
+  double want = 0.0;
+  for (double p : pieces) want += p;
+  sum_to_float_cuda(d_float.f32(), d_pieces, static_cast<int>(pieces.size()), nullptr);
+  EXPECT_EQ(to_host(d_float)[0], static_cast<float>(want));
+  float_to_sum_cuda(d_sum, d_float.f32(), nullptr);
+  double widened = 0.0;
+  std::memcpy(&widened, to_host(d_doubles).data() + 2 * pieces.size(), sizeof(double));
+  EXPECT_EQ(widened, static_cast<double>(static_cast<float>(want)));
+
+  GptConfig cfg;
+  cfg.n_layer = 1;
+  cfg.n_head = 1;
+  cfg.n_embd = 8;
+  cfg.seq_len = 4;
+  cfg.vocab_size = 16;
+  const ParameterTable table(cfg);
+  for (float clip : {1.0f, 100.0f, 0.0f}) {
+    SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
+    AdamWConfig opt_cfg;
+    opt_cfg.grad_clip = clip;
+    const AdamW opt(table, opt_cfg);
+    DeviceScalars scalars;
+    scalars.set({1e-3f, 0.1f, 0.05f, kNaN, kNaN});
+    clip_scale_cuda(scalars.get(), d_pieces, static_cast<int>(pieces.size()), clip, nullptr);
+    const AdamWScalars s = scalars.value();
+    EXPECT_EQ(s.grad_norm, static_cast<float>(std::sqrt(want)));
+    EXPECT_EQ(s.grad_scale, opt.clip_scale(std::sqrt(want)));
+  }
+}
+
 TEST(KernelsCuda, LaunchersRejectBadShapes) {
   MT_REQUIRE_GPU();
   // The casts pick the fp32 overloads (each launcher also has a bf16 one).
