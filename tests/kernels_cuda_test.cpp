@@ -399,15 +399,20 @@ TEST(AdamWCuda, DeviceScalarUpdateMatchesCpuAndTheHostScalarKernel) {
       << "device-scalar and host-scalar kernels differ";
 }
 
-TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
-  MT_REQUIRE_GPU();
+/// The smallest model: only its parameter table is wanted, for an AdamW that computes clip factors.
+GptConfig tiny_model() {
   GptConfig cfg;
   cfg.n_layer = 1;
   cfg.n_head = 1;
   cfg.n_embd = 8;
   cfg.seq_len = 4;
   cfg.vocab_size = 16;
-  const ParameterTable table(cfg);
+  return cfg;
+}
+
+TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
+  MT_REQUIRE_GPU();
+  const ParameterTable table(tiny_model());
   for (int64_t n : {int64_t{100003}, int64_t{4096}, int64_t{7}, int64_t{0}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);
     const Vec grads = random_floats(static_cast<size_t>(n), 90, -0.05f, 0.05f);
@@ -459,13 +464,7 @@ TEST(AdamWCuda, NormPiecesSumInOrderAndCrossRanksAsAFloat) {
   std::memcpy(&widened, to_host(d_doubles).data() + 2 * pieces.size(), sizeof(double));
   EXPECT_EQ(widened, static_cast<double>(static_cast<float>(want)));
 
-  GptConfig cfg;
-  cfg.n_layer = 1;
-  cfg.n_head = 1;
-  cfg.n_embd = 8;
-  cfg.seq_len = 4;
-  cfg.vocab_size = 16;
-  const ParameterTable table(cfg);
+  const ParameterTable table(tiny_model());
   for (float clip : {1.0f, 100.0f, 0.0f}) {
     SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
     AdamWConfig opt_cfg;
