@@ -12,6 +12,7 @@ set -euo pipefail
 build=${1:-build/release}
 work=${2:-${TMPDIR:-/tmp}/meshtrain-layouts}
 steps=${3:-10}
+[ "$steps" -ge 3 ] 2>/dev/null || { echo "layouts.sh: STEPS is $steps; it must be 3 or more (the first two are warm-up, not counted)" >&2; exit 2; }
 bin=$build/meshtrain
 corpus=${CORPUS:-/usr/share/games/fortunes/cookie}
 # shellcheck source=bench/mpi_env.sh
@@ -39,18 +40,28 @@ common=(--set "data.train=$work/shards/train_*.bin" --set "data.tokenizer=$work/
         --set "parallel.comm=${COMM:-auto}" --set "train.cuda_graph=${GRAPH:-false}"
         --set "train.peak_tflops=${PEAK_TFLOPS:-0}")
 max_ranks=${MAX_RANKS:-8}
+gpus=0
+if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
 layouts=("1 1 1 0" "2 1 1 0" "2 1 1 1" "1 2 1 0" "1 1 2 0" "4 1 1 0" "1 4 1 0" "1 1 4 0" "2 2 1 0" "2 1 2 1"
          "1 2 2 0" "2 2 2 0" "2 2 2 1")
 echo "device $device, precision ${PRECISION:-fp32}, comm ${COMM:-auto}, graph ${GRAPH:-false}, model ${MODEL:-small}"
 printf '| dp | tp | pp | zero | ranks | ms/step | tokens/s | MFU | peak MiB | compute | dp comm | tp comm | pp wait | exposed comm |\n'
 printf '|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+eager=()
 for l in "${layouts[@]}"; do
   read -r dp tp pp zero <<<"$l"
   n=$((dp * tp * pp))
   [ "$n" -gt "$max_ranks" ] && continue
-  # A pipeline step cannot be captured: those layouts run eagerly when GRAPH=true.
+  # A CUDA graph captures one rank's step, or ranks that each have a GPU over NCCL, never a pipeline's
+  # (train refuses the others): with GRAPH=true, pipelines and ranks sharing a GPU run eagerly.
   graph=()
-  [ "$pp" -gt 1 ] && graph=(--set train.cuda_graph=false)
+  comm=${COMM:-auto}
+  if [ "$pp" -gt 1 ] || { [ "$n" -gt 1 ] && { [ "$comm" = mpi ] || { [ "$comm" = auto ] && [ "$n" -gt "$gpus" ]; }; }; }; then
+    graph=(--set train.cuda_graph=false)
+    z=""
+    [ "$zero" = 1 ] && z=" ZeRO-1"
+    [ "${GRAPH:-false}" = true ] && eager+=("dp${dp} tp${tp} pp${pp}${z}")
+  fi
   out="$work/run_${dp}_${tp}_${pp}_${zero}"
   rm -rf "$out" "$out.jsonl"
   launcher=()
@@ -71,3 +82,8 @@ print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {sys.argv[5]} | {sys.a
       f"{peak_s} | {comp:.1f} | {dp:.1f} | {tp:.1f} | {pp:.1f} | {100 * (dp + tp + pp) / ms:.0f}% |")
 PY
 done
+if [ "${#eager[@]}" -gt 0 ]; then
+  echo
+  eager_list=$(printf '%s, ' "${eager[@]}")
+  echo "Ran eagerly (no CUDA graph: a pipeline, or ranks sharing a GPU over MPI): ${eager_list%, }"
+fi
