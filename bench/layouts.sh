@@ -40,8 +40,17 @@ common=(--set "data.train=$work/shards/train_*.bin" --set "data.tokenizer=$work/
         --set "parallel.comm=${COMM:-auto}" --set "train.cuda_graph=${GRAPH:-false}"
         --set "train.peak_tflops=${PEAK_TFLOPS:-0}")
 max_ranks=${MAX_RANKS:-8}
-gpus=0
-if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+# The GPUs NCCL can use: those train would see (CUDA_VISIBLE_DEVICES first), none without NCCL built (parallel.comm =
+# auto picks NCCL only when it is built and every rank has a GPU).
+nccl_gpus=0
+if [ "$device" = cuda ]; then
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    nccl_gpus=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)
+  elif command -v nvidia-smi >/dev/null; then
+    nccl_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  fi
+  grep -q '^MESHTRAIN_NCCL:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null || nccl_gpus=0
+fi
 layouts=("1 1 1 0" "2 1 1 0" "2 1 1 1" "1 2 1 0" "1 1 2 0" "4 1 1 0" "1 4 1 0" "1 1 4 0" "2 2 1 0" "2 1 2 1"
          "1 2 2 0" "2 2 2 0" "2 2 2 1")
 echo "device $device, precision ${PRECISION:-fp32}, comm ${COMM:-auto}, graph ${GRAPH:-false}, model ${MODEL:-small}"
@@ -56,7 +65,7 @@ for l in "${layouts[@]}"; do
   # (train refuses the others): with GRAPH=true, pipelines and ranks sharing a GPU run eagerly.
   graph=()
   comm=${COMM:-auto}
-  if [ "$pp" -gt 1 ] || { [ "$n" -gt 1 ] && { [ "$comm" = mpi ] || { [ "$comm" = auto ] && [ "$n" -gt "$gpus" ]; }; }; }; then
+  if [ "$pp" -gt 1 ] || { [ "$n" -gt 1 ] && { [ "$comm" = mpi ] || { [ "$comm" = auto ] && [ "$n" -gt "$nccl_gpus" ]; }; }; }; then
     graph=(--set train.cuda_graph=false)
     z=""
     [ "$zero" = 1 ] && z=" ZeRO-1"

@@ -52,9 +52,9 @@ if(MESHTRAIN_CUDA)
   enable_language(CUDA)
   set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA 20 flag for nvcc
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
-  # Debian 12's CMake (3.25.1) fails in FindCUDAToolkit when the toolkit has no nvToolsExt library (CUDA
-  # 12.9 and later): it marks that library's target deprecated without checking that it exists, but
-  # only for projects requiring CMake 3.25 or newer. Look the toolkit up as a 3.24 project would.
+  # Debian 12's CMake (3.25.1, its FindCUDAToolkit as shipped) fails when the toolkit has no nvToolsExt
+  # library (CUDA 12.9 and later): it marks that library's target deprecated without checking that it
+  # exists, but only for projects requiring CMake 3.25 or newer. Look the toolkit up as a 3.24 project.
   set(_mt_min_version ${CMAKE_MINIMUM_REQUIRED_VERSION})
   if(CMAKE_VERSION VERSION_LESS 3.26)
     set(CMAKE_MINIMUM_REQUIRED_VERSION 3.24)

@@ -11,6 +11,18 @@ foreach(prefix IN LISTS CMAKE_PREFIX_PATH meshtrain_env_prefixes ITEMS /usr)
   list(APPEND meshtrain_openblas_openmp_dirs ${prefix}/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp/cmake)
 endforeach()
 find_package(OpenBLAS CONFIG QUIET NAMES OpenBLAS PATHS ${meshtrain_openblas_openmp_dirs} NO_DEFAULT_PATH)
+# A copy unpacked under another prefix keeps a CMake file that names /usr: the same paths under the
+# copy's own usr/ (five levels above the file's folder, .../usr/lib/<arch>/openblas-openmp/cmake/openblas).
+if(OpenBLAS_FOUND AND NOT EXISTS "${OpenBLAS_LIBRARIES}")
+  get_filename_component(meshtrain_openblas_usr "${OpenBLAS_DIR}/../../../../.." ABSOLUTE)
+  string(REGEX REPLACE "^/usr/" "${meshtrain_openblas_usr}/" OpenBLAS_LIBRARIES "${OpenBLAS_LIBRARIES}")
+  string(REGEX REPLACE "^/usr/" "${meshtrain_openblas_usr}/" OpenBLAS_INCLUDE_DIRS "${OpenBLAS_INCLUDE_DIRS}")
+  if(NOT EXISTS "${OpenBLAS_LIBRARIES}" OR NOT EXISTS "${OpenBLAS_INCLUDE_DIRS}")
+    message(STATUS "meshtrain: passing over ${OpenBLAS_DIR}: its library is neither where it says nor under "
+                   "${meshtrain_openblas_usr}")
+    set(OpenBLAS_FOUND FALSE)
+  endif()
+endif()
 if(NOT OpenBLAS_FOUND)
   find_package(OpenBLAS CONFIG REQUIRED)
   message(WARNING "meshtrain: using ${OpenBLAS_LIBRARIES}; install libopenblas-openmp-dev for the OpenMP build")

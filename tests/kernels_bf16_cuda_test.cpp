@@ -233,18 +233,26 @@ TEST(VocabParallelBf16Cuda, EmbeddingRowsAndBackwardMatchCpu) {
     const Vec dwte0 = random_bf16_values(wte_local.size(), 95 + v0);
     Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
     vocab_embedding_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C, v0, Vl);
-    Tensor first_dwte;
+    Tensor first_dwte, first_dwpe;
     for (int run = 0; run < 2; ++run) {
       Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
       vocab_embedding_backward_cuda(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>(), d_dout.data<Bf16>(),
                                     d_tokens.data<int32_t>(), B, T, C, v0, Vl, nullptr);
       EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
       EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTolBf16);
-      if (run == 0)
+      if (run == 0) {
         first_dwte = d_dwte;
-      else
+        first_dwpe = d_dwpe;
+      } else {
         EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
+        EXPECT_TRUE(same_bits(first_dwpe, d_dwpe)) << "dwpe is not bit-identical run to run";
+      }
     }
+    // Without a position table (rotary embeddings) the same dwte rows.
+    Tensor d_dwte = device_as<Bf16>(dwte0);
+    vocab_embedding_backward_cuda(d_dwte.data<Bf16>(), static_cast<Bf16*>(nullptr), d_dout.data<Bf16>(),
+                                  d_tokens.data<int32_t>(), B, T, C, v0, Vl, nullptr);
+    EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte depends on whether there is a position table";
   }
 }
 

@@ -444,9 +444,9 @@ TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
   }
 }
 
-// The global norm's partial sums on the device: pieces added in order into one float (what crosses
-// ranks), that float widened back to a double, and the clip factor from pieces, against the host.
-TEST(AdamWCuda, NormPiecesSumInOrderAndCrossRanksAsAFloat) {
+// The global norm's partial sums on the device: pieces summed into one float (what crosses ranks),
+// that float widened back to a double, and the clip factor from pieces, against the host.
+TEST(AdamWCuda, NormPiecesBecomeTheFloatThatCrossesRanks) {
   MT_REQUIRE_GPU();
   const std::vector<double> pieces = {1.0e-3, 12.375, 1.0 / 3.0, 7.0e-9, 2.5};
   // Doubles in float tensors (device allocations are 256-byte aligned): the pieces, then a double.

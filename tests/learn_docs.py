@@ -27,7 +27,7 @@ one scratch folder, each block in `bash -eo pipefail` with the build's programs 
 reader's shell would be after the README's set-up. `python3` is the system's (/usr/bin/python3).
 Before any block runs, every project file that the README or a page under docs/ names by its path
 (`launch/serve/serve.cpp`, `bench/layouts.sh`, ...) must exist, so a moved or renamed file cannot
-leave the pages pointing at nothing.
+leave the pages pointing at nothing (`--self-test`, the quick check every build runs, checks it too).
 Exit status: 0 when every named file exists and every block ran and printed what it promised, 1 otherwise.
 """
 import argparse
@@ -207,12 +207,17 @@ def self_test():
         if found != want:
             bad += 1
             print(f"[learn] self-test: missing_paths found {found}, expected {want}")
+    # ... and this repository's pages name only files that exist (here too, so that every build's
+    # quick test run catches a moved file, not only the full run of the pages).
+    for m in missing_paths(Path(__file__).resolve().parent.parent):
+        bad += 1
+        print(f"[learn] self-test: {m} does not exist: the page names a file that was moved or removed")
     return bad == 0
 
 
 # A path into the project's folders with a file extension, in prose or code: `model/text/data.h`.
 PROJECT_PATH = re.compile(r"(?<![\w/.])((?:core|model|parallel|launch|tests|bench|scripts|docs|hardware|tools|slurm"
-                          r"|cmake)/[A-Za-z0-9_/.-]+\.(?:h|cpp|cu|cuh|py|sh|md|toml|txt|json))(?!\w)")
+                          r"|cmake)/[A-Za-z0-9_/.-]+\.(?:h|cpp|c|cu|cuh|py|sh|md|toml|txt|json|cmake|sbatch|supp|dict))(?!\w)")
 
 
 def missing_paths(repo):

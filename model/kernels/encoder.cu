@@ -170,6 +170,7 @@ void encoder_backward_cuda(float* dwte, float* dwpe, const float* dout, const in
 
 void encoder_backward_rows_cuda(float* dwte_local, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
                                 int C, int64_t v0, int64_t Vl, void* stream) {
+  if (static_cast<int64_t>(B) * T * C == 0) return;  // as the CPU reference: nothing to add
   encoder_backward(dwte_local, dwpe, dout, tokens, B, T, C, v0, Vl, stream);
 }
 
@@ -185,6 +186,7 @@ void encoder_backward_cuda(Bf16* dwte, Bf16* dwpe, const Bf16* dout, const int32
 
 void encoder_backward_rows_cuda(Bf16* dwte_local, Bf16* dwpe, const Bf16* dout, const int32_t* tokens, int B, int T,
                                 int C, int64_t v0, int64_t Vl, void* stream) {
+  if (static_cast<int64_t>(B) * T * C == 0) return;  // as the CPU reference: nothing to add
   encoder_backward(cuda_bf16(dwte_local), cuda_bf16(dwpe), cuda_bf16(dout), tokens, B, T, C, v0, Vl, stream);
 }
 
