@@ -66,6 +66,29 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(Bf16)) == 0;
 }
 
+// Runs a bf16 embedding backward, launch(dwte, dwpe), twice from the gradients dwte0 and dwpe0: each
+// run within kTolBf16 of the fp32 references, the second bit-identical to the first. Returns the
+// first run's dwte.
+template <class Launch>
+Tensor expect_backward_matches_and_repeats(const Vec& dwte0, const Vec& dwpe0, const Vec& dwte_ref,
+                                           const Vec& dwpe_ref, const Launch& launch) {
+  Tensor first_dwte, first_dwpe;
+  for (int run = 0; run < 2; ++run) {
+    Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
+    launch(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>());
+    EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
+    EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTolBf16);
+    if (run == 0) {
+      first_dwte = d_dwte;
+      first_dwpe = d_dwpe;
+    } else {
+      EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
+      EXPECT_TRUE(same_bits(first_dwpe, d_dwpe)) << "dwpe is not bit-identical run to run";
+    }
+  }
+  return first_dwte;
+}
+
 // Device scratch of n doubles (a float tensor of 2n elements; device allocations are 256-byte aligned).
 struct DeviceDoubles {
   explicit DeviceDoubles(int64_t n) : t(Tensor::empty({std::max<int64_t>(2 * n, 2)}, DType::f32, Device::cuda)) {}
@@ -194,21 +217,9 @@ TEST(EncoderBf16Cuda, ForwardAndDeterministicBackwardMatchCpu) {
     Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
     encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C);
     Tensor d_dout = device_as<Bf16>(dout);
-    Tensor first_dwte, first_dwpe;
-    for (int run = 0; run < 2; ++run) {
-      Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
-      encoder_backward_cuda(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>(), d_dout.data<Bf16>(), d_tokens.data<int32_t>(), B,
-                            T, C, nullptr);
-      EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
-      EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTolBf16);
-      if (run == 0) {
-        first_dwte = d_dwte;
-        first_dwpe = d_dwpe;
-      } else {
-        EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
-        EXPECT_TRUE(same_bits(first_dwpe, d_dwpe)) << "dwpe is not bit-identical run to run";
-      }
-    }
+    expect_backward_matches_and_repeats(dwte0, dwpe0, dwte_ref, dwpe_ref, [&](Bf16* dwte, Bf16* dwpe) {
+      encoder_backward_cuda(dwte, dwpe, d_dout.data<Bf16>(), d_tokens.data<int32_t>(), B, T, C, nullptr);
+    });
   }
 }
 
@@ -233,21 +244,11 @@ TEST(VocabParallelBf16Cuda, EmbeddingRowsAndBackwardMatchCpu) {
     const Vec dwte0 = random_bf16_values(wte_local.size(), 95 + v0);
     Vec dwte_ref = dwte0, dwpe_ref = dwpe0;
     vocab_embedding_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), B, T, C, v0, Vl);
-    Tensor first_dwte, first_dwpe;
-    for (int run = 0; run < 2; ++run) {
-      Tensor d_dwte = device_as<Bf16>(dwte0), d_dwpe = device_as<Bf16>(dwpe0);
-      vocab_embedding_backward_cuda(d_dwte.data<Bf16>(), d_dwpe.data<Bf16>(), d_dout.data<Bf16>(),
-                                    d_tokens.data<int32_t>(), B, T, C, v0, Vl, nullptr);
-      EXPECT_LE(rel_error(to_host(d_dwte), dwte_ref), kTolBf16);
-      EXPECT_LE(rel_error(to_host(d_dwpe), dwpe_ref), kTolBf16);
-      if (run == 0) {
-        first_dwte = d_dwte;
-        first_dwpe = d_dwpe;
-      } else {
-        EXPECT_TRUE(same_bits(first_dwte, d_dwte)) << "dwte is not bit-identical run to run";
-        EXPECT_TRUE(same_bits(first_dwpe, d_dwpe)) << "dwpe is not bit-identical run to run";
-      }
-    }
+    const Tensor first_dwte =
+        expect_backward_matches_and_repeats(dwte0, dwpe0, dwte_ref, dwpe_ref, [&](Bf16* dwte, Bf16* dwpe) {
+          vocab_embedding_backward_cuda(dwte, dwpe, d_dout.data<Bf16>(), d_tokens.data<int32_t>(), B, T, C, v0, Vl,
+                                        nullptr);
+        });
     // Without a position table (rotary embeddings) the same dwte rows.
     Tensor d_dwte = device_as<Bf16>(dwte0);
     vocab_embedding_backward_cuda(d_dwte.data<Bf16>(), static_cast<Bf16*>(nullptr), d_dout.data<Bf16>(),

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -399,20 +400,35 @@ TEST(AdamWCuda, DeviceScalarUpdateMatchesCpuAndTheHostScalarKernel) {
       << "device-scalar and host-scalar kernels differ";
 }
 
-/// The smallest model: only its parameter table is wanted, for an AdamW that computes clip factors.
-GptConfig tiny_model() {
-  GptConfig cfg;
+/// clip_scale_cuda, called by launch(device scalars, clip), against AdamW::clip_scale on the host for a
+/// sum of squares sumsq, at each clip: the norm, the factor, and the host's fields left as they were.
+template <class Launch>
+void expect_clip_scale_matches_host(double sumsq, std::initializer_list<float> clips, const Launch& launch) {
+  GptConfig cfg;  // the smallest model: only its parameter table is wanted, for an AdamW
   cfg.n_layer = 1;
   cfg.n_head = 1;
   cfg.n_embd = 8;
   cfg.seq_len = 4;
   cfg.vocab_size = 16;
-  return cfg;
+  const ParameterTable table(cfg);
+  const double norm = std::sqrt(sumsq);
+  for (float clip : clips) {
+    SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
+    AdamWConfig opt_cfg;
+    opt_cfg.grad_clip = clip;
+    const AdamW opt(table, opt_cfg);
+    DeviceScalars scalars;
+    scalars.set({1e-3f, 0.1f, 0.05f, kNaN, kNaN});
+    launch(scalars.get(), clip);
+    const AdamWScalars s = scalars.value();
+    EXPECT_EQ(s.grad_norm, static_cast<float>(norm));
+    EXPECT_EQ(s.grad_scale, opt.clip_scale(norm));
+    EXPECT_EQ(s.lr, 1e-3f) << "clip_scale_cuda must leave the host's fields alone";
+  }
 }
 
 TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
   MT_REQUIRE_GPU();
-  const ParameterTable table(tiny_model());
   for (int64_t n : {int64_t{100003}, int64_t{4096}, int64_t{7}, int64_t{0}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);
     const Vec grads = random_floats(static_cast<size_t>(n), 90, -0.05f, 0.05f);
@@ -427,20 +443,10 @@ TEST(AdamWCuda, SumSquaresAsyncAndClipScaleMatchTheHost) {
     EXPECT_NEAR(got, want, 1e-9 * want);
     EXPECT_EQ(got, sum_squares_cuda(d_grads.f32(), n, nullptr)) << "not the blocking version's summation order";
 
-    const double norm = std::sqrt(got);
-    for (float clip : {static_cast<float>(norm) * 0.5f, static_cast<float>(norm) * 2.0f + 1.0f, 0.0f}) {
-      SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
-      AdamWConfig opt_cfg;
-      opt_cfg.grad_clip = clip;
-      const AdamW opt(table, opt_cfg);
-      DeviceScalars scalars;
-      scalars.set({1e-3f, 0.1f, 0.05f, kNaN, kNaN});
-      clip_scale_cuda(scalars.get(), sumsq, clip, nullptr);
-      const AdamWScalars s = scalars.value();
-      EXPECT_EQ(s.grad_norm, static_cast<float>(norm));
-      EXPECT_EQ(s.grad_scale, opt.clip_scale(norm));
-      EXPECT_EQ(s.lr, 1e-3f) << "clip_scale_cuda must leave the host's fields alone";
-    }
+    const float norm = static_cast<float>(std::sqrt(got));
+    expect_clip_scale_matches_host(got, {norm * 0.5f, norm * 2.0f + 1.0f, 0.0f}, [&](AdamWScalars* scalars, float clip) {
+      clip_scale_cuda(scalars, sumsq, clip, nullptr);
+    });
   }
 }
 
@@ -464,19 +470,9 @@ TEST(AdamWCuda, NormPiecesBecomeTheFloatThatCrossesRanks) {
   std::memcpy(&widened, to_host(d_doubles).data() + 2 * pieces.size(), sizeof(double));
   EXPECT_EQ(widened, static_cast<double>(static_cast<float>(want)));
 
-  const ParameterTable table(tiny_model());
-  for (float clip : {1.0f, 100.0f, 0.0f}) {
-    SCOPED_TRACE(::testing::Message() << "grad_clip=" << clip);
-    AdamWConfig opt_cfg;
-    opt_cfg.grad_clip = clip;
-    const AdamW opt(table, opt_cfg);
-    DeviceScalars scalars;
-    scalars.set({1e-3f, 0.1f, 0.05f, kNaN, kNaN});
-    clip_scale_cuda(scalars.get(), d_pieces, static_cast<int>(pieces.size()), clip, nullptr);
-    const AdamWScalars s = scalars.value();
-    EXPECT_EQ(s.grad_norm, static_cast<float>(std::sqrt(want)));
-    EXPECT_EQ(s.grad_scale, opt.clip_scale(std::sqrt(want)));
-  }
+  expect_clip_scale_matches_host(want, {1.0f, 100.0f, 0.0f}, [&](AdamWScalars* scalars, float clip) {
+    clip_scale_cuda(scalars, d_pieces, static_cast<int>(pieces.size()), clip, nullptr);
+  });
 }
 
 TEST(KernelsCuda, LaunchersRejectBadShapes) {
